@@ -1,0 +1,29 @@
+//! What the macros' expansions call. Not public API: no stability promise.
+
+use diesel::Connection;
+
+pub use crate::atomic::BlockOptions as Options;
+use crate::error::Error;
+
+/// `#[atomic]` in ambient mode.
+#[inline]
+pub fn run_ambient<T, E>(options: &Options<'_>, body: impl FnOnce() -> Result<T, E>) -> Result<T, E>
+where
+    E: From<Error>,
+{
+    crate::atomic::run_ambient(options, body)
+}
+
+/// `#[atomic]` in explicit mode.
+#[inline]
+pub fn run_explicit<C, T, E>(
+    options: &Options<'_>,
+    conn: &mut C,
+    body: impl FnOnce(&mut C) -> Result<T, E>,
+) -> Result<T, E>
+where
+    C: Connection,
+    E: From<Error>,
+{
+    crate::atomic::run_explicit(options, conn, body)
+}

@@ -1,0 +1,616 @@
+//! Entering and leaving blocks: rules E1–E3, X1–X5 and the rollback-flag half of F2.
+//!
+//! One path for every outcome: the body runs under `catch_unwind`, so `Err`, `Ok` with the
+//! rollback flag set, and a panic all leave through `leave`, which rolls back and then returns
+//! the error or resumes the panic unchanged (rule X3).
+
+use std::panic::{self, AssertUnwindSafe};
+
+use diesel::Connection;
+
+use crate::connection::{PooledConn, TxConnection, release_rolled_back_savepoint};
+use crate::databases;
+use crate::error::Error;
+use crate::hooks;
+use crate::state::{self, Block, BlockKind, Callback, Foreign, Slot};
+
+/// The options of one block: what `#[atomic(...)]` and `transaction::Atomic` carry (rule S2).
+#[derive(Clone, Copy, Debug)]
+pub struct BlockOptions<'a> {
+    /// The database alias.
+    pub using: &'a str,
+    /// Nested blocks create a savepoint (else they merge into their parent).
+    pub savepoint: bool,
+    /// The block must be outermost.
+    pub durable: bool,
+}
+
+/// Runs `body` as a block on the alias's ambient connection.
+pub(crate) fn run_ambient<T, E>(
+    options: &BlockOptions<'_>,
+    body: impl FnOnce() -> Result<T, E>,
+) -> Result<T, E>
+where
+    E: From<Error>,
+{
+    let entered = enter(options, None)?;
+    let outcome = panic::catch_unwind(AssertUnwindSafe(body));
+    let exit = leave(options.using, entered, None, succeeded(&outcome));
+    finish(options.using, outcome, exit)
+}
+
+/// Runs `body` as a block on the caller's connection.
+pub(crate) fn run_explicit<C, T, E>(
+    options: &BlockOptions<'_>,
+    conn: &mut C,
+    body: impl FnOnce(&mut C) -> Result<T, E>,
+) -> Result<T, E>
+where
+    C: Connection,
+    E: From<Error>,
+{
+    let entered = enter(options, Some(conn))?;
+    let outcome = panic::catch_unwind(AssertUnwindSafe(|| body(&mut *conn)));
+    let exit = leave(options.using, entered, Some(conn), succeeded(&outcome));
+    finish(options.using, outcome, exit)
+}
+
+fn succeeded<T, E>(outcome: &std::thread::Result<Result<T, E>>) -> bool {
+    matches!(outcome, Ok(Ok(_)))
+}
+
+/// Turns the body's outcome and the exit's result into what the block returns.
+fn finish<T, E: From<Error>>(
+    alias: &str,
+    outcome: std::thread::Result<Result<T, E>>,
+    exit: Exit,
+) -> Result<T, E> {
+    match outcome {
+        Err(payload) => {
+            if let Some(error) = exit.error {
+                tracing::error!(alias, %error, "leaving an atomic block after a panic failed");
+            }
+            panic::resume_unwind(payload)
+        }
+        Ok(Err(error)) => {
+            if let Some(exit_error) = exit.error {
+                tracing::error!(alias, error = %exit_error, "leaving a failed atomic block failed too");
+            }
+            Err(error)
+        }
+        Ok(Ok(value)) => match exit.error {
+            Some(error) => Err(error.into()),
+            None => {
+                hooks::run_after_commit(alias, exit.callbacks);
+                Ok(value)
+            }
+        },
+    }
+}
+
+/// Identifies the block at its exit.
+pub(crate) struct Entered {
+    token: u64,
+}
+
+enum EnterPlan {
+    /// Begin a transaction on a connection checked out of the alias's pool.
+    CheckOut,
+    /// Begin a transaction on the caller's connection.
+    BeginExplicit { restore_lent: Option<usize> },
+    /// Create a savepoint; ambient blocks carry the held connection out of the state.
+    Savepoint(Option<Box<dyn PooledConn>>),
+    /// Already pushed (a merged block needs no SQL).
+    Done(Entered),
+}
+
+/// Enters a block: ambient when `explicit` is `None`.
+pub(crate) fn enter(
+    options: &BlockOptions<'_>,
+    explicit: Option<&mut dyn TxConnection>,
+) -> Result<Entered, Error> {
+    let alias = options.using;
+    let explicit_address = explicit.as_ref().map(|conn| conn.address());
+    let plan = state::with(alias, |st| -> Result<EnterPlan, Error> {
+        if options.durable && st.refuses_durable() {
+            return Err(Error::DurableNested {
+                alias: alias.to_owned(),
+            });
+        }
+        if !st.in_atomic_block() {
+            return match (explicit_address, &st.slot) {
+                (Some(_), Slot::Lent { address }) => Ok(EnterPlan::BeginExplicit {
+                    restore_lent: Some(*address),
+                }),
+                (Some(_), _) => Ok(EnterPlan::BeginExplicit { restore_lent: None }),
+                (None, Slot::Empty) => Ok(EnterPlan::CheckOut),
+                (None, Slot::Explicit { .. }) => Err(Error::AliasBoundToExplicitConnection {
+                    alias: alias.to_owned(),
+                }),
+                (None, _) => Err(Error::ConnectionInUse {
+                    alias: alias.to_owned(),
+                }),
+            };
+        }
+        let held = match explicit_address {
+            Some(address) if address != st.block_connection => {
+                return Err(Error::AliasInUse {
+                    alias: alias.to_owned(),
+                });
+            }
+            Some(_) => None,
+            None => match &st.slot {
+                Slot::Held(_) => Some(()),
+                Slot::Explicit { .. } => {
+                    return Err(Error::AliasBoundToExplicitConnection {
+                        alias: alias.to_owned(),
+                    });
+                }
+                _ => {
+                    return Err(Error::ConnectionInUse {
+                        alias: alias.to_owned(),
+                    });
+                }
+            },
+        };
+        if !options.savepoint || st.needs_rollback {
+            return Ok(EnterPlan::Done(push(st, BlockKind::Merged)));
+        }
+        Ok(EnterPlan::Savepoint(held.map(|()| take_held(st))))
+    })?;
+
+    match plan {
+        EnterPlan::Done(entered) => Ok(entered),
+        EnterPlan::CheckOut => {
+            let mut pooled = databases::lookup(alias)?.checkout(alias)?;
+            let (depth_before, foreign) = begin_outermost(options, pooled.inner())?;
+            let address = pooled.inner_address();
+            Ok(state::with(alias, |st| {
+                st.slot = Slot::Held(pooled);
+                st.block_connection = address;
+                push_outermost(st, false, false, None, depth_before, foreign)
+            }))
+        }
+        EnterPlan::BeginExplicit { restore_lent } => {
+            let conn = explicit.expect("explicit plans come with a connection");
+            let address = conn.address();
+            let (depth_before, foreign) = begin_outermost(options, conn)?;
+            Ok(state::with(alias, |st| {
+                st.slot = Slot::Explicit { address };
+                st.block_connection = address;
+                push_outermost(st, false, true, restore_lent, depth_before, foreign)
+            }))
+        }
+        EnterPlan::Savepoint(mut held) => {
+            let conn: &mut dyn TxConnection = match (&mut held, explicit) {
+                (Some(pooled), _) => pooled.inner(),
+                (None, Some(conn)) => conn,
+                (None, None) => unreachable!("ambient savepoints carry the held connection"),
+            };
+            let begun = conn.depth().and_then(|depth_before| {
+                conn.begin()?;
+                tracing::trace!(alias, depth = depth_before + 1, "SAVEPOINT");
+                Ok(depth_before)
+            });
+            state::with(alias, |st| {
+                if let Some(pooled) = held {
+                    st.slot = Slot::Held(pooled);
+                }
+                let depth_before = begun?;
+                Ok(push(st, BlockKind::Savepoint { depth_before }))
+            })
+        }
+    }
+}
+
+/// Opens the outermost block of a `testing::TestTransaction` on the alias's pooled connection.
+pub(crate) fn enter_test_block(alias: &str) -> Result<Entered, Error> {
+    let busy = state::with(alias, |st| st.in_atomic_block() || !matches!(st.slot, Slot::Empty));
+    if busy {
+        return Err(Error::TransactionManagement(format!(
+            "a TestTransaction must begin outside every atomic block and `connection()` call \
+             on alias '{alias}'"
+        )));
+    }
+    let options = BlockOptions {
+        using: alias,
+        savepoint: true,
+        durable: false,
+    };
+    let mut pooled = databases::lookup(alias)?.checkout(alias)?;
+    let (depth_before, foreign) = begin_outermost(&options, pooled.inner())?;
+    let address = pooled.inner_address();
+    Ok(state::with(alias, |st| {
+        st.slot = Slot::Held(pooled);
+        st.block_connection = address;
+        push_outermost(st, true, false, None, depth_before, foreign)
+    }))
+}
+
+/// BEGIN for an outermost block, after looking at what diesel already has open.
+fn begin_outermost(
+    options: &BlockOptions<'_>,
+    conn: &mut dyn TxConnection,
+) -> Result<(u32, Foreign), Error> {
+    let depth_before = conn.depth()?;
+    let foreign = match depth_before {
+        0 => Foreign::None,
+        _ if conn.open_transaction_is_test() => Foreign::Test,
+        _ => Foreign::User,
+    };
+    if options.durable && foreign == Foreign::User {
+        return Err(Error::DurableNested {
+            alias: options.using.to_owned(),
+        });
+    }
+    conn.begin()?;
+    tracing::debug!(alias = options.using, depth = depth_before + 1, "BEGIN");
+    Ok((depth_before, foreign))
+}
+
+fn push(st: &mut state::AliasState, kind: BlockKind) -> Entered {
+    let token = state::next_token();
+    st.blocks.push(Block {
+        token,
+        kind,
+        callbacks_mark: st.callbacks.len(),
+    });
+    Entered { token }
+}
+
+fn push_outermost(
+    st: &mut state::AliasState,
+    from_test: bool,
+    explicit: bool,
+    restore_lent: Option<usize>,
+    depth_before: u32,
+    foreign: Foreign,
+) -> Entered {
+    st.needs_rollback = false;
+    push(
+        st,
+        BlockKind::Outermost {
+            from_test,
+            explicit,
+            restore_lent,
+            depth_before,
+            foreign,
+        },
+    )
+}
+
+/// Takes the ambient block's connection out for our own SQL; the slot reads `Lent` meanwhile.
+fn take_held(st: &mut state::AliasState) -> Box<dyn PooledConn> {
+    let address = st.slot.address().unwrap_or_default();
+    match std::mem::replace(&mut st.slot, Slot::Lent { address }) {
+        Slot::Held(pooled) => pooled,
+        _ => unreachable!("take_held is called only on a held slot"),
+    }
+}
+
+/// What leaving a block produced.
+pub(crate) struct Exit {
+    /// The exit's own failure (COMMIT or RELEASE failed, block ended elsewhere).
+    pub(crate) error: Option<Error>,
+    /// Callbacks to run now: the transaction committed.
+    pub(crate) callbacks: Vec<Callback>,
+}
+
+impl Exit {
+    fn clean() -> Self {
+        Exit {
+            error: None,
+            callbacks: Vec::new(),
+        }
+    }
+
+    fn failed(error: Error) -> Self {
+        Exit {
+            error: Some(error),
+            callbacks: Vec::new(),
+        }
+    }
+}
+
+enum LeavePlan {
+    Done,
+    Lost,
+    Savepoint {
+        depth_before: u32,
+        success: bool,
+        held: Option<Box<dyn PooledConn>>,
+        callbacks_mark: usize,
+    },
+    Outermost {
+        success: bool,
+        held: Option<Box<dyn PooledConn>>,
+        depth_before: u32,
+        foreign: Foreign,
+        callbacks: Vec<Callback>,
+    },
+}
+
+/// Leaves a block (rules X1–X4); `body_succeeded` is false for `Err` and panics.
+pub(crate) fn leave(
+    alias: &str,
+    entered: Entered,
+    explicit: Option<&mut dyn TxConnection>,
+    body_succeeded: bool,
+) -> Exit {
+    let plan = state::with(alias, |st| {
+        if st.blocks.last().map(|block| block.token) != Some(entered.token) {
+            return LeavePlan::Lost;
+        }
+        let block = st.blocks.pop().expect("checked above");
+        let success = body_succeeded && !st.needs_rollback;
+        // X2: the flag is cleared first; a merged block sets it again for its parent.
+        st.needs_rollback = false;
+        match block.kind {
+            BlockKind::Merged => {
+                st.needs_rollback = !success;
+                LeavePlan::Done
+            }
+            BlockKind::Savepoint { depth_before } => {
+                if !success {
+                    st.callbacks.truncate(block.callbacks_mark);
+                }
+                let held = matches!(st.slot, Slot::Held(_)).then(|| take_held(st));
+                LeavePlan::Savepoint {
+                    depth_before,
+                    success,
+                    held,
+                    callbacks_mark: block.callbacks_mark,
+                }
+            }
+            BlockKind::Outermost {
+                explicit: is_explicit,
+                restore_lent,
+                depth_before,
+                foreign,
+                ..
+            } => {
+                // C3: the state is reset before the callbacks run.
+                let callbacks = std::mem::take(&mut st.callbacks);
+                let held = if is_explicit {
+                    st.slot = restore_lent.map_or(Slot::Empty, |address| Slot::Lent { address });
+                    None
+                } else {
+                    match std::mem::replace(&mut st.slot, Slot::Empty) {
+                        Slot::Held(pooled) => Some(pooled),
+                        other => {
+                            st.slot = other;
+                            None
+                        }
+                    }
+                };
+                st.block_connection = 0;
+                LeavePlan::Outermost {
+                    success,
+                    held,
+                    depth_before,
+                    foreign,
+                    callbacks,
+                }
+            }
+        }
+    });
+
+    match plan {
+        LeavePlan::Done => Exit::clean(),
+        LeavePlan::Lost => Exit::failed(Error::TransactionManagement(format!(
+            "the atomic block on alias '{alias}' was ended from inside (a TestTransaction \
+             dropped inside it?); its work is rolled back"
+        ))),
+        LeavePlan::Savepoint {
+            depth_before,
+            success,
+            mut held,
+            callbacks_mark,
+        } => {
+            let conn: &mut dyn TxConnection = match (&mut held, explicit) {
+                (Some(pooled), _) => pooled.inner(),
+                (None, Some(conn)) => conn,
+                (None, None) => {
+                    return Exit::failed(Error::TransactionManagement(format!(
+                        "the connection of alias '{alias}' was not back in place when its \
+                         atomic block ended"
+                    )));
+                }
+            };
+            let (error, mark_for_rollback) = if success {
+                release_savepoint(alias, conn, depth_before)
+            } else {
+                (None, !rollback_savepoint(alias, conn, depth_before))
+            };
+            state::with(alias, |st| {
+                if let Some(pooled) = held {
+                    st.slot = Slot::Held(pooled);
+                }
+                if error.is_some() {
+                    st.callbacks.truncate(callbacks_mark);
+                }
+                if mark_for_rollback {
+                    st.needs_rollback = true;
+                }
+            });
+            Exit {
+                error: error.map(Error::from),
+                callbacks: Vec::new(),
+            }
+        }
+        LeavePlan::Outermost {
+            success,
+            mut held,
+            depth_before,
+            foreign,
+            callbacks,
+        } => {
+            let end = |conn: &mut dyn TxConnection| {
+                if success {
+                    commit_outermost(alias, conn, depth_before)
+                } else {
+                    rollback_outermost(alias, conn, depth_before);
+                    None
+                }
+            };
+            let error = match (&mut held, explicit) {
+                (Some(pooled), _) => end(pooled.inner()),
+                (None, Some(conn)) => end(conn),
+                (None, None) => {
+                    return Exit::failed(Error::TransactionManagement(format!(
+                        "the connection of alias '{alias}' was not back in place when its \
+                         outermost atomic block ended"
+                    )));
+                }
+            };
+            // Back to the pool before the callbacks run (C3); r2d2 discards it if diesel
+            // reports it broken or still inside a transaction (X4, X5).
+            drop(held);
+            let callbacks = match (error.is_none() && success, foreign) {
+                (true, Foreign::None) => callbacks,
+                (true, Foreign::User) if !callbacks.is_empty() => {
+                    tracing::warn!(
+                        alias,
+                        dropped = callbacks.len(),
+                        "on_commit callbacks dropped: the outermost atomic block ran inside a \
+                         transaction diesel-atomic did not open (conn.transaction), which \
+                         commits out of its sight"
+                    );
+                    Vec::new()
+                }
+                _ => Vec::new(),
+            };
+            Exit {
+                error: error.map(Error::from),
+                callbacks,
+            }
+        }
+    }
+}
+
+/// X1/X4 for a savepoint: RELEASE; on failure ROLLBACK TO + RELEASE, else mark for rollback.
+/// Returns the RELEASE error and whether the transaction must be marked for rollback.
+fn release_savepoint(
+    alias: &str,
+    conn: &mut dyn TxConnection,
+    depth_before: u32,
+) -> (Option<diesel::result::Error>, bool) {
+    match conn.commit() {
+        Ok(()) => {
+            tracing::trace!(alias, depth = depth_before + 1, "RELEASE SAVEPOINT");
+            (None, false)
+        }
+        Err(error) => {
+            tracing::error!(alias, %error, "RELEASE SAVEPOINT failed");
+            // diesel leaves its depth alone when a plain RELEASE fails, but rolls back itself
+            // when the backend flagged the transaction (PostgreSQL); only roll back if needed.
+            let still_inside = conn.depth().is_ok_and(|depth| depth > depth_before);
+            let recovered = still_inside && rollback_savepoint(alias, conn, depth_before);
+            (Some(error), !recovered)
+        }
+    }
+}
+
+/// X2 for a savepoint: ROLLBACK TO + RELEASE; false when that failed.
+fn rollback_savepoint(alias: &str, conn: &mut dyn TxConnection, depth_before: u32) -> bool {
+    let rolled_back = conn
+        .rollback()
+        .and_then(|()| release_rolled_back_savepoint(conn, depth_before));
+    match rolled_back {
+        Ok(()) => {
+            tracing::trace!(alias, depth = depth_before + 1, "ROLLBACK TO SAVEPOINT");
+            true
+        }
+        Err(error) => {
+            tracing::error!(alias, %error, "ROLLBACK TO SAVEPOINT failed; marking the transaction for rollback");
+            false
+        }
+    }
+}
+
+/// X1/X4 for the outermost block: COMMIT; on failure make sure the transaction is gone.
+fn commit_outermost(
+    alias: &str,
+    conn: &mut dyn TxConnection,
+    depth_before: u32,
+) -> Option<diesel::result::Error> {
+    match conn.commit() {
+        Ok(()) => {
+            tracing::debug!(alias, "COMMIT");
+            None
+        }
+        Err(error) => {
+            tracing::error!(alias, %error, "COMMIT failed; rolling back");
+            // diesel ≥ 2.3.14 already rolled back a failed top-level COMMIT; this covers a
+            // transaction still open after all. A broken manager makes r2d2 discard it.
+            if conn.depth().is_ok_and(|depth| depth > depth_before) {
+                rollback_outermost(alias, conn, depth_before);
+            }
+            Some(error)
+        }
+    }
+}
+
+/// X2 for the outermost block: ROLLBACK. A failure leaves diesel's manager broken, so the
+/// pool discards the connection when it comes back.
+fn rollback_outermost(alias: &str, conn: &mut dyn TxConnection, depth_before: u32) {
+    let rolled_back = if depth_before == 0 {
+        conn.rollback()
+    } else {
+        conn.rollback()
+            .and_then(|()| release_rolled_back_savepoint(conn, depth_before))
+    };
+    match rolled_back {
+        Ok(()) => tracing::debug!(alias, "ROLLBACK"),
+        Err(error) => tracing::error!(alias, %error, "ROLLBACK failed; the connection is discarded"),
+    }
+}
+
+/// Ends a TestTransaction's block on `alias`, and whatever is still open above it.
+pub(crate) fn abandon_test_block(alias: &str, entered: Entered) {
+    let on_top = state::try_with(alias, |st| {
+        st.blocks.last().map(|block| block.token) == Some(entered.token)
+    });
+    match on_top {
+        Some(true) => {
+            let exit = leave(alias, entered, None, false);
+            if let Some(error) = exit.error {
+                tracing::error!(alias, %error, "rolling back a TestTransaction failed");
+            }
+        }
+        Some(false) => {
+            // Blocks opened inside are still open (the TestTransaction was moved into one and
+            // dropped there): roll everything back; those blocks report the loss at their exit.
+            let taken = state::try_with(alias, |st| {
+                let depth_before = match st.blocks.first() {
+                    Some(Block {
+                        kind: BlockKind::Outermost { depth_before, .. },
+                        token,
+                        ..
+                    }) if *token == entered.token => *depth_before,
+                    _ => return None,
+                };
+                st.blocks.clear();
+                st.callbacks.clear();
+                st.needs_rollback = false;
+                match std::mem::replace(&mut st.slot, Slot::Empty) {
+                    Slot::Held(pooled) => Some((pooled, depth_before)),
+                    other => {
+                        st.slot = other;
+                        None
+                    }
+                }
+            })
+            .flatten();
+            if let Some((mut pooled, depth_before)) = taken {
+                let conn = pooled.inner();
+                while conn.depth().is_ok_and(|depth| depth > depth_before) {
+                    if conn.rollback().is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        None => {}
+    }
+}

@@ -1,0 +1,234 @@
+//! Database aliases: the registry that maps an alias to its pool.
+
+use std::cell::RefCell;
+use std::marker::PhantomData;
+use std::sync::{Arc, RwLock};
+
+use diesel::r2d2::{ConnectionManager, Pool, PoolError, R2D2Connection};
+
+use crate::connection::PooledConn;
+use crate::error::Error;
+
+/// The alias used when none is given, as in Django.
+///
+/// ```
+/// # extern crate atomic_runtime as diesel_atomic;
+/// assert_eq!(diesel_atomic::DEFAULT_DB_ALIAS, "default");
+/// ```
+pub const DEFAULT_DB_ALIAS: &str = "default";
+
+/// A pool with its connection type erased: the one place that knows `C` is `Database::new`.
+trait ErasedPool: Send + Sync {
+    fn checkout(&self) -> Result<Box<dyn PooledConn>, PoolError>;
+    fn connection_type(&self) -> &'static str;
+}
+
+impl<C: R2D2Connection + 'static> ErasedPool for Pool<ConnectionManager<C>> {
+    fn checkout(&self) -> Result<Box<dyn PooledConn>, PoolError> {
+        Ok(Box::new(self.get()?))
+    }
+
+    fn connection_type(&self) -> &'static str {
+        std::any::type_name::<C>()
+    }
+}
+
+/// One configured database: an r2d2 pool of any diesel connection type, plus its settings.
+///
+/// ```
+/// # extern crate atomic_runtime as diesel_atomic;
+/// use diesel::r2d2::{ConnectionManager, Pool};
+/// use diesel::SqliteConnection;
+/// use diesel_atomic::Database;
+///
+/// let pool = Pool::builder()
+///     .max_size(1)
+///     .build(ConnectionManager::<SqliteConnection>::new(":memory:"))
+///     .unwrap();
+/// let db = Database::new(pool).atomic_requests(true);
+/// # let _ = db;
+/// ```
+#[derive(Clone)]
+pub struct Database {
+    pool: Arc<dyn ErasedPool>,
+    atomic_requests: bool,
+}
+
+impl Database {
+    /// Wraps a pool; the alias's connections are of type `C`.
+    pub fn new<C>(pool: Pool<ConnectionManager<C>>) -> Database
+    where
+        C: R2D2Connection + 'static,
+    {
+        Database {
+            pool: Arc::new(pool),
+            atomic_requests: false,
+        }
+    }
+
+    /// Django's `ATOMIC_REQUESTS` for this alias (default off): see `request`.
+    pub fn atomic_requests(mut self, on: bool) -> Database {
+        self.atomic_requests = on;
+        self
+    }
+
+    /// Whether per-request transactions are on for this alias.
+    pub fn has_atomic_requests(&self) -> bool {
+        self.atomic_requests
+    }
+
+    pub(crate) fn checkout(&self, alias: &str) -> Result<Box<dyn PooledConn>, Error> {
+        self.pool.checkout().map_err(|source| Error::Pool {
+            alias: alias.to_owned(),
+            source,
+        })
+    }
+
+    pub(crate) fn connection_type(&self) -> &'static str {
+        self.pool.connection_type()
+    }
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Database")
+            .field("connection_type", &self.connection_type())
+            .field("atomic_requests", &self.atomic_requests)
+            .finish()
+    }
+}
+
+/// The registry: alias → [`Database`], in the order the aliases were added.
+///
+/// Cheap to clone (one `Arc`). Make it the process-wide registry with [`Databases::install`],
+/// or this thread's with [`Databases::enter`] (which wins over `install`, handy in tests).
+///
+/// ```
+/// # extern crate atomic_runtime as diesel_atomic;
+/// use diesel::r2d2::{ConnectionManager, Pool};
+/// use diesel::SqliteConnection;
+/// use diesel_atomic::{Database, Databases};
+///
+/// let pool = |url: &str| {
+///     Pool::builder()
+///         .max_size(1)
+///         .build(ConnectionManager::<SqliteConnection>::new(url))
+///         .unwrap()
+/// };
+/// let databases = Databases::new()
+///     .add("default", Database::new(pool(":memory:")))
+///     .add("other", Database::new(pool(":memory:")));
+/// let _guard = databases.enter();
+/// assert_eq!(databases.aliases().collect::<Vec<_>>(), ["default", "other"]);
+/// ```
+#[derive(Clone, Default)]
+pub struct Databases {
+    entries: Arc<Vec<(String, Database)>>,
+}
+
+impl Databases {
+    /// An empty registry.
+    pub fn new() -> Databases {
+        Databases::default()
+    }
+
+    /// Adds `alias`; adding an alias again replaces its database and keeps its position.
+    pub fn add(mut self, alias: &str, db: Database) -> Databases {
+        let entries = Arc::make_mut(&mut self.entries);
+        match entries.iter_mut().find(|(name, _)| name == alias) {
+            Some((_, existing)) => *existing = db,
+            None => entries.push((alias.to_owned(), db)),
+        }
+        self
+    }
+
+    /// Makes this the process-wide registry, replacing any previous one.
+    ///
+    /// Fails with `Error::TransactionManagement` when the registry is empty (surely a mistake).
+    pub fn install(self) -> Result<(), Error> {
+        if self.entries.is_empty() {
+            return Err(Error::TransactionManagement(
+                "cannot install an empty Databases registry: add at least one alias \
+                 (usually \"default\") first"
+                    .to_owned(),
+            ));
+        }
+        *GLOBAL.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(self);
+        Ok(())
+    }
+
+    /// Makes this the registry of the current thread until the guard drops.
+    ///
+    /// Takes precedence over [`Databases::install`]; guards nest and restore the previous one.
+    pub fn enter(&self) -> DatabasesGuard {
+        let previous = THREAD.with(|slot| slot.borrow_mut().replace(self.clone()));
+        DatabasesGuard {
+            previous,
+            _not_send: PhantomData,
+        }
+    }
+
+    /// The aliases, in the order they were added.
+    pub fn aliases(&self) -> impl Iterator<Item = &str> {
+        self.entries.iter().map(|(alias, _)| alias.as_str())
+    }
+
+    /// The database configured under `alias`.
+    pub fn get(&self, alias: &str) -> Result<&Database, Error> {
+        self.entries
+            .iter()
+            .find(|(name, _)| name == alias)
+            .map(|(_, db)| db)
+            .ok_or_else(|| Error::UnknownAlias {
+                alias: alias.to_owned(),
+                known: self.aliases().map(str::to_owned).collect(),
+            })
+    }
+}
+
+impl std::fmt::Debug for Databases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.entries.iter().map(|(alias, db)| (alias, db)))
+            .finish()
+    }
+}
+
+/// Restores the thread's previous registry when dropped. Not `Send`: it belongs to the thread
+/// that called [`Databases::enter`].
+#[must_use = "the registry is active only while the guard lives"]
+pub struct DatabasesGuard {
+    previous: Option<Databases>,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl Drop for DatabasesGuard {
+    fn drop(&mut self) {
+        let previous = self.previous.take();
+        // The thread-local may already be gone if the guard lives in another thread-local.
+        let _ = THREAD.try_with(|slot| *slot.borrow_mut() = previous);
+    }
+}
+
+static GLOBAL: RwLock<Option<Databases>> = RwLock::new(None);
+
+thread_local! {
+    static THREAD: RefCell<Option<Databases>> = const { RefCell::new(None) };
+}
+
+/// The registry in force on this thread: the entered one, else the installed one.
+pub(crate) fn current() -> Result<Databases, Error> {
+    if let Some(databases) = THREAD.with(|slot| slot.borrow().clone()) {
+        return Ok(databases);
+    }
+    GLOBAL
+        .read()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .clone()
+        .ok_or(Error::NotConfigured)
+}
+
+/// The database configured under `alias` in the registry in force.
+pub(crate) fn lookup(alias: &str) -> Result<Database, Error> {
+    current()?.get(alias).cloned()
+}

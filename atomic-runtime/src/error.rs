@@ -1,0 +1,201 @@
+//! The one error type of the runtime.
+
+use std::fmt;
+
+/// Everything the runtime can report, as values (Django raises most of these as exceptions).
+///
+/// Every variant names the database alias it is about and its message says what to do next.
+/// Functions whose error type implements `From<Error>` can use the runtime with `?`; diesel's
+/// own [`diesel::result::Error`] does, so `QueryResult<T>` functions work too.
+///
+/// ```
+/// # extern crate atomic_runtime as diesel_atomic;
+/// use diesel_atomic::{transaction, Error};
+///
+/// let err = transaction::set_rollback(true).unwrap_err();
+/// assert!(matches!(err, Error::NotInAtomicBlock { .. }));
+/// assert!(err.to_string().contains("doesn't work outside of an 'atomic' block"));
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Ambient access (no connection passed in) with no registry installed or entered.
+    #[error(
+        "no databases are configured: build a `Databases` registry and call `.install()` \
+         (process-wide) or `.enter()` (this thread) before using the ambient connection, \
+         or pass a connection to the block explicitly"
+    )]
+    NotConfigured,
+
+    /// The alias is not in the registry in force.
+    #[error(
+        "database alias '{alias}' is not configured; configured aliases: {}; \
+         add it with `Databases::add` or use one of those",
+        KnownAliases(known)
+    )]
+    UnknownAlias {
+        /// The alias that was asked for.
+        alias: String,
+        /// The aliases the registry has, in the order they were added.
+        known: Vec<String>,
+    },
+
+    /// `connection::<C>` asked for another connection type than the alias's pool holds.
+    #[error(
+        "database alias '{alias}' holds connections of type `{expected}`; \
+         ask for that type in `connection::<{expected}, _, _>`"
+    )]
+    WrongConnectionType {
+        /// The alias whose connection was asked for.
+        alias: String,
+        /// The connection type the alias's pool was configured with.
+        expected: &'static str,
+    },
+
+    /// Ambient access while an explicit-mode block owns the alias.
+    #[error(
+        "database alias '{alias}' is bound to the connection passed to an explicit-mode atomic \
+         block; use that connection (pass it on) instead of the ambient one"
+    )]
+    AliasBoundToExplicitConnection {
+        /// The alias the explicit-mode block is registered under.
+        alias: String,
+    },
+
+    /// `durable = true` inside another block of the same alias (rule E1).
+    #[error(
+        "A durable atomic block cannot be nested within another atomic block. \
+         (alias '{alias}': run the durable block outside every atomic block on that alias)"
+    )]
+    DurableNested {
+        /// The alias of the enclosing block.
+        alias: String,
+    },
+
+    /// An explicit-mode block on a connection other than the one the alias's open block uses.
+    #[error(
+        "database alias '{alias}' already has an open atomic block on another connection; \
+         run this block on that connection (pass it on), or give it another alias"
+    )]
+    AliasInUse {
+        /// The alias that already has an open block.
+        alias: String,
+    },
+
+    /// Ambient access to an alias whose connection is lent to an enclosing `connection()` call.
+    #[error(
+        "the connection of database alias '{alias}' is already lent to an enclosing \
+         `connection()` call; pass that connection on (to an explicit-mode function) \
+         instead of asking for it again"
+    )]
+    ConnectionInUse {
+        /// The alias whose connection is lent out.
+        alias: String,
+    },
+
+    /// An operation that only works inside an atomic block (rule F1).
+    #[error(
+        "The rollback flag doesn't work outside of an 'atomic' block. \
+         (`{operation}` on alias '{alias}': call it inside an #[atomic] block)"
+    )]
+    NotInAtomicBlock {
+        /// The alias the operation was called for.
+        alias: String,
+        /// The operation, e.g. `set_rollback`.
+        operation: &'static str,
+    },
+
+    /// The alias's pool could not hand out a connection.
+    #[error("could not check out a connection for database alias '{alias}': {source}")]
+    Pool {
+        /// The alias whose pool failed.
+        alias: String,
+        /// What r2d2 reported.
+        source: diesel::r2d2::PoolError,
+    },
+
+    /// An error from the database, unchanged.
+    #[error(transparent)]
+    Database(#[from] diesel::result::Error),
+
+    /// Misuse that Django reports as `TransactionManagementError`.
+    #[error("{0}")]
+    TransactionManagement(String),
+}
+
+struct KnownAliases<'a>(&'a [String]);
+
+impl fmt::Display for KnownAliases<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("(none)");
+        }
+        for (i, alias) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "'{alias}'")?;
+        }
+        Ok(())
+    }
+}
+
+/// Lets `QueryResult<T>` functions be `#[atomic]` and use `?` on runtime calls.
+///
+/// A database error comes back unchanged; every other runtime error is carried as the boxed
+/// source of a [`diesel::result::Error::QueryBuilderError`].
+///
+/// ```
+/// # extern crate atomic_runtime as diesel_atomic;
+/// let err: diesel::result::Error = diesel_atomic::Error::NotConfigured.into();
+/// assert!(err.to_string().contains("no databases are configured"));
+/// ```
+impl From<Error> for diesel::result::Error {
+    fn from(error: Error) -> Self {
+        match error {
+            Error::Database(inner) => inner,
+            other => diesel::result::Error::QueryBuilderError(Box::new(other)),
+        }
+    }
+}
+
+/// Django's message for queries in a transaction marked for rollback (rule F3).
+pub(crate) const BROKEN_TRANSACTION_MESSAGE: &str = "An error occurred in the current transaction. \
+     You can't execute queries until the end of the 'atomic' block.";
+
+impl Error {
+    pub(crate) fn broken_transaction(alias: &str) -> Self {
+        Error::TransactionManagement(format!(
+            "{BROKEN_TRANSACTION_MESSAGE} (alias '{alias}': the block is marked for rollback; \
+             call set_rollback(false) first if you restored a known-good state)"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_alias_lists_the_known_ones() {
+        let err = Error::UnknownAlias {
+            alias: "replica".into(),
+            known: vec!["default".into(), "other".into()],
+        };
+        let message = err.to_string();
+        assert!(message.contains("'replica'"), "{message}");
+        assert!(message.contains("'default', 'other'"), "{message}");
+    }
+
+    #[test]
+    fn database_errors_round_trip_unchanged() {
+        let err: diesel::result::Error = Error::Database(diesel::result::Error::NotFound).into();
+        assert_eq!(err, diesel::result::Error::NotFound);
+    }
+
+    #[test]
+    fn error_is_send_sync_static() {
+        fn assert_bounds<T: Send + Sync + 'static>() {}
+        assert_bounds::<Error>();
+    }
+}

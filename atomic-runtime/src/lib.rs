@@ -1,0 +1,23 @@
+//! The runtime behind `diesel-atomic`: database aliases, atomic blocks with Django's rules,
+//! savepoints, on_commit callbacks and test helpers.
+//!
+//! Use it through the `diesel-atomic` facade, which adds the `#[atomic]` attribute.
+
+mod ambient;
+mod atomic;
+mod connection;
+mod databases;
+mod error;
+mod hooks;
+mod savepoint;
+mod state;
+pub mod testing;
+pub mod transaction;
+
+#[doc(hidden)]
+pub mod __private;
+
+pub use ambient::{Db, connection, db};
+pub use databases::{DEFAULT_DB_ALIAS, Database, Databases, DatabasesGuard};
+pub use error::Error;
+pub use savepoint::SavepointId;

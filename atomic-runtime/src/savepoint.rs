@@ -1,0 +1,49 @@
+//! Manual savepoints (rule M1): not on the block stack, and they do not scope callbacks.
+
+use std::cell::Cell;
+
+/// A manual savepoint made by `savepoint()`; opaque, `Copy`, meaningful on its thread only.
+///
+/// An id made outside a block is a no-op for `savepoint_commit` / `savepoint_rollback`.
+///
+/// ```
+/// # extern crate atomic_runtime as diesel_atomic;
+/// let id: diesel_atomic::SavepointId = diesel_atomic::transaction::savepoint()?;
+/// let copy = id;
+/// assert_eq!(id, copy);
+/// # Ok::<(), diesel_atomic::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SavepointId(u64);
+
+impl SavepointId {
+    pub(crate) const NONE: SavepointId = SavepointId(0);
+}
+
+thread_local! {
+    static NEXT: Cell<u64> = const { Cell::new(1) };
+}
+
+pub(crate) fn next_id() -> SavepointId {
+    NEXT.with(|next| {
+        let id = next.get();
+        next.set(id + 1);
+        SavepointId(id)
+    })
+}
+
+fn name(id: SavepointId) -> Option<String> {
+    (id != SavepointId::NONE).then(|| format!("diesel_atomic_{}", id.0))
+}
+
+pub(crate) fn create_sql(id: SavepointId) -> String {
+    format!("SAVEPOINT diesel_atomic_{}", id.0)
+}
+
+pub(crate) fn release_sql(id: SavepointId) -> Option<String> {
+    name(id).map(|name| format!("RELEASE SAVEPOINT {name}"))
+}
+
+pub(crate) fn rollback_sql(id: SavepointId) -> Option<String> {
+    name(id).map(|name| format!("ROLLBACK TO SAVEPOINT {name}"))
+}

@@ -1,0 +1,162 @@
+//! Per-thread, per-alias transaction state (rule S1).
+//!
+//! Never hold the borrow across user code or SQL: take what you need, release, act, borrow
+//! again. The engine in `atomic` follows that shape everywhere.
+
+use std::cell::{Cell, RefCell};
+
+use crate::connection::PooledConn;
+
+/// Where the alias's connection is right now.
+pub(crate) enum Slot {
+    /// No block and no `connection()` call: the next ambient use checks one out.
+    Empty,
+    /// An ambient block owns the connection.
+    Held(Box<dyn PooledConn>),
+    /// Taken out while a `connection()` closure (or our own SQL) runs.
+    Lent { address: usize },
+    /// An explicit-mode block runs on the caller's connection.
+    Explicit { address: usize },
+}
+
+impl Slot {
+    pub(crate) fn address(&self) -> Option<usize> {
+        match self {
+            Slot::Empty => None,
+            Slot::Held(conn) => Some(conn.inner_address()),
+            Slot::Lent { address } | Slot::Explicit { address } => Some(*address),
+        }
+    }
+}
+
+/// A transaction the runtime found open when its outermost block began.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Foreign {
+    /// None: the outermost block really begins and commits the transaction.
+    None,
+    /// diesel's `begin_test_transaction` (or r2d2's `TestCustomizer`): never commits.
+    Test,
+    /// The caller's own `conn.transaction(..)`: it commits later, out of our sight.
+    User,
+}
+
+/// What one open block is, from the outside in.
+pub(crate) enum BlockKind {
+    Outermost {
+        /// Opened by `testing::TestTransaction` (ignored by the durable check, rule T1).
+        from_test: bool,
+        /// The connection is the caller's (`Slot::Explicit`), not the alias's pooled one.
+        explicit: bool,
+        /// The `Slot::Lent` marker an explicit-mode block replaced, restored at its exit.
+        restore_lent: Option<usize>,
+        /// diesel's depth before our BEGIN (0 unless `foreign` says otherwise).
+        depth_before: u32,
+        foreign: Foreign,
+    },
+    /// Nested with a savepoint (rule E3) that diesel created at `depth_before`.
+    Savepoint { depth_before: u32 },
+    /// Nested without a savepoint: merged into its parent.
+    Merged,
+}
+
+pub(crate) struct Block {
+    /// Identifies the block at its exit, so a block ended from elsewhere is noticed.
+    pub(crate) token: u64,
+    pub(crate) kind: BlockKind,
+    /// Length of the on_commit queue when the block began: rolling back its savepoint drops
+    /// every callback after this mark (rule C2), in O(dropped).
+    pub(crate) callbacks_mark: usize,
+}
+
+/// A queued on_commit callback.
+pub(crate) struct Callback {
+    pub(crate) func: Box<dyn FnOnce()>,
+    pub(crate) robust: bool,
+    pub(crate) name: &'static str,
+}
+
+pub(crate) struct AliasState {
+    alias: Box<str>,
+    /// The open blocks, outermost first. Non-empty ⇔ `in_atomic_block`.
+    pub(crate) blocks: Vec<Block>,
+    pub(crate) needs_rollback: bool,
+    /// The on_commit queue, in registration order.
+    pub(crate) callbacks: Vec<Callback>,
+    pub(crate) slot: Slot,
+    /// Address of the connection the open blocks run on (meaningful while `blocks` is not empty).
+    pub(crate) block_connection: usize,
+}
+
+impl AliasState {
+    fn new(alias: &str) -> Self {
+        AliasState {
+            alias: alias.into(),
+            blocks: Vec::new(),
+            needs_rollback: false,
+            callbacks: Vec::new(),
+            slot: Slot::Empty,
+            block_connection: 0,
+        }
+    }
+
+    pub(crate) fn in_atomic_block(&self) -> bool {
+        !self.blocks.is_empty()
+    }
+
+    /// Rule E1: durable is refused inside any block but a lone TestTransaction block.
+    pub(crate) fn refuses_durable(&self) -> bool {
+        match self.blocks.as_slice() {
+            [] => false,
+            [only] => !matches!(only.kind, BlockKind::Outermost { from_test: true, .. }),
+            _ => true,
+        }
+    }
+}
+
+thread_local! {
+    static STATES: RefCell<Vec<AliasState>> = const { RefCell::new(Vec::new()) };
+    static NEXT_TOKEN: Cell<u64> = const { Cell::new(1) };
+}
+
+/// Runs `f` on the alias's state, creating it on first use. `f` must not call user code.
+pub(crate) fn with<R>(alias: &str, f: impl FnOnce(&mut AliasState) -> R) -> R {
+    STATES.with(|states| {
+        let mut states = states.borrow_mut();
+        let index = match states.iter().position(|state| &*state.alias == alias) {
+            Some(index) => index,
+            None => {
+                states.push(AliasState::new(alias));
+                states.len() - 1
+            }
+        };
+        f(&mut states[index])
+    })
+}
+
+/// Like `with`, for drop paths: does nothing once the thread's state is being torn down.
+pub(crate) fn try_with<R>(alias: &str, f: impl FnOnce(&mut AliasState) -> R) -> Option<R> {
+    STATES
+        .try_with(|states| {
+            let mut states = states.try_borrow_mut().ok()?;
+            let state = states.iter_mut().find(|state| &*state.alias == alias)?;
+            Some(f(state))
+        })
+        .ok()
+        .flatten()
+}
+
+/// Reads the alias's state without creating it.
+pub(crate) fn peek<R>(alias: &str, f: impl FnOnce(Option<&AliasState>) -> R) -> R {
+    STATES.with(|states| {
+        let states = states.borrow();
+        f(states.iter().find(|state| &*state.alias == alias))
+    })
+}
+
+pub(crate) fn next_token() -> u64 {
+    NEXT_TOKEN.with(|next| {
+        let token = next.get();
+        next.set(token + 1);
+        token
+    })
+}

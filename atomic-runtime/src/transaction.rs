@@ -1,0 +1,216 @@
+//! Django's `django.db.transaction`, for the default alias (and any alias through [`Atomic`]).
+//!
+//! ```
+//! # extern crate atomic_runtime as diesel_atomic;
+//! # use diesel::r2d2::{ConnectionManager, Pool};
+//! use diesel::SqliteConnection;
+//! use diesel_atomic::{transaction, Database, Databases, Error};
+//!
+//! # let pool = Pool::builder().max_size(1)
+//! #     .build(ConnectionManager::<SqliteConnection>::new(":memory:")).unwrap();
+//! let _registry = Databases::new().add("default", Database::new(pool)).enter();
+//! transaction::atomic(|| {
+//!     assert!(transaction::in_atomic_block());
+//!     transaction::set_rollback(true)?; // leave without committing, and without an error
+//!     Ok::<_, Error>(())
+//! })?;
+//! # Ok::<(), Error>(())
+//! ```
+
+use diesel::Connection;
+
+use crate::ambient::db;
+use crate::atomic::{self, BlockOptions};
+use crate::databases::DEFAULT_DB_ALIAS;
+use crate::error::Error;
+use crate::savepoint::SavepointId;
+
+/// Runs `f` as an atomic block on the default alias: all of it commits, or none of it.
+///
+/// Nested blocks become savepoints; an `Err` or a panic rolls back and is returned or resumed
+/// unchanged.
+///
+/// ```
+/// # extern crate atomic_runtime as diesel_atomic;
+/// # use diesel::r2d2::{ConnectionManager, Pool};
+/// # use diesel::SqliteConnection;
+/// use diesel_atomic::{transaction, Database, Databases, Error};
+///
+/// # let pool = Pool::builder().max_size(1)
+/// #     .build(ConnectionManager::<SqliteConnection>::new(":memory:")).unwrap();
+/// let _registry = Databases::new().add("default", Database::new(pool)).enter();
+/// let answer = transaction::atomic(|| Ok::<_, Error>(42))?;
+/// assert_eq!(answer, 42);
+/// # Ok::<(), Error>(())
+/// ```
+pub fn atomic<T, E: From<Error>>(f: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
+    db(DEFAULT_DB_ALIAS).atomic(f)
+}
+
+/// The builder form of `#[atomic(...)]`: holds only `using`, `savepoint` and `durable`, and
+/// can be reused and nested (rule S2).
+///
+/// ```
+/// # extern crate atomic_runtime as diesel_atomic;
+/// use diesel::connection::SimpleConnection;
+/// use diesel::{Connection, SqliteConnection};
+/// use diesel_atomic::transaction::Atomic;
+///
+/// let mut conn = SqliteConnection::establish(":memory:").unwrap();
+/// let block = Atomic::new().using("other").durable(true);
+/// block.run_on(&mut conn, |conn| conn.batch_execute("CREATE TABLE t (id INTEGER)"))?;
+/// # Ok::<(), diesel::result::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Atomic {
+    using: String,
+    savepoint: bool,
+    durable: bool,
+}
+
+impl Default for Atomic {
+    fn default() -> Self {
+        Atomic::new()
+    }
+}
+
+impl Atomic {
+    /// Default alias, savepoint on, not durable.
+    pub fn new() -> Atomic {
+        Atomic {
+            using: DEFAULT_DB_ALIAS.to_owned(),
+            savepoint: true,
+            durable: false,
+        }
+    }
+
+    /// The database alias.
+    pub fn using(mut self, alias: &str) -> Atomic {
+        alias.clone_into(&mut self.using);
+        self
+    }
+
+    /// Whether a nested block creates a savepoint (`false`: an error marks the enclosing
+    /// transaction for rollback instead).
+    pub fn savepoint(mut self, on: bool) -> Atomic {
+        self.savepoint = on;
+        self
+    }
+
+    /// Whether the block must be outermost (`Error::DurableNested` otherwise).
+    pub fn durable(mut self, on: bool) -> Atomic {
+        self.durable = on;
+        self
+    }
+
+    fn options(&self) -> BlockOptions<'_> {
+        BlockOptions {
+            using: &self.using,
+            savepoint: self.savepoint,
+            durable: self.durable,
+        }
+    }
+
+    /// Runs `f` as a block on the alias's ambient connection.
+    pub fn run<T, E: From<Error>>(&self, f: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
+        atomic::run_ambient(&self.options(), f)
+    }
+
+    /// Runs `f` as a block on `conn` (explicit mode; no registry needed).
+    pub fn run_on<C, T, E>(&self, conn: &mut C, f: impl FnOnce(&mut C) -> Result<T, E>) -> Result<T, E>
+    where
+        C: Connection,
+        E: From<Error>,
+    {
+        atomic::run_explicit(&self.options(), conn, f)
+    }
+}
+
+/// Runs `f` after the default alias's transaction commits, or at once outside a block.
+///
+/// ```
+/// # extern crate atomic_runtime as diesel_atomic;
+/// diesel_atomic::transaction::on_commit(|| println!("committed"))?;
+/// # Ok::<(), diesel_atomic::Error>(())
+/// ```
+pub fn on_commit(f: impl FnOnce() + 'static) -> Result<(), Error> {
+    db(DEFAULT_DB_ALIAS).on_commit(f)
+}
+
+/// [`on_commit`] whose panic is caught and logged, so later callbacks still run.
+///
+/// ```
+/// # extern crate atomic_runtime as diesel_atomic;
+/// diesel_atomic::transaction::on_commit_robust(|| println!("committed"))?;
+/// # Ok::<(), diesel_atomic::Error>(())
+/// ```
+pub fn on_commit_robust(f: impl FnOnce() + 'static) -> Result<(), Error> {
+    db(DEFAULT_DB_ALIAS).on_commit_robust(f)
+}
+
+/// Marks the default alias's transaction for rollback (`true`) or cancels that (`false`).
+///
+/// ```
+/// # extern crate atomic_runtime as diesel_atomic;
+/// assert!(diesel_atomic::transaction::set_rollback(true).is_err(), "only inside a block");
+/// ```
+pub fn set_rollback(rollback: bool) -> Result<(), Error> {
+    db(DEFAULT_DB_ALIAS).set_rollback(rollback)
+}
+
+/// Whether the default alias's transaction is marked for rollback.
+///
+/// ```
+/// # extern crate atomic_runtime as diesel_atomic;
+/// assert!(diesel_atomic::transaction::get_rollback().is_err(), "only inside a block");
+/// ```
+pub fn get_rollback() -> Result<bool, Error> {
+    db(DEFAULT_DB_ALIAS).get_rollback()
+}
+
+/// Whether a block is open on the default alias.
+///
+/// ```
+/// # extern crate atomic_runtime as diesel_atomic;
+/// assert!(!diesel_atomic::transaction::in_atomic_block());
+/// ```
+pub fn in_atomic_block() -> bool {
+    db(DEFAULT_DB_ALIAS).in_atomic_block()
+}
+
+/// Creates a manual savepoint on the default alias (a no-op id outside a block).
+///
+/// ```
+/// # extern crate atomic_runtime as diesel_atomic;
+/// let id = diesel_atomic::transaction::savepoint()?;
+/// diesel_atomic::transaction::savepoint_commit(id)?;
+/// # Ok::<(), diesel_atomic::Error>(())
+/// ```
+pub fn savepoint() -> Result<SavepointId, Error> {
+    db(DEFAULT_DB_ALIAS).savepoint()
+}
+
+/// Releases a manual savepoint on the default alias.
+///
+/// ```
+/// # extern crate atomic_runtime as diesel_atomic;
+/// let id = diesel_atomic::transaction::savepoint()?;
+/// diesel_atomic::transaction::savepoint_commit(id)?;
+/// # Ok::<(), diesel_atomic::Error>(())
+/// ```
+pub fn savepoint_commit(id: SavepointId) -> Result<(), Error> {
+    db(DEFAULT_DB_ALIAS).savepoint_commit(id)
+}
+
+/// Rolls back to a manual savepoint on the default alias. While the transaction is marked for
+/// rollback this is refused: call `set_rollback(false)` first (rule F3).
+///
+/// ```
+/// # extern crate atomic_runtime as diesel_atomic;
+/// let id = diesel_atomic::transaction::savepoint()?;
+/// diesel_atomic::transaction::savepoint_rollback(id)?;
+/// # Ok::<(), diesel_atomic::Error>(())
+/// ```
+pub fn savepoint_rollback(id: SavepointId) -> Result<(), Error> {
+    db(DEFAULT_DB_ALIAS).savepoint_rollback(id)
+}
