@@ -119,7 +119,10 @@ impl TestDb {
 
 pub fn insert_reporter(conn: &mut SqliteConnection, first: &str, last: &str) -> QueryResult<()> {
     diesel::insert_into(reporters::table)
-        .values((reporters::first_name.eq(first), reporters::last_name.eq(last)))
+        .values((
+            reporters::first_name.eq(first),
+            reporters::last_name.eq(last),
+        ))
         .execute(conn)
         .map(drop)
 }

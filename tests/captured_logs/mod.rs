@@ -1,0 +1,67 @@
+//! Collects the `tracing` events emitted on the current thread, so a test can assert what a
+//! robust on_commit callback's failure logged (Django's `assertLogs`).
+#![allow(dead_code)]
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::Layer;
+use tracing_subscriber::layer::{Context, SubscriberExt};
+
+/// Every event seen while [`capture_logs`] ran: its level and its rendered message.
+#[derive(Clone, Default)]
+struct Collected(Arc<Mutex<Vec<(Level, String)>>>);
+
+struct CollectLayer(Collected);
+
+impl<S: Subscriber> Layer<S> for CollectLayer {
+    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+        let mut message = MessageField(String::new());
+        event.record(&mut message);
+        self.0
+            .0
+            .lock()
+            .expect("log collector poisoned")
+            .push((*event.metadata().level(), message.0));
+    }
+}
+
+struct MessageField(String);
+
+impl Visit for MessageField {
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        if field.name() == "message" {
+            self.0 = format!("{value:?}");
+        }
+    }
+}
+
+/// Runs `f` with a collecting subscriber for this thread only (other tests run in parallel)
+/// and returns its value with the messages of the ERROR events it emitted, in order.
+pub fn capture_error_logs<T>(f: impl FnOnce() -> T) -> (T, Vec<String>) {
+    let collected = Collected::default();
+    let subscriber = tracing_subscriber::registry().with(CollectLayer(collected.clone()));
+    let value = tracing::subscriber::with_default(subscriber, f);
+    let errors = collected
+        .0
+        .lock()
+        .expect("log collector poisoned")
+        .iter()
+        .filter(|(level, _)| *level == Level::ERROR)
+        .map(|(_, message)| message.clone())
+        .collect();
+    (value, errors)
+}
+
+/// The name the runtime reports for a callback: `std::any::type_name` of its type.
+pub fn type_name_of<F>(_: &F) -> &'static str {
+    std::any::type_name::<F>()
+}
+
+/// Fixes a closure's signature to `FnOnce()` (a closure whose body only panics would
+/// otherwise infer `!` as its return type).
+pub fn callback<F: FnOnce() + 'static>(f: F) -> F {
+    f
+}

@@ -1,0 +1,752 @@
+//! Panics inside atomic blocks, in ambient and explicit mode (SEMANTICS: "A panic always rolls
+//! back and then resumes unwinding unchanged", rules X2, X3, C2, C4).
+//!
+//! Depth 1 is the outermost block. Every test checks, besides its own outcome, that the thread
+//! is out of every block afterwards, that the next block on the thread commits, and that no
+//! connection of the pool was left inside a transaction.
+
+mod common;
+
+use std::any::Any;
+use std::panic::{self, AssertUnwindSafe};
+use std::time::Duration;
+
+use common::*;
+use diesel::SqliteConnection;
+use diesel::connection::SimpleConnection;
+use diesel_atomic::transaction::{self, Atomic};
+use diesel_atomic::{atomic, connection};
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+/// Runs `f`, catching a panic.
+fn catch<R>(f: impl FnOnce() -> R) -> std::thread::Result<R> {
+    panic::catch_unwind(AssertUnwindSafe(f))
+}
+
+/// The message of a `panic!` payload (`&'static str` or `String`).
+fn payload_text(payload: &(dyn Any + Send)) -> Option<&str> {
+    payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&'static str>().copied())
+}
+
+/// Asserts that `outcome` is a panic whose payload is the message `expected`.
+#[track_caller]
+fn assert_panicked_with<R: std::fmt::Debug>(outcome: std::thread::Result<R>, expected: &str) {
+    match outcome {
+        Ok(value) => panic!("expected a panic with {expected:?}, the call returned {value:?}"),
+        Err(payload) => assert_eq!(
+            payload_text(payload.as_ref()),
+            Some(expected),
+            "the panic payload changed on its way out"
+        ),
+    }
+}
+
+/// Panics with a `String` payload (a message built at run time).
+fn boom(message: &str) -> ! {
+    panic!("{message}")
+}
+
+/// Inserts a reporter through the default alias's ambient connection.
+fn add(name: &str) -> Result<(), TestError> {
+    create_reporter(name, "")?;
+    Ok(())
+}
+
+/// Inserts a reporter on the given connection.
+fn add_on(conn: &mut SqliteConnection, name: &str) -> Result<(), TestError> {
+    insert_reporter(conn, name, "")?;
+    Ok(())
+}
+
+/// Queues an on_commit callback on "default" that records `n`.
+fn queue(notified: &Notified, n: i32) -> Result<(), TestError> {
+    let notified = notified.clone();
+    transaction::on_commit(move || notified.push(n))?;
+    Ok(())
+}
+
+/// Sorted, owned names, for comparing with `TestDb::reporters`.
+fn names(names: &[&str]) -> Vec<String> {
+    let mut names: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
+    names.sort();
+    names
+}
+
+/// The thread is out of every block, and the next ambient block commits and runs its callback.
+#[track_caller]
+fn assert_next_ambient_block_commits(db: &TestDb, notified: &Notified) {
+    assert!(!transaction::in_atomic_block(), "still inside a block");
+    let before = notified.get();
+    transaction::atomic(|| {
+        add("Next")?;
+        queue(notified, 100)
+    })
+    .expect("the next block commits");
+    assert!(
+        db.reporters("default").contains(&"Next".to_owned()),
+        "the next block's row is committed"
+    );
+    let mut expected = before;
+    expected.push(100);
+    assert_eq!(notified.get(), expected, "the next block's callback ran");
+    assert!(!transaction::in_atomic_block());
+}
+
+/// The thread is out of every block, and the next explicit block on `conn` commits and runs its
+/// callback.
+#[track_caller]
+fn assert_next_explicit_block_commits(
+    db: &TestDb,
+    conn: &mut SqliteConnection,
+    notified: &Notified,
+) {
+    assert!(!transaction::in_atomic_block(), "still inside a block");
+    let before = notified.get();
+    Atomic::new()
+        .run_on(conn, |conn| {
+            add_on(conn, "Next")?;
+            queue(notified, 100)
+        })
+        .expect("the next block commits");
+    assert!(
+        db.reporters("default").contains(&"Next".to_owned()),
+        "the next block's row is committed"
+    );
+    let mut expected = before;
+    expected.push(100);
+    assert_eq!(notified.get(), expected, "the next block's callback ran");
+    assert!(!transaction::in_atomic_block());
+}
+
+/// `conn` is not inside a transaction: SQLite refuses a BEGIN within a transaction.
+#[track_caller]
+fn assert_not_in_transaction(conn: &mut SqliteConnection) {
+    conn.batch_execute("BEGIN; ROLLBACK;")
+        .expect("the connection was left inside a transaction");
+}
+
+/// Checks out every connection of the pool at once and makes sure none is inside a transaction.
+#[track_caller]
+fn assert_pool_clean(pool: &Pooled) {
+    let mut all: Vec<_> = (0..pool.max_size())
+        .map(|_| {
+            pool.get_timeout(Duration::from_secs(5))
+                .expect("every pooled connection can be checked out (none is held by a block)")
+        })
+        .collect();
+    for conn in &mut all {
+        assert_not_in_transaction(conn);
+    }
+}
+
+/// Which block panics and which block catches the panic (depth 1 is the outermost block).
+struct Plan<'a> {
+    panic_at: u32,
+    /// The block whose body calls its child under `catch_unwind`; `None`: nobody catches.
+    catch_in: Option<u32>,
+    notified: &'a Notified,
+}
+
+impl Plan<'_> {
+    fn message(&self) -> String {
+        format!("boom at depth {}", self.panic_at)
+    }
+}
+
+/// Ambient `#[atomic]` block at `depth`: adds reporter `d<depth>`, queues callback `depth`, then
+/// panics (at `panic_at`) or opens the next block. The catching block checks the payload, then
+/// adds `d<depth>-after` and queues `depth * 10`.
+#[atomic]
+fn ambient_level(depth: u32, plan: &Plan<'_>) -> Result<(), TestError> {
+    add(&format!("d{depth}"))?;
+    queue(plan.notified, depth as i32)?;
+    if depth == plan.panic_at {
+        boom(&plan.message());
+    }
+    if plan.catch_in == Some(depth) {
+        assert_panicked_with(catch(|| ambient_level(depth + 1, plan)), &plan.message());
+        assert!(
+            transaction::in_atomic_block(),
+            "the catching block is still open"
+        );
+        assert!(!transaction::get_rollback().expect("inside a block"));
+        add(&format!("d{depth}-after"))?;
+        queue(plan.notified, depth as i32 * 10)?;
+    } else {
+        ambient_level(depth + 1, plan)?;
+    }
+    Ok(())
+}
+
+/// Explicit-mode twin of [`ambient_level`], on the connection passed in.
+#[atomic]
+fn explicit_level(
+    conn: &mut SqliteConnection,
+    depth: u32,
+    plan: &Plan<'_>,
+) -> Result<(), TestError> {
+    add_on(conn, &format!("d{depth}"))?;
+    queue(plan.notified, depth as i32)?;
+    if depth == plan.panic_at {
+        boom(&plan.message());
+    }
+    if plan.catch_in == Some(depth) {
+        assert_panicked_with(
+            catch(|| explicit_level(conn, depth + 1, plan)),
+            &plan.message(),
+        );
+        assert!(
+            transaction::in_atomic_block(),
+            "the catching block is still open"
+        );
+        add_on(conn, &format!("d{depth}-after"))?;
+        queue(plan.notified, depth as i32 * 10)?;
+    } else {
+        explicit_level(conn, depth + 1, plan)?;
+    }
+    Ok(())
+}
+
+/// Runs an ambient plan from outside every block; returns what escaped the outermost block.
+fn run_ambient_plan(
+    panic_at: u32,
+    catch_in: Option<u32>,
+    notified: &Notified,
+) -> std::thread::Result<Result<(), TestError>> {
+    let plan = Plan {
+        panic_at,
+        catch_in,
+        notified,
+    };
+    catch(|| ambient_level(1, &plan))
+}
+
+/// Runs an explicit plan on `conn` from outside every block.
+fn run_explicit_plan(
+    conn: &mut SqliteConnection,
+    panic_at: u32,
+    catch_in: Option<u32>,
+    notified: &Notified,
+) -> std::thread::Result<Result<(), TestError>> {
+    let plan = Plan {
+        panic_at,
+        catch_in,
+        notified,
+    };
+    catch(|| explicit_level(conn, 1, &plan))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ambient mode
+// ---------------------------------------------------------------------------------------------
+
+// Follows Django's AtomicTests.test_rollback (an exception in the outermost block).
+#[test]
+fn ambient_panic_at_depth_1_rolls_back_and_resumes_the_payload() {
+    let db = setup();
+    let notified = Notified::default();
+    let outcome = catch(|| {
+        transaction::atomic(|| -> Result<(), TestError> {
+            add("Tintin")?;
+            queue(&notified, 1)?;
+            boom("boom at depth 1")
+        })
+    });
+    assert_panicked_with(outcome, "boom at depth 1");
+    assert!(db.reporters("default").is_empty());
+    assert!(
+        notified.get().is_empty(),
+        "no callback of a rolled-back block runs"
+    );
+    assert_next_ambient_block_commits(&db, &notified);
+    assert_pool_clean(&db.default);
+}
+
+// Follows Django's AtomicTests.test_nested_rollback_rollback, with a panic caught outside.
+#[test]
+fn ambient_panic_at_depth_2_caught_outside_rolls_back_inner_and_outer() {
+    let db = setup();
+    let notified = Notified::default();
+    let outcome = catch(|| {
+        transaction::atomic(|| -> Result<(), TestError> {
+            add("Outer")?;
+            queue(&notified, 1)?;
+            transaction::atomic(|| -> Result<(), TestError> {
+                add("Inner")?;
+                queue(&notified, 2)?;
+                boom("boom at depth 2")
+            })
+        })
+    });
+    assert_panicked_with(outcome, "boom at depth 2");
+    assert!(db.reporters("default").is_empty());
+    assert!(notified.get().is_empty());
+    assert_next_ambient_block_commits(&db, &notified);
+    assert_pool_clean(&db.default);
+}
+
+// Follows Django's AtomicTests.test_nested_commit_rollback: the outer block goes on and commits.
+#[test]
+fn ambient_panic_at_depth_2_caught_inside_outer_rolls_back_only_inner() {
+    let db = setup();
+    let notified = Notified::default();
+    let outcome = run_ambient_plan(2, Some(1), &notified);
+    assert!(matches!(outcome, Ok(Ok(()))), "the outer block commits");
+    assert_eq!(db.reporters("default"), names(&["d1", "d1-after"]));
+    assert_eq!(
+        notified.get(),
+        [1, 10],
+        "the inner block's callback was dropped"
+    );
+    assert_next_ambient_block_commits(&db, &notified);
+    assert_pool_clean(&db.default);
+}
+
+#[test]
+fn ambient_panic_at_depth_3_caught_outside_rolls_back_every_level() {
+    let db = setup();
+    let notified = Notified::default();
+    assert_panicked_with(run_ambient_plan(3, None, &notified), "boom at depth 3");
+    assert!(db.reporters("default").is_empty());
+    assert!(notified.get().is_empty());
+    assert_next_ambient_block_commits(&db, &notified);
+    assert_pool_clean(&db.default);
+}
+
+#[test]
+fn ambient_panic_at_depth_3_caught_at_depth_1_rolls_back_depths_2_and_3() {
+    let db = setup();
+    let notified = Notified::default();
+    assert!(matches!(
+        run_ambient_plan(3, Some(1), &notified),
+        Ok(Ok(()))
+    ));
+    assert_eq!(db.reporters("default"), names(&["d1", "d1-after"]));
+    assert_eq!(notified.get(), [1, 10]);
+    assert_next_ambient_block_commits(&db, &notified);
+    assert_pool_clean(&db.default);
+}
+
+#[test]
+fn ambient_panic_at_depth_3_caught_at_depth_2_rolls_back_only_depth_3() {
+    let db = setup();
+    let notified = Notified::default();
+    assert!(matches!(
+        run_ambient_plan(3, Some(2), &notified),
+        Ok(Ok(()))
+    ));
+    assert_eq!(db.reporters("default"), names(&["d1", "d2", "d2-after"]));
+    assert_eq!(notified.get(), [1, 2, 20]);
+    assert_next_ambient_block_commits(&db, &notified);
+    assert_pool_clean(&db.default);
+}
+
+#[test]
+fn ambient_panic_with_a_custom_payload_resumes_that_very_payload() {
+    #[derive(Debug, PartialEq)]
+    struct Payload {
+        code: u32,
+    }
+    let db = setup();
+    let outcome = catch(|| {
+        transaction::atomic(|| -> Result<(), TestError> {
+            add("Outer")?;
+            transaction::atomic(|| -> Result<(), TestError> {
+                add("Inner")?;
+                panic::panic_any(Payload { code: 42 })
+            })
+        })
+    });
+    let payload = outcome.expect_err("the panic propagates");
+    assert_eq!(
+        payload.downcast_ref::<Payload>(),
+        Some(&Payload { code: 42 })
+    );
+    assert!(db.reporters("default").is_empty());
+    assert_next_ambient_block_commits(&db, &Notified::default());
+    assert_pool_clean(&db.default);
+}
+
+#[test]
+fn panic_inside_connection_closure_in_a_block_rolls_back_the_block() {
+    let db = setup();
+    let notified = Notified::default();
+    let outcome = catch(|| {
+        transaction::atomic(|| -> Result<(), TestError> {
+            add("Outer")?;
+            queue(&notified, 1)?;
+            connection(|conn: &mut SqliteConnection| -> Result<(), TestError> {
+                add_on(conn, "Lent")?;
+                boom("boom in connection()")
+            })
+        })
+    });
+    assert_panicked_with(outcome, "boom in connection()");
+    assert!(db.reporters("default").is_empty());
+    assert!(notified.get().is_empty());
+    assert_next_ambient_block_commits(&db, &notified);
+    assert_pool_clean(&db.default);
+}
+
+#[test]
+fn panic_inside_connection_closure_outside_a_block_keeps_autocommitted_work() {
+    let db = setup();
+    let outcome = catch(|| {
+        connection(|conn: &mut SqliteConnection| -> Result<(), TestError> {
+            add_on(conn, "Autocommitted")?;
+            boom("boom in connection()")
+        })
+    });
+    assert_panicked_with(outcome, "boom in connection()");
+    assert_eq!(db.reporters("default"), ["Autocommitted"]);
+    // The connection went back: a new `connection()` call is not ConnectionInUse.
+    add("Again").expect("the connection was given back after the panic");
+    assert_next_ambient_block_commits(&db, &Notified::default());
+    assert_pool_clean(&db.default);
+}
+
+// Follows Django's AtomicMergeTests.test_merged_outer_rollback, with a panic: the merged block
+// cannot roll back alone, so the outer block is marked and rolls back silently.
+#[test]
+fn ambient_panic_in_savepoint_false_block_caught_inside_outer_marks_outer_for_rollback() {
+    let db = setup();
+    let notified = Notified::default();
+    let outcome = transaction::atomic(|| -> Result<&'static str, TestError> {
+        add("Outer")?;
+        queue(&notified, 1)?;
+        let inner = catch(|| {
+            Atomic::new()
+                .savepoint(false)
+                .run(|| -> Result<(), TestError> {
+                    add("Merged")?;
+                    queue(&notified, 2)?;
+                    boom("boom in a merged block")
+                })
+        });
+        assert_panicked_with(inner, "boom in a merged block");
+        assert!(
+            transaction::get_rollback().expect("inside a block"),
+            "the outer block is marked for rollback"
+        );
+        Ok("outer value")
+    });
+    assert_eq!(
+        outcome,
+        Ok("outer value"),
+        "the silent rollback returns the Ok value"
+    );
+    assert!(db.reporters("default").is_empty(), "nothing was committed");
+    assert!(notified.get().is_empty());
+    assert_next_ambient_block_commits(&db, &notified);
+    assert_pool_clean(&db.default);
+}
+
+// Follows Django's TestConnectionOnCommit.test_hooks_cleared_on_reconnect's sibling
+// test_error_in_hook_doesnt_prevent_clearing_hooks and transaction_hooks' raise tests (C4).
+#[test]
+fn ambient_panicking_on_commit_callback_propagates_after_the_commit() {
+    let db = setup();
+    let notified = Notified::default();
+    let outcome = catch(|| {
+        transaction::atomic(|| -> Result<(), TestError> {
+            add("Committed")?;
+            queue(&notified, 1)?;
+            transaction::on_commit(|| boom("callback boom"))?;
+            queue(&notified, 3)
+        })
+    });
+    assert_panicked_with(outcome, "callback boom");
+    assert_eq!(
+        db.reporters("default"),
+        ["Committed"],
+        "the data stays committed"
+    );
+    assert_eq!(
+        notified.get(),
+        [1],
+        "the callbacks after the panicking one did not run"
+    );
+    assert!(!transaction::in_atomic_block());
+    // The next transaction starts with an empty queue: callback 3 never runs.
+    assert_next_ambient_block_commits(&db, &notified);
+    assert_eq!(notified.get(), [1, 100]);
+    assert_pool_clean(&db.default);
+}
+
+#[test]
+fn panicking_on_commit_callback_from_an_inner_block_propagates_from_the_outermost_exit() {
+    let db = setup();
+    let notified = Notified::default();
+    let outcome = catch(|| {
+        transaction::atomic(|| -> Result<(), TestError> {
+            add("Outer")?;
+            transaction::atomic(|| -> Result<(), TestError> {
+                add("Inner")?;
+                transaction::on_commit(|| boom("callback boom"))?;
+                Ok(())
+            })?;
+            // The inner block's exit does not run the callback.
+            add("AfterInner")?;
+            queue(&notified, 2)
+        })
+    });
+    assert_panicked_with(outcome, "callback boom");
+    assert_eq!(
+        db.reporters("default"),
+        names(&["Outer", "Inner", "AfterInner"])
+    );
+    assert!(notified.get().is_empty(), "the later callback was dropped");
+    assert_next_ambient_block_commits(&db, &notified);
+    assert_eq!(notified.get(), [100]);
+    assert_pool_clean(&db.default);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Explicit mode (`conn: &mut SqliteConnection` / `Atomic::run_on`)
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn explicit_panic_at_depth_1_rolls_back_and_resumes_the_payload() {
+    let db = setup();
+    let notified = Notified::default();
+    let mut conn = db.default.get().unwrap();
+    let outcome = catch(|| {
+        Atomic::new().run_on(&mut *conn, |conn| -> Result<(), TestError> {
+            add_on(conn, "Tintin")?;
+            queue(&notified, 1)?;
+            boom("boom at depth 1")
+        })
+    });
+    assert_panicked_with(outcome, "boom at depth 1");
+    assert!(db.reporters("default").is_empty());
+    assert!(notified.get().is_empty());
+    assert_not_in_transaction(&mut conn);
+    assert_next_explicit_block_commits(&db, &mut conn, &notified);
+    drop(conn);
+    assert_pool_clean(&db.default);
+}
+
+#[test]
+fn explicit_panic_at_depth_2_caught_outside_rolls_back_inner_and_outer() {
+    let db = setup();
+    let notified = Notified::default();
+    let mut conn = db.default.get().unwrap();
+    let outcome = catch(|| {
+        Atomic::new().run_on(&mut *conn, |conn| -> Result<(), TestError> {
+            add_on(conn, "Outer")?;
+            queue(&notified, 1)?;
+            Atomic::new().run_on(conn, |conn| -> Result<(), TestError> {
+                add_on(conn, "Inner")?;
+                queue(&notified, 2)?;
+                boom("boom at depth 2")
+            })
+        })
+    });
+    assert_panicked_with(outcome, "boom at depth 2");
+    assert!(db.reporters("default").is_empty());
+    assert!(notified.get().is_empty());
+    assert_not_in_transaction(&mut conn);
+    assert_next_explicit_block_commits(&db, &mut conn, &notified);
+    drop(conn);
+    assert_pool_clean(&db.default);
+}
+
+#[test]
+fn explicit_panic_at_depth_2_caught_inside_outer_rolls_back_only_inner() {
+    let db = setup();
+    let notified = Notified::default();
+    let mut conn = db.default.get().unwrap();
+    let outcome = run_explicit_plan(&mut conn, 2, Some(1), &notified);
+    assert!(matches!(outcome, Ok(Ok(()))), "the outer block commits");
+    assert_eq!(db.reporters("default"), names(&["d1", "d1-after"]));
+    assert_eq!(notified.get(), [1, 10]);
+    assert_not_in_transaction(&mut conn);
+    assert_next_explicit_block_commits(&db, &mut conn, &notified);
+    drop(conn);
+    assert_pool_clean(&db.default);
+}
+
+#[test]
+fn explicit_panic_at_depth_3_caught_outside_rolls_back_every_level() {
+    let db = setup();
+    let notified = Notified::default();
+    let mut conn = db.default.get().unwrap();
+    assert_panicked_with(
+        run_explicit_plan(&mut conn, 3, None, &notified),
+        "boom at depth 3",
+    );
+    assert!(db.reporters("default").is_empty());
+    assert!(notified.get().is_empty());
+    assert_not_in_transaction(&mut conn);
+    assert_next_explicit_block_commits(&db, &mut conn, &notified);
+    drop(conn);
+    assert_pool_clean(&db.default);
+}
+
+#[test]
+fn explicit_panic_at_depth_3_caught_at_depth_1_rolls_back_depths_2_and_3() {
+    let db = setup();
+    let notified = Notified::default();
+    let mut conn = db.default.get().unwrap();
+    assert!(matches!(
+        run_explicit_plan(&mut conn, 3, Some(1), &notified),
+        Ok(Ok(()))
+    ));
+    assert_eq!(db.reporters("default"), names(&["d1", "d1-after"]));
+    assert_eq!(notified.get(), [1, 10]);
+    assert_not_in_transaction(&mut conn);
+    assert_next_explicit_block_commits(&db, &mut conn, &notified);
+    drop(conn);
+    assert_pool_clean(&db.default);
+}
+
+#[test]
+fn explicit_panic_at_depth_3_caught_at_depth_2_rolls_back_only_depth_3() {
+    let db = setup();
+    let notified = Notified::default();
+    let mut conn = db.default.get().unwrap();
+    assert!(matches!(
+        run_explicit_plan(&mut conn, 3, Some(2), &notified),
+        Ok(Ok(()))
+    ));
+    assert_eq!(db.reporters("default"), names(&["d1", "d2", "d2-after"]));
+    assert_eq!(notified.get(), [1, 2, 20]);
+    assert_not_in_transaction(&mut conn);
+    assert_next_explicit_block_commits(&db, &mut conn, &notified);
+    drop(conn);
+    assert_pool_clean(&db.default);
+}
+
+#[test]
+fn explicit_panic_on_a_private_connection_needs_no_pool() {
+    // Explicit mode on a connection that never was in any pool.
+    let db = setup();
+    let notified = Notified::default();
+    let mut conn = db.raw("default");
+    assert_panicked_with(
+        run_explicit_plan(&mut conn, 2, None, &notified),
+        "boom at depth 2",
+    );
+    assert!(db.reporters("default").is_empty());
+    assert!(notified.get().is_empty());
+    assert_not_in_transaction(&mut conn);
+    assert_next_explicit_block_commits(&db, &mut conn, &notified);
+}
+
+#[atomic(savepoint = false)]
+fn merged_block_that_panics(
+    conn: &mut SqliteConnection,
+    notified: &Notified,
+) -> Result<(), TestError> {
+    add_on(conn, "Merged")?;
+    queue(notified, 2)?;
+    boom("boom in a merged block")
+}
+
+#[test]
+fn explicit_panic_in_savepoint_false_block_caught_inside_outer_marks_outer_for_rollback() {
+    let db = setup();
+    let notified = Notified::default();
+    let mut conn = db.default.get().unwrap();
+    let outcome = Atomic::new().run_on(&mut *conn, |conn| -> Result<&'static str, TestError> {
+        add_on(conn, "Outer")?;
+        queue(&notified, 1)?;
+        assert_panicked_with(
+            catch(|| merged_block_that_panics(conn, &notified)),
+            "boom in a merged block",
+        );
+        assert!(transaction::get_rollback().expect("inside a block"));
+        Ok("outer value")
+    });
+    assert_eq!(outcome, Ok("outer value"));
+    assert!(db.reporters("default").is_empty(), "nothing was committed");
+    assert!(notified.get().is_empty());
+    assert_not_in_transaction(&mut conn);
+    assert_next_explicit_block_commits(&db, &mut conn, &notified);
+    drop(conn);
+    assert_pool_clean(&db.default);
+}
+
+#[test]
+fn explicit_panicking_on_commit_callback_propagates_after_the_commit() {
+    let db = setup();
+    let notified = Notified::default();
+    let mut conn = db.default.get().unwrap();
+    let outcome = catch(|| {
+        Atomic::new().run_on(&mut *conn, |conn| -> Result<(), TestError> {
+            add_on(conn, "Committed")?;
+            queue(&notified, 1)?;
+            transaction::on_commit(|| boom("callback boom"))?;
+            queue(&notified, 3)
+        })
+    });
+    assert_panicked_with(outcome, "callback boom");
+    assert_eq!(db.reporters("default"), ["Committed"]);
+    assert_eq!(notified.get(), [1]);
+    assert_not_in_transaction(&mut conn);
+    assert_next_explicit_block_commits(&db, &mut conn, &notified);
+    assert_eq!(notified.get(), [1, 100], "callback 3 never runs");
+    drop(conn);
+    assert_pool_clean(&db.default);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The pool after all of the above
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn panics_leave_no_pooled_connection_inside_a_transaction() {
+    let db = setup();
+    let notified = Notified::default();
+
+    assert!(run_ambient_plan(3, None, &notified).is_err());
+    assert!(matches!(
+        run_ambient_plan(3, Some(2), &notified),
+        Ok(Ok(()))
+    ));
+    {
+        let mut conn = db.default.get().unwrap();
+        assert!(run_explicit_plan(&mut conn, 2, None, &notified).is_err());
+        assert!(matches!(
+            run_explicit_plan(&mut conn, 3, Some(1), &notified),
+            Ok(Ok(()))
+        ));
+    }
+    let merged = transaction::atomic(|| -> Result<(), TestError> {
+        add("Doomed")?;
+        let _ = catch(|| {
+            Atomic::new()
+                .savepoint(false)
+                .run(|| -> Result<(), TestError> { boom("merged") })
+        });
+        Ok(())
+    });
+    assert_eq!(merged, Ok(()));
+    let callback = catch(|| {
+        transaction::atomic(|| -> Result<(), TestError> {
+            add("Kept")?;
+            transaction::on_commit(|| boom("callback boom"))?;
+            Ok(())
+        })
+    });
+    assert!(callback.is_err());
+    let lent = catch(|| {
+        transaction::atomic(|| -> Result<(), TestError> {
+            connection(|_: &mut SqliteConnection| -> Result<(), TestError> { boom("lent") })
+        })
+    });
+    assert!(lent.is_err());
+
+    assert!(!transaction::in_atomic_block());
+    assert_eq!(
+        db.reporters("default"),
+        names(&["d1", "d2", "d2-after", "d1", "d1-after", "Kept"])
+    );
+    assert_pool_clean(&db.default);
+}
