@@ -447,8 +447,8 @@ fn ambient_panic_in_savepoint_false_block_caught_inside_outer_marks_outer_for_ro
     assert_pool_clean(&db.default);
 }
 
-// Follows Django's TestConnectionOnCommit.test_hooks_cleared_on_reconnect's sibling
-// test_error_in_hook_doesnt_prevent_clearing_hooks and transaction_hooks' raise tests (C4).
+// Follows Django's transaction_hooks TestConnectionOnCommit.
+// test_error_in_hook_doesnt_prevent_clearing_hooks (rule C4).
 #[test]
 fn ambient_panicking_on_commit_callback_propagates_after_the_commit() {
     let db = setup();
