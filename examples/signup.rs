@@ -63,7 +63,9 @@ fn signup(email: &str, referral: Option<&str>) -> Result<i32, SignupError> {
         diesel::insert_into(users::table)
             .values(users::email.eq(email))
             .execute(conn)?;
-        users::table.select(diesel::dsl::max(users::id)).first::<Option<i32>>(conn)
+        users::table
+            .select(diesel::dsl::max(users::id))
+            .first::<Option<i32>>(conn)
     })?
     .unwrap_or_default();
     println!("   user #{id} inserted (not committed yet)");
@@ -93,7 +95,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = dir.join("app.sqlite3");
     let pool = Pool::builder()
         .max_size(2)
-        .build(ConnectionManager::<SqliteConnection>::new(path.to_string_lossy()))?;
+        .build(ConnectionManager::<SqliteConnection>::new(
+            path.to_string_lossy(),
+        ))?;
     pool.get()?.batch_execute(
         "CREATE TABLE users (id INTEGER PRIMARY KEY AUTOINCREMENT, email TEXT NOT NULL UNIQUE)",
     )?;

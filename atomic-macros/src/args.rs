@@ -103,9 +103,13 @@ mod tests {
 
     #[test]
     fn parses_every_key() {
-        let args = AtomicArgs::parse(
-            quote!(using = "other", savepoint = false, durable = true, conn = c, crate = "x::y"),
-        )
+        let args = AtomicArgs::parse(quote!(
+            using = "other",
+            savepoint = false,
+            durable = true,
+            conn = c,
+            crate = "x::y"
+        ))
         .unwrap();
         assert_eq!(args.using.unwrap().value(), "other");
         assert!(!args.savepoint.unwrap().value);

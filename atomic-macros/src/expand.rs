@@ -98,7 +98,14 @@ mod tests {
 
     #[test]
     fn ambient_function_runs_its_body_in_a_block() {
-        let out = expand(quote!(), quote!(fn f() -> Result<(), E> { Ok(()) }));
+        let out = expand(
+            quote!(),
+            quote!(
+                fn f() -> Result<(), E> {
+                    Ok(())
+                }
+            ),
+        );
         assert!(out.contains("run_ambient"), "{out}");
         assert!(out.contains("using : \"default\""), "{out}");
     }
@@ -107,7 +114,11 @@ mod tests {
     fn conn_parameter_selects_explicit_mode() {
         let out = expand(
             quote!(using = "other"),
-            quote!(fn f(conn: &mut C) -> QueryResult<()> { Ok(()) }),
+            quote!(
+                fn f(conn: &mut C) -> QueryResult<()> {
+                    Ok(())
+                }
+            ),
         );
         assert!(out.contains("run_explicit"), "{out}");
         assert!(out.contains("\"other\""), "{out}");
@@ -115,14 +126,28 @@ mod tests {
 
     #[test]
     fn errors_keep_the_function() {
-        let out = expand(quote!(usin = "x"), quote!(fn f() -> Result<(), E> { Ok(()) }));
+        let out = expand(
+            quote!(usin = "x"),
+            quote!(
+                fn f() -> Result<(), E> {
+                    Ok(())
+                }
+            ),
+        );
         assert!(out.contains("compile_error"), "{out}");
         assert!(out.contains("fn f"), "{out}");
     }
 
     #[test]
     fn async_fn_is_refused() {
-        let out = expand(quote!(), quote!(async fn f() -> Result<(), E> { Ok(()) }));
+        let out = expand(
+            quote!(),
+            quote!(
+                async fn f() -> Result<(), E> {
+                    Ok(())
+                }
+            ),
+        );
         assert!(out.contains("does not support `async fn`"), "{out}");
     }
 }

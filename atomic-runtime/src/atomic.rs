@@ -205,7 +205,9 @@ pub(crate) fn enter(
 
 /// Opens the outermost block of a `testing::TestTransaction` on the alias's pooled connection.
 pub(crate) fn enter_test_block(alias: &str) -> Result<Entered, Error> {
-    let busy = state::with(alias, |st| st.in_atomic_block() || !matches!(st.slot, Slot::Empty));
+    let busy = state::with(alias, |st| {
+        st.in_atomic_block() || !matches!(st.slot, Slot::Empty)
+    });
     if busy {
         return Err(Error::TransactionManagement(format!(
             "a TestTransaction must begin outside every atomic block and `connection()` call \
@@ -562,7 +564,9 @@ fn rollback_outermost(alias: &str, conn: &mut dyn TxConnection, depth_before: u3
     };
     match rolled_back {
         Ok(()) => tracing::debug!(alias, "ROLLBACK"),
-        Err(error) => tracing::error!(alias, %error, "ROLLBACK failed; the connection is discarded"),
+        Err(error) => {
+            tracing::error!(alias, %error, "ROLLBACK failed; the connection is discarded")
+        }
     }
 }
 

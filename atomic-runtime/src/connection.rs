@@ -89,7 +89,9 @@ pub(crate) fn release_rolled_back_savepoint(
     conn: &mut dyn TxConnection,
     depth_before: u32,
 ) -> QueryResult<()> {
-    conn.execute(&format!("RELEASE SAVEPOINT diesel_savepoint_{depth_before}"))
+    conn.execute(&format!(
+        "RELEASE SAVEPOINT diesel_savepoint_{depth_before}"
+    ))
 }
 
 /// A connection checked out of an alias's pool, with typed access to the inner connection.

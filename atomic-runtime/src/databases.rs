@@ -153,7 +153,9 @@ impl Databases {
                     .to_owned(),
             ));
         }
-        *GLOBAL.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(self);
+        *GLOBAL
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(self);
         Ok(())
     }
 

@@ -32,7 +32,11 @@ pub(crate) fn run_after_commit(alias: &str, callbacks: Vec<Callback>) {
     if callbacks.is_empty() {
         return;
     }
-    tracing::debug!(alias, count = callbacks.len(), "running on_commit callbacks");
+    tracing::debug!(
+        alias,
+        count = callbacks.len(),
+        "running on_commit callbacks"
+    );
     for callback in callbacks {
         run(callback, When::AfterCommit);
     }
@@ -60,7 +64,10 @@ pub(crate) fn run(callback: Callback, when: When) {
                 "Error calling {name} in on_commit() during transaction ({message})."
             ),
             When::Immediately => {
-                tracing::error!(callback = name, "Error calling {name} in on_commit() ({message}).")
+                tracing::error!(
+                    callback = name,
+                    "Error calling {name} in on_commit() ({message})."
+                )
             }
         }
     }

@@ -107,7 +107,13 @@ impl AliasState {
     pub(crate) fn refuses_durable(&self) -> bool {
         match self.blocks.as_slice() {
             [] => false,
-            [only] => !matches!(only.kind, BlockKind::Outermost { from_test: true, .. }),
+            [only] => !matches!(
+                only.kind,
+                BlockKind::Outermost {
+                    from_test: true,
+                    ..
+                }
+            ),
             _ => true,
         }
     }

@@ -141,7 +141,10 @@ impl IntoIterator for CapturedCallbacks {
 /// }
 /// # Ok::<(), diesel_atomic::Error>(())
 /// ```
-pub fn capture_on_commit_callbacks<T>(execute: bool, f: impl FnOnce() -> T) -> (T, CapturedCallbacks) {
+pub fn capture_on_commit_callbacks<T>(
+    execute: bool,
+    f: impl FnOnce() -> T,
+) -> (T, CapturedCallbacks) {
     capture_on_commit_callbacks_using(DEFAULT_DB_ALIAS, execute, f)
 }
 
@@ -172,7 +175,9 @@ pub fn capture_on_commit_callbacks_using<T>(
         }
         captured.count += batch.len();
         if !execute {
-            captured.pending.extend(batch.into_iter().map(|callback| callback.func));
+            captured
+                .pending
+                .extend(batch.into_iter().map(|callback| callback.func));
             break;
         }
         for callback in batch {

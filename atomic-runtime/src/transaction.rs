@@ -117,7 +117,11 @@ impl Atomic {
     }
 
     /// Runs `f` as a block on `conn` (explicit mode; no registry needed).
-    pub fn run_on<C, T, E>(&self, conn: &mut C, f: impl FnOnce(&mut C) -> Result<T, E>) -> Result<T, E>
+    pub fn run_on<C, T, E>(
+        &self,
+        conn: &mut C,
+        f: impl FnOnce(&mut C) -> Result<T, E>,
+    ) -> Result<T, E>
     where
         C: Connection,
         E: From<Error>,
