@@ -308,6 +308,7 @@ fn ambient_panic_at_depth_2_caught_inside_outer_rolls_back_only_inner() {
     assert_pool_clean(&db.default);
 }
 
+// No Django counterpart (three levels): rules X2, X3, C2.
 #[test]
 fn ambient_panic_at_depth_3_caught_outside_rolls_back_every_level() {
     let db = setup();
@@ -319,6 +320,7 @@ fn ambient_panic_at_depth_3_caught_outside_rolls_back_every_level() {
     assert_pool_clean(&db.default);
 }
 
+// No Django counterpart (three levels): X2 at depth 2 drops depth 3's work with it (C2).
 #[test]
 fn ambient_panic_at_depth_3_caught_at_depth_1_rolls_back_depths_2_and_3() {
     let db = setup();
@@ -333,6 +335,7 @@ fn ambient_panic_at_depth_3_caught_at_depth_1_rolls_back_depths_2_and_3() {
     assert_pool_clean(&db.default);
 }
 
+// No Django counterpart (three levels): only the panicking savepoint rolls back.
 #[test]
 fn ambient_panic_at_depth_3_caught_at_depth_2_rolls_back_only_depth_3() {
     let db = setup();
@@ -347,6 +350,7 @@ fn ambient_panic_at_depth_3_caught_at_depth_2_rolls_back_only_depth_3() {
     assert_pool_clean(&db.default);
 }
 
+// SEMANTICS: "A panic always rolls back and then resumes unwinding unchanged" (rule X3).
 #[test]
 fn ambient_panic_with_a_custom_payload_resumes_that_very_payload() {
     #[derive(Debug, PartialEq)]
@@ -373,6 +377,7 @@ fn ambient_panic_with_a_custom_payload_resumes_that_very_payload() {
     assert_pool_clean(&db.default);
 }
 
+// API.md §3: a panic while the block's connection is lent still rolls the block back.
 #[test]
 fn panic_inside_connection_closure_in_a_block_rolls_back_the_block() {
     let db = setup();
@@ -394,6 +399,7 @@ fn panic_inside_connection_closure_in_a_block_rolls_back_the_block() {
     assert_pool_clean(&db.default);
 }
 
+// API.md §3: outside a block `connection()` is autocommit; a panic gives the connection back.
 #[test]
 fn panic_inside_connection_closure_outside_a_block_keeps_autocommitted_work() {
     let db = setup();
@@ -479,6 +485,7 @@ fn ambient_panicking_on_commit_callback_propagates_after_the_commit() {
     assert_pool_clean(&db.default);
 }
 
+// Rule C4: the panic comes out of the outermost block's exit, not the inner one's.
 #[test]
 fn panicking_on_commit_callback_from_an_inner_block_propagates_from_the_outermost_exit() {
     let db = setup();
@@ -511,6 +518,7 @@ fn panicking_on_commit_callback_from_an_inner_block_propagates_from_the_outermos
 // Explicit mode (`conn: &mut SqliteConnection` / `Atomic::run_on`)
 // ---------------------------------------------------------------------------------------------
 
+// Follows Django's AtomicTests.test_rollback, in explicit mode.
 #[test]
 fn explicit_panic_at_depth_1_rolls_back_and_resumes_the_payload() {
     let db = setup();
@@ -532,6 +540,7 @@ fn explicit_panic_at_depth_1_rolls_back_and_resumes_the_payload() {
     assert_pool_clean(&db.default);
 }
 
+// Follows Django's AtomicTests.test_nested_rollback_rollback, in explicit mode.
 #[test]
 fn explicit_panic_at_depth_2_caught_outside_rolls_back_inner_and_outer() {
     let db = setup();
@@ -557,6 +566,7 @@ fn explicit_panic_at_depth_2_caught_outside_rolls_back_inner_and_outer() {
     assert_pool_clean(&db.default);
 }
 
+// Follows Django's AtomicTests.test_nested_commit_rollback, in explicit mode.
 #[test]
 fn explicit_panic_at_depth_2_caught_inside_outer_rolls_back_only_inner() {
     let db = setup();
@@ -572,6 +582,7 @@ fn explicit_panic_at_depth_2_caught_inside_outer_rolls_back_only_inner() {
     assert_pool_clean(&db.default);
 }
 
+// No Django counterpart (three levels), explicit mode: rules X2, X3, C2.
 #[test]
 fn explicit_panic_at_depth_3_caught_outside_rolls_back_every_level() {
     let db = setup();
@@ -589,6 +600,7 @@ fn explicit_panic_at_depth_3_caught_outside_rolls_back_every_level() {
     assert_pool_clean(&db.default);
 }
 
+// No Django counterpart (three levels), explicit mode.
 #[test]
 fn explicit_panic_at_depth_3_caught_at_depth_1_rolls_back_depths_2_and_3() {
     let db = setup();
@@ -606,6 +618,7 @@ fn explicit_panic_at_depth_3_caught_at_depth_1_rolls_back_depths_2_and_3() {
     assert_pool_clean(&db.default);
 }
 
+// No Django counterpart (three levels), explicit mode.
 #[test]
 fn explicit_panic_at_depth_3_caught_at_depth_2_rolls_back_only_depth_3() {
     let db = setup();
@@ -623,6 +636,7 @@ fn explicit_panic_at_depth_3_caught_at_depth_2_rolls_back_only_depth_3() {
     assert_pool_clean(&db.default);
 }
 
+// API.md §1: explicit mode on a connection that never was in a pool.
 #[test]
 fn explicit_panic_on_a_private_connection_needs_no_pool() {
     // Explicit mode on a connection that never was in any pool.
@@ -649,6 +663,7 @@ fn merged_block_that_panics(
     boom("boom in a merged block")
 }
 
+// Follows Django's AtomicMergeTests.test_merged_outer_rollback, in explicit mode (rule X2).
 #[test]
 fn explicit_panic_in_savepoint_false_block_caught_inside_outer_marks_outer_for_rollback() {
     let db = setup();
@@ -673,6 +688,8 @@ fn explicit_panic_in_savepoint_false_block_caught_inside_outer_marks_outer_for_r
     assert_pool_clean(&db.default);
 }
 
+// Follows Django's TestConnectionOnCommit.test_error_in_hook_doesnt_prevent_clearing_hooks,
+// in explicit mode (rule C4).
 #[test]
 fn explicit_panicking_on_commit_callback_propagates_after_the_commit() {
     let db = setup();
@@ -700,6 +717,7 @@ fn explicit_panicking_on_commit_callback_propagates_after_the_commit() {
 // The pool after all of the above
 // ---------------------------------------------------------------------------------------------
 
+// Rules X2, X5: after every kind of panic the pool holds only clean connections.
 #[test]
 fn panics_leave_no_pooled_connection_inside_a_transaction() {
     let db = setup();

@@ -1,0 +1,1015 @@
+//! Port of Django's tests/transactions/tests.py (Django 5.x), durable tests included.
+//!
+//! Django's `Exception("Oops")` becomes a body that returns `Err(TestError::Oops)`; where a
+//! panic is the natural Rust equivalent, an extra `..._on_panic` test checks that the block
+//! rolls back and resumes the original panic (SEMANTICS X3).
+//!
+//! AtomicTests runs three times (see `atomic_tests!`, after its bodies): with nothing around it,
+//! inside a `testing::TestTransaction` and inside an enclosing `transaction::atomic` block.
+//! The last two are Django's AtomicInsideTransactionTests: the test's outermost blocks become
+//! savepoints, so rows are read through the enclosing transaction's own connection.
+//! DurableTestsBase runs twice, as Django's DurableTransactionTests (plain) and DurableTests
+//! (inside `TestTransaction`, which the durable check ignores: SEMANTICS T1).
+//!
+//! Skipped Django tests, with the reason:
+//! - AtomicWithoutAutocommitTests (re-run of AtomicTests after `set_autocommit(False)`): there
+//!   is no `set_autocommit`; diesel has no manual-autocommit mode.
+//! - AtomicErrorsTests.test_atomic_prevents_setting_autocommit: no `set_autocommit` API.
+//! - AtomicErrorsTests.test_atomic_prevents_calling_transaction_methods: no `commit()` /
+//!   `rollback()` API outside blocks.
+//! - AtomicErrorsTests.test_atomic_prevents_queries_in_broken_transaction_after_client_close:
+//!   skipped on SQLite in Django too (`test_db_allows_multiple_connections` is false), and
+//!   there is no `connection.close()` API.
+//! - AtomicMySQLTests.test_implicit_savepoint_rollback: MySQL only (deadlock handling).
+//! - AtomicMiscTests.test_wrap_callable_instance: Python-only (decorating a callable object);
+//!   Rust closures and methods are covered by the closure and attribute forms.
+//! - NonAutocommitTests (test_orm_query_after_error_and_rollback,
+//!   test_orm_query_without_autocommit): no `set_autocommit` / `rollback()`; diesel has no
+//!   manual-autocommit mode.
+
+mod common;
+
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::Once;
+
+use common::*;
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::result::DatabaseErrorKind;
+use diesel_atomic::testing::TestTransaction;
+use diesel_atomic::transaction::{self, Atomic};
+use diesel_atomic::{Error, atomic};
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+/// Django's `"Oops, that's his last name"`, as a panic payload.
+const EXPECTED_PANIC: &str = "Oops, that's his last name";
+
+/// Django's message for queries in a transaction marked for rollback (SEMANTICS F3).
+const BROKEN_TRANSACTION: &str = "An error occurred in the current transaction. \
+     You can't execute queries until the end of the 'atomic' block.";
+
+/// Django's message for a durable block that is not outermost (SEMANTICS E1).
+const DURABLE_NESTED: &str = "A durable atomic block cannot be nested within another atomic block.";
+
+/// What surrounds a test body (Django's AtomicTests vs AtomicInsideTransactionTests).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Enclosing {
+    Nothing,
+    TestTransaction,
+    AtomicBlock,
+}
+
+/// One test's databases and what encloses its body.
+struct Ctx {
+    db: TestDb,
+    enclosing: Enclosing,
+}
+
+impl Ctx {
+    /// The reporters after the test's own blocks ended: the committed rows (through a fresh
+    /// connection) when nothing encloses the test, else what the enclosing transaction sees.
+    fn reporters(&self) -> Vec<String> {
+        match self.enclosing {
+            Enclosing::Nothing => self.db.reporters("default"),
+            Enclosing::TestTransaction | Enclosing::AtomicBlock => visible_reporters(),
+        }
+    }
+
+    /// diesel's transaction depth around the test's blocks: diesel names the savepoint a block
+    /// opens at depth `d` `diesel_savepoint_{d}`.
+    fn enclosing_depth(&self) -> u32 {
+        match self.enclosing {
+            Enclosing::Nothing => 0,
+            Enclosing::TestTransaction | Enclosing::AtomicBlock => 1,
+        }
+    }
+}
+
+/// Runs a body with nothing around it (Django's TransactionTestCase: real commits).
+fn run_plain(body: fn(&Ctx)) {
+    let ctx = Ctx {
+        db: setup(),
+        enclosing: Enclosing::Nothing,
+    };
+    body(&ctx);
+    assert!(!transaction::in_atomic_block(), "every block was left");
+}
+
+/// Runs a body inside a `TestTransaction` (Django's TestCase); everything rolls back after.
+fn run_in_test_transaction(body: fn(&Ctx)) {
+    let ctx = Ctx {
+        db: setup(),
+        enclosing: Enclosing::TestTransaction,
+    };
+    let test = TestTransaction::begin().expect("begin the test transaction");
+    body(&ctx);
+    assert!(
+        transaction::in_atomic_block(),
+        "the test transaction is still open"
+    );
+    assert!(
+        !transaction::get_rollback().unwrap(),
+        "the test transaction is healthy"
+    );
+    drop(test);
+    assert!(!transaction::in_atomic_block());
+    assert!(
+        ctx.db.reporters("default").is_empty(),
+        "dropping the TestTransaction rolls everything back (T1)"
+    );
+}
+
+/// Runs a body inside an enclosing atomic block (Django's AtomicInsideTransactionTests), which
+/// then commits what the body left.
+fn run_in_atomic_block(body: fn(&Ctx)) {
+    let ctx = Ctx {
+        db: setup(),
+        enclosing: Enclosing::AtomicBlock,
+    };
+    let seen = transaction::atomic(|| {
+        body(&ctx);
+        assert!(
+            !transaction::get_rollback()?,
+            "the enclosing block is healthy"
+        );
+        Ok::<_, Error>(visible_reporters())
+    })
+    .expect("the enclosing block commits");
+    assert!(!transaction::in_atomic_block());
+    assert_eq!(
+        ctx.db.reporters("default"),
+        seen,
+        "the enclosing block committed its rows"
+    );
+}
+
+/// The reporters the default alias's current connection sees (inside the open transaction).
+fn try_visible_reporters() -> Result<Vec<String>, Error> {
+    diesel_atomic::connection(|conn: &mut SqliteConnection| {
+        reporters::table
+            .select(reporters::first_name)
+            .order((reporters::first_name, reporters::last_name))
+            .load(conn)
+            .map_err(Error::from)
+    })
+}
+
+fn visible_reporters() -> Vec<String> {
+    try_visible_reporters().expect("read reporters through the ambient connection")
+}
+
+/// Inserts a reporter with a given primary key (Django's `save(force_insert=True)`).
+fn insert_reporter_with_id(
+    conn: &mut SqliteConnection,
+    id: i32,
+    first: &str,
+    last: &str,
+) -> QueryResult<()> {
+    diesel::insert_into(reporters::table)
+        .values((
+            reporters::id.eq(id),
+            reporters::first_name.eq(first),
+            reporters::last_name.eq(last),
+        ))
+        .execute(conn)
+        .map(drop)
+}
+
+/// Runs SQL through the default alias's ambient connection.
+fn execute_ambient(sql: &str) -> Result<(), Error> {
+    diesel_atomic::connection(|conn: &mut SqliteConnection| {
+        conn.batch_execute(sql).map_err(Error::from)
+    })
+}
+
+/// Committed `(id, first_name, last_name)` rows on "default".
+fn committed_rows(db: &TestDb) -> Vec<(i32, String, String)> {
+    reporters::table
+        .order(reporters::id)
+        .load(&mut db.raw("default"))
+        .expect("read reporters")
+}
+
+/// Silences the default panic message for the panics these tests cause on purpose.
+fn quiet_expected_panics() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let default_hook = panic::take_hook();
+        panic::set_hook(Box::new(move |info| {
+            if info.payload().downcast_ref::<&str>() != Some(&EXPECTED_PANIC) {
+                default_hook(info);
+            }
+        }));
+    });
+}
+
+/// Runs `f`, which must panic with `EXPECTED_PANIC` out of the blocks it opens: the blocks
+/// resume the original payload unchanged (SEMANTICS X3).
+fn assert_resumes_expected_panic<T>(f: impl FnOnce() -> T) {
+    quiet_expected_panics();
+    let payload = match panic::catch_unwind(AssertUnwindSafe(f)) {
+        Ok(_) => panic!("the panic must propagate out of the atomic block"),
+        Err(payload) => payload,
+    };
+    assert_eq!(
+        payload.downcast_ref::<&str>(),
+        Some(&EXPECTED_PANIC),
+        "the block resumes the original panic payload"
+    );
+}
+
+fn assert_broken_transaction<T: std::fmt::Debug>(result: Result<T, Error>) {
+    match result {
+        Err(Error::TransactionManagement(message)) => assert!(
+            message.contains(BROKEN_TRANSACTION),
+            "unexpected message: {message}"
+        ),
+        other => panic!("expected Error::TransactionManagement, got {other:?}"),
+    }
+}
+
+fn assert_durable_nested<T: std::fmt::Debug>(result: Result<T, Error>) {
+    match result {
+        Err(error @ Error::DurableNested { .. }) => {
+            assert!(
+                matches!(&error, Error::DurableNested { alias } if alias == "default"),
+                "{error:?}"
+            );
+            assert!(error.to_string().contains(DURABLE_NESTED), "{error}");
+        }
+        other => panic!("expected Error::DurableNested, got {other:?}"),
+    }
+}
+
+fn assert_database_error<T: std::fmt::Debug>(result: Result<T, Error>) {
+    assert!(
+        matches!(result, Err(Error::Database(_))),
+        "expected Error::Database, got {result:?}"
+    );
+}
+
+/// Instantiates `#[test]` functions `module::name` that run `name` under `runner`.
+macro_rules! instantiate {
+    ($module:ident, $runner:ident, [$($name:ident),* $(,)?]) => {
+        mod $module {
+            $(
+                #[test]
+                fn $name() {
+                    super::$runner(super::$name)
+                }
+            )*
+        }
+    };
+}
+
+/// Instantiates every AtomicTests body three times: AtomicTests itself, and Django's
+/// AtomicInsideTransactionTests (row 22) both inside a `TestTransaction` and inside an
+/// enclosing atomic block.
+macro_rules! atomic_tests {
+    ($($name:ident),* $(,)?) => {
+        // Django: AtomicTests
+        instantiate!(atomic_plain, run_plain, [$($name),*]);
+        // Django: AtomicInsideTransactionTests (enclosing TestCase-style transaction)
+        instantiate!(atomic_inside_test_transaction, run_in_test_transaction, [$($name),*]);
+        // Django: AtomicInsideTransactionTests (enclosing atomic block, then committed)
+        instantiate!(atomic_inside_atomic_block, run_in_atomic_block, [$($name),*]);
+    };
+}
+
+// ---------------------------------------------------------------------------------------------
+// AtomicTests (rows 1-21) and AtomicInsideTransactionTests (row 22)
+// ---------------------------------------------------------------------------------------------
+
+// Django: AtomicTests.test_decorator_syntax_commit
+fn decorator_commit_keeps_row(ctx: &Ctx) {
+    #[atomic]
+    fn make_reporter() -> Result<(), TestError> {
+        create_reporter("Tintin", "")?;
+        Ok(())
+    }
+    make_reporter().unwrap();
+    assert_eq!(ctx.reporters(), ["Tintin"]);
+}
+
+// Django: AtomicTests.test_decorator_syntax_rollback
+fn decorator_rollback_leaves_table_empty(ctx: &Ctx) {
+    #[atomic]
+    fn make_reporter() -> Result<(), TestError> {
+        create_reporter("Haddock", "")?;
+        Err(TestError::Oops)
+    }
+    assert_eq!(make_reporter(), Err(TestError::Oops));
+    assert!(ctx.reporters().is_empty());
+}
+
+// Django: AtomicTests.test_decorator_syntax_rollback
+fn decorator_rollback_on_panic(ctx: &Ctx) {
+    #[atomic]
+    fn make_reporter() -> Result<(), TestError> {
+        create_reporter("Haddock", "")?;
+        panic!("Oops, that's his last name")
+    }
+    assert_resumes_expected_panic(make_reporter);
+    assert!(ctx.reporters().is_empty());
+}
+
+// Django: AtomicTests.test_alternate_decorator_syntax_commit
+fn called_decorator_commit_keeps_row(ctx: &Ctx) {
+    #[atomic()]
+    fn make_reporter() -> Result<(), TestError> {
+        create_reporter("Tintin", "")?;
+        Ok(())
+    }
+    make_reporter().unwrap();
+    assert_eq!(ctx.reporters(), ["Tintin"]);
+}
+
+// Django: AtomicTests.test_alternate_decorator_syntax_rollback
+fn called_decorator_rollback_leaves_table_empty(ctx: &Ctx) {
+    #[atomic()]
+    fn make_reporter() -> Result<(), TestError> {
+        create_reporter("Haddock", "")?;
+        Err(TestError::Oops)
+    }
+    assert_eq!(make_reporter(), Err(TestError::Oops));
+    assert!(ctx.reporters().is_empty());
+}
+
+// Django: AtomicTests.test_commit
+fn commit_keeps_row(ctx: &Ctx) {
+    transaction::atomic(|| {
+        create_reporter("Tintin", "")?;
+        Ok::<_, TestError>(())
+    })
+    .unwrap();
+    assert_eq!(ctx.reporters(), ["Tintin"]);
+}
+
+// Django: AtomicTests.test_rollback
+fn rollback_leaves_table_empty(ctx: &Ctx) {
+    let result = transaction::atomic(|| -> Result<(), TestError> {
+        create_reporter("Haddock", "")?;
+        Err(TestError::Oops)
+    });
+    assert_eq!(result, Err(TestError::Oops));
+    assert!(ctx.reporters().is_empty());
+}
+
+// Django: AtomicTests.test_rollback
+fn rollback_on_panic(ctx: &Ctx) {
+    assert_resumes_expected_panic(|| {
+        transaction::atomic(|| -> Result<(), TestError> {
+            create_reporter("Haddock", "")?;
+            panic!("Oops, that's his last name")
+        })
+    });
+    assert!(ctx.reporters().is_empty());
+}
+
+// Django: AtomicTests.test_nested_commit_commit
+fn nested_commit_commit_keeps_both_rows(ctx: &Ctx) {
+    transaction::atomic(|| {
+        create_reporter("Tintin", "")?;
+        transaction::atomic(|| create_reporter("Archibald", "Haddock"))?;
+        Ok::<_, TestError>(())
+    })
+    .unwrap();
+    assert_eq!(ctx.reporters(), ["Archibald", "Tintin"]);
+}
+
+// Django: AtomicTests.test_nested_commit_rollback
+fn nested_commit_rollback_keeps_outer_row(ctx: &Ctx) {
+    transaction::atomic(|| {
+        create_reporter("Tintin", "")?;
+        let inner = transaction::atomic(|| -> Result<(), TestError> {
+            create_reporter("Haddock", "")?;
+            Err(TestError::Oops)
+        });
+        assert_eq!(inner, Err(TestError::Oops));
+        Ok::<_, TestError>(())
+    })
+    .unwrap();
+    assert_eq!(ctx.reporters(), ["Tintin"]);
+}
+
+// Django: AtomicTests.test_nested_commit_rollback
+fn nested_commit_rollback_on_panic_keeps_outer_row(ctx: &Ctx) {
+    transaction::atomic(|| {
+        create_reporter("Tintin", "")?;
+        assert_resumes_expected_panic(|| {
+            transaction::atomic(|| -> Result<(), TestError> {
+                create_reporter("Haddock", "")?;
+                panic!("Oops, that's his last name")
+            })
+        });
+        assert!(
+            !transaction::get_rollback()?,
+            "the savepoint absorbed the panic"
+        );
+        Ok::<_, TestError>(())
+    })
+    .unwrap();
+    assert_eq!(ctx.reporters(), ["Tintin"]);
+}
+
+// Django: AtomicTests.test_nested_rollback_commit
+fn nested_rollback_commit_leaves_table_empty(ctx: &Ctx) {
+    let result = transaction::atomic(|| -> Result<(), TestError> {
+        create_reporter("Tintin", "")?;
+        transaction::atomic(|| create_reporter("Haddock", ""))?;
+        Err(TestError::Oops)
+    });
+    assert_eq!(result, Err(TestError::Oops));
+    assert!(ctx.reporters().is_empty());
+}
+
+// Django: AtomicTests.test_nested_rollback_commit
+fn nested_rollback_commit_on_panic_leaves_table_empty(ctx: &Ctx) {
+    assert_resumes_expected_panic(|| {
+        transaction::atomic(|| -> Result<(), TestError> {
+            create_reporter("Tintin", "")?;
+            transaction::atomic(|| create_reporter("Haddock", ""))?;
+            panic!("Oops, that's his last name")
+        })
+    });
+    assert!(ctx.reporters().is_empty());
+}
+
+// Django: AtomicTests.test_nested_rollback_rollback
+fn nested_rollback_rollback_leaves_table_empty(ctx: &Ctx) {
+    let result = transaction::atomic(|| -> Result<(), TestError> {
+        create_reporter("Tintin", "")?;
+        let inner = transaction::atomic(|| -> Result<(), TestError> {
+            create_reporter("Haddock", "")?;
+            Err(TestError::Oops)
+        });
+        assert_eq!(inner, Err(TestError::Oops));
+        Err(TestError::Oops)
+    });
+    assert_eq!(result, Err(TestError::Oops));
+    assert!(ctx.reporters().is_empty());
+}
+
+// Django: AtomicTests.test_merged_commit_commit
+fn merged_commit_commit_keeps_both_rows(ctx: &Ctx) {
+    transaction::atomic(|| {
+        create_reporter("Tintin", "")?;
+        Atomic::new()
+            .savepoint(false)
+            .run(|| create_reporter("Archibald", "Haddock"))?;
+        Ok::<_, TestError>(())
+    })
+    .unwrap();
+    assert_eq!(ctx.reporters(), ["Archibald", "Tintin"]);
+}
+
+// Django: AtomicTests.test_merged_commit_rollback
+fn merged_commit_rollback_silently_undoes_outer_row(ctx: &Ctx) {
+    let result = transaction::atomic(|| {
+        create_reporter("Tintin", "")?;
+        let inner = Atomic::new()
+            .savepoint(false)
+            .run(|| -> Result<(), TestError> {
+                create_reporter("Haddock", "")?;
+                Err(TestError::Oops)
+            });
+        assert_eq!(inner, Err(TestError::Oops));
+        // X2: the merged block marked the outer one for rollback.
+        assert!(transaction::get_rollback()?);
+        Ok::<_, TestError>("outer body finished")
+    });
+    // Writes in the outer block are rolled back too, silently (X2, X3).
+    assert_eq!(result, Ok("outer body finished"));
+    assert!(ctx.reporters().is_empty());
+}
+
+// Django: AtomicTests.test_merged_commit_rollback
+fn merged_commit_rollback_on_panic_silently_undoes_outer_row(ctx: &Ctx) {
+    let result = transaction::atomic(|| {
+        create_reporter("Tintin", "")?;
+        assert_resumes_expected_panic(|| {
+            Atomic::new()
+                .savepoint(false)
+                .run(|| -> Result<(), TestError> {
+                    create_reporter("Haddock", "")?;
+                    panic!("Oops, that's his last name")
+                })
+        });
+        assert!(transaction::get_rollback()?);
+        Ok::<_, TestError>(())
+    });
+    assert_eq!(result, Ok(()));
+    assert!(ctx.reporters().is_empty());
+}
+
+// Django: AtomicTests.test_merged_rollback_commit
+fn merged_rollback_commit_leaves_table_empty(ctx: &Ctx) {
+    let result = transaction::atomic(|| -> Result<(), TestError> {
+        create_reporter("Tintin", "")?;
+        Atomic::new()
+            .savepoint(false)
+            .run(|| create_reporter("Haddock", ""))?;
+        Err(TestError::Oops)
+    });
+    assert_eq!(result, Err(TestError::Oops));
+    assert!(ctx.reporters().is_empty());
+}
+
+// Django: AtomicTests.test_merged_rollback_rollback
+fn merged_rollback_rollback_leaves_table_empty(ctx: &Ctx) {
+    let result = transaction::atomic(|| -> Result<(), TestError> {
+        create_reporter("Tintin", "")?;
+        let inner = Atomic::new()
+            .savepoint(false)
+            .run(|| -> Result<(), TestError> {
+                create_reporter("Haddock", "")?;
+                Err(TestError::Oops)
+            });
+        assert_eq!(inner, Err(TestError::Oops));
+        Err(TestError::Oops)
+    });
+    assert_eq!(result, Err(TestError::Oops));
+    assert!(ctx.reporters().is_empty());
+}
+
+// Django: AtomicTests.test_reuse_commit_commit
+fn reused_atomic_commit_commit_keeps_both_rows(ctx: &Ctx) {
+    let block = Atomic::new();
+    block
+        .run(|| {
+            create_reporter("Tintin", "")?;
+            block.run(|| create_reporter("Archibald", "Haddock"))?;
+            Ok::<_, TestError>(())
+        })
+        .unwrap();
+    assert_eq!(ctx.reporters(), ["Archibald", "Tintin"]);
+}
+
+// Django: AtomicTests.test_reuse_commit_rollback
+fn reused_atomic_commit_rollback_keeps_outer_row(ctx: &Ctx) {
+    let block = Atomic::new();
+    block
+        .run(|| {
+            create_reporter("Tintin", "")?;
+            let inner = block.run(|| -> Result<(), TestError> {
+                create_reporter("Haddock", "")?;
+                Err(TestError::Oops)
+            });
+            assert_eq!(inner, Err(TestError::Oops));
+            Ok::<_, TestError>(())
+        })
+        .unwrap();
+    assert_eq!(ctx.reporters(), ["Tintin"]);
+}
+
+// Django: AtomicTests.test_reuse_rollback_commit
+fn reused_atomic_rollback_commit_leaves_table_empty(ctx: &Ctx) {
+    let block = Atomic::new();
+    let result = block.run(|| -> Result<(), TestError> {
+        create_reporter("Tintin", "")?;
+        block.run(|| create_reporter("Haddock", ""))?;
+        Err(TestError::Oops)
+    });
+    assert_eq!(result, Err(TestError::Oops));
+    assert!(ctx.reporters().is_empty());
+}
+
+// Django: AtomicTests.test_reuse_rollback_rollback
+fn reused_atomic_rollback_rollback_leaves_table_empty(ctx: &Ctx) {
+    let block = Atomic::new();
+    let result = block.run(|| -> Result<(), TestError> {
+        create_reporter("Tintin", "")?;
+        let inner = block.run(|| -> Result<(), TestError> {
+            create_reporter("Haddock", "")?;
+            Err(TestError::Oops)
+        });
+        assert_eq!(inner, Err(TestError::Oops));
+        Err(TestError::Oops)
+    });
+    assert_eq!(result, Err(TestError::Oops));
+    assert!(ctx.reporters().is_empty());
+}
+
+// Django: AtomicTests.test_force_rollback
+fn set_rollback_true_rolls_back_without_error(ctx: &Ctx) {
+    let result = transaction::atomic(|| {
+        create_reporter("Tintin", "")?;
+        // The block is healthy until the flag is set (F2).
+        assert!(!transaction::get_rollback()?);
+        transaction::set_rollback(true)?;
+        Ok::<_, TestError>("no error")
+    });
+    assert_eq!(result, Ok("no error"));
+    assert!(ctx.reporters().is_empty());
+}
+
+// Django: AtomicTests.test_prevent_rollback
+fn set_rollback_false_and_savepoint_rollback_recover_the_block(ctx: &Ctx) {
+    transaction::atomic(|| {
+        create_reporter("Tintin", "")?;
+        let savepoint = transaction::savepoint()?;
+        // A database error inside an inner block without a savepoint marks the block (X2).
+        let inner = Atomic::new()
+            .savepoint(false)
+            .run(|| execute_ambient("SELECT no_such_col FROM reporters"));
+        assert_database_error(inner);
+        assert!(transaction::get_rollback()?);
+        // Recover manually, in the order F3 prescribes.
+        transaction::set_rollback(false)?;
+        transaction::savepoint_rollback(savepoint)?;
+        Ok::<_, Error>(())
+    })
+    .unwrap();
+    assert_eq!(ctx.reporters(), ["Tintin"]);
+}
+
+// Django: AtomicTests.test_failure_on_exit_transaction
+fn failed_savepoint_release_marks_outer_block_for_rollback(ctx: &Ctx) {
+    // The inner block's savepoint is the one diesel opens at depth (enclosing + outer block).
+    let inner_savepoint = format!("diesel_savepoint_{}", ctx.enclosing_depth() + 1);
+    let outer = transaction::atomic(|| {
+        let inner = transaction::atomic(|| {
+            create_reporter("Tintin", "")?;
+            assert_eq!(try_visible_reporters()?.len(), 1);
+            // Release the block's savepoint behind its back, so that the block's own RELEASE
+            // fails on exit although its body succeeded (X4).
+            execute_ambient(&format!("RELEASE SAVEPOINT {inner_savepoint}"))
+                .expect("the inner block's savepoint exists");
+            Ok::<_, Error>(())
+        });
+        assert_database_error(inner);
+        assert_broken_transaction(try_visible_reporters());
+        assert!(transaction::get_rollback()?);
+        Ok::<_, Error>(())
+    });
+    // The outer block rolls back silently on exit.
+    assert!(matches!(outer, Ok(())), "{outer:?}");
+    assert!(ctx.reporters().is_empty());
+}
+
+atomic_tests! {
+    decorator_commit_keeps_row,
+    decorator_rollback_leaves_table_empty,
+    decorator_rollback_on_panic,
+    called_decorator_commit_keeps_row,
+    called_decorator_rollback_leaves_table_empty,
+    commit_keeps_row,
+    rollback_leaves_table_empty,
+    rollback_on_panic,
+    nested_commit_commit_keeps_both_rows,
+    nested_commit_rollback_keeps_outer_row,
+    nested_commit_rollback_on_panic_keeps_outer_row,
+    nested_rollback_commit_leaves_table_empty,
+    nested_rollback_commit_on_panic_leaves_table_empty,
+    nested_rollback_rollback_leaves_table_empty,
+    merged_commit_commit_keeps_both_rows,
+    merged_commit_rollback_silently_undoes_outer_row,
+    merged_commit_rollback_on_panic_silently_undoes_outer_row,
+    merged_rollback_commit_leaves_table_empty,
+    merged_rollback_rollback_leaves_table_empty,
+    reused_atomic_commit_commit_keeps_both_rows,
+    reused_atomic_commit_rollback_keeps_outer_row,
+    reused_atomic_rollback_commit_leaves_table_empty,
+    reused_atomic_rollback_rollback_leaves_table_empty,
+    set_rollback_true_rolls_back_without_error,
+    set_rollback_false_and_savepoint_rollback_recover_the_block,
+    failed_savepoint_release_marks_outer_block_for_rollback,
+}
+
+// ---------------------------------------------------------------------------------------------
+// AtomicMergeTests (rows 24, 25)
+// ---------------------------------------------------------------------------------------------
+
+// Django: AtomicMergeTests.test_merged_outer_rollback
+#[test]
+fn merged_blocks_roll_back_up_to_the_outermost_savepoint() {
+    let db = setup();
+    let outer = transaction::atomic(|| {
+        create_reporter("Tintin", "")?;
+        Atomic::new().savepoint(false).run(|| {
+            create_reporter("Archibald", "Haddock")?;
+            let inner = Atomic::new()
+                .savepoint(false)
+                .run(|| -> Result<(), TestError> {
+                    create_reporter("Calculus", "")?;
+                    Err(TestError::Oops)
+                });
+            assert_eq!(inner, Err(TestError::Oops));
+            // The third insert couldn't be rolled back: look at it with the flag cleared.
+            assert!(transaction::get_rollback()?);
+            transaction::set_rollback(false)?;
+            assert_eq!(try_visible_reporters()?.len(), 3);
+            transaction::set_rollback(true)?;
+            Ok::<_, TestError>(())
+        })?;
+        // Neither could the second: the merged block passed the flag on to its parent.
+        assert!(transaction::get_rollback()?);
+        transaction::set_rollback(false)?;
+        assert_eq!(try_visible_reporters()?.len(), 3);
+        transaction::set_rollback(true)?;
+        Ok::<_, TestError>(())
+    });
+    // The first block has a savepoint (it is the transaction) and rolls back.
+    assert_eq!(outer, Ok(()));
+    assert!(db.reporters("default").is_empty());
+}
+
+// Django: AtomicMergeTests.test_merged_inner_savepoint_rollback
+#[test]
+fn merged_block_failure_rolls_back_to_the_nearest_savepoint() {
+    let db = setup();
+    transaction::atomic(|| {
+        create_reporter("Tintin", "")?;
+        let middle = transaction::atomic(|| {
+            create_reporter("Archibald", "Haddock")?;
+            let inner = Atomic::new()
+                .savepoint(false)
+                .run(|| -> Result<(), TestError> {
+                    create_reporter("Calculus", "")?;
+                    Err(TestError::Oops)
+                });
+            assert_eq!(inner, Err(TestError::Oops));
+            // The third insert couldn't be rolled back: look at it with the flag cleared.
+            assert!(transaction::get_rollback()?);
+            transaction::set_rollback(false)?;
+            assert_eq!(try_visible_reporters()?.len(), 3);
+            transaction::set_rollback(true)?;
+            Ok::<_, TestError>(())
+        });
+        // The middle block has a savepoint: it rolls back to it silently.
+        assert_eq!(middle, Ok(()));
+        assert!(!transaction::get_rollback()?);
+        assert_eq!(try_visible_reporters()?, ["Tintin"]);
+        Ok::<_, TestError>(())
+    })
+    .unwrap();
+    assert_eq!(db.reporters("default"), ["Tintin"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// AtomicErrorsTests (rows 28, 29)
+// ---------------------------------------------------------------------------------------------
+
+/// Inserts a reporter with `id` inside a block without a savepoint: a failure marks the
+/// enclosing block for rollback, as Django's `mark_for_rollback_on_error` around `save()` does.
+fn force_insert_marking_for_rollback(id: i32) -> Result<(), Error> {
+    Atomic::new().savepoint(false).run(|| {
+        diesel_atomic::connection(|conn: &mut SqliteConnection| {
+            insert_reporter_with_id(conn, id, "Cuthbert", "Calculus").map_err(Error::from)
+        })
+    })
+}
+
+/// Django's `r2.save(force_update=True)`: overwrites the row `id` through the ambient connection.
+fn force_update(id: i32) -> Result<usize, Error> {
+    diesel_atomic::connection(|conn: &mut SqliteConnection| {
+        diesel::update(reporters::table.find(id))
+            .set((
+                reporters::first_name.eq("Cuthbert"),
+                reporters::last_name.eq("Calculus"),
+            ))
+            .execute(conn)
+            .map_err(Error::from)
+    })
+}
+
+fn assert_unique_violation(result: Result<(), Error>) {
+    assert!(
+        matches!(
+            result,
+            Err(Error::Database(diesel::result::Error::DatabaseError(
+                DatabaseErrorKind::UniqueViolation,
+                _
+            )))
+        ),
+        "expected a unique violation, got {result:?}"
+    );
+}
+
+/// Creates the committed row r1 and returns its id.
+fn create_committed_haddock(db: &TestDb) -> i32 {
+    create_reporter("Archibald", "Haddock").unwrap();
+    let rows = committed_rows(db);
+    assert_eq!(rows.len(), 1);
+    rows[0].0
+}
+
+// Django: AtomicErrorsTests.test_atomic_prevents_queries_in_broken_transaction
+#[test]
+fn queries_are_refused_in_a_broken_transaction() {
+    let db = setup();
+    let r1 = create_committed_haddock(&db);
+    let result = transaction::atomic(|| {
+        assert_unique_violation(force_insert_marking_for_rollback(r1));
+        // The transaction is marked as needing rollback (F3). Django also checks that the
+        // error's cause is the IntegrityError; `Error::TransactionManagement(String)` carries
+        // no cause in the API, and Django's own Atomic exit records none either (R15).
+        assert_broken_transaction(force_update(r1));
+        Ok::<_, Error>(())
+    });
+    assert!(matches!(result, Ok(())), "{result:?}");
+    assert_eq!(
+        committed_rows(&db),
+        [(r1, "Archibald".to_owned(), "Haddock".to_owned())]
+    );
+}
+
+// Django: AtomicErrorsTests.test_atomic_allows_queries_after_fixing_transaction
+#[test]
+fn clearing_the_rollback_flag_allows_queries_again() {
+    let db = setup();
+    let r1 = create_committed_haddock(&db);
+    transaction::atomic(|| {
+        assert_unique_violation(force_insert_marking_for_rollback(r1));
+        // SQLite does not abort the transaction on an integrity error (R19): clearing the
+        // flag makes the connection usable again.
+        transaction::set_rollback(false)?;
+        assert_eq!(force_update(r1)?, 1);
+        Ok::<_, Error>(())
+    })
+    .unwrap();
+    assert_eq!(
+        committed_rows(&db),
+        [(r1, "Cuthbert".to_owned(), "Calculus".to_owned())]
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// AtomicMiscTests (rows 33-35, adapted)
+// ---------------------------------------------------------------------------------------------
+
+// Django: AtomicMiscTests.test_atomic_does_not_leak_savepoints_on_failure
+#[test]
+fn rolled_back_block_savepoint_is_released() {
+    let db = setup();
+    // Django reads the block's savepoint id off the connection; here it is the name diesel
+    // gives the first savepoint inside a transaction.
+    let outer = transaction::atomic(|| {
+        let inner = transaction::atomic(|| -> Result<(), TestError> {
+            create_reporter("Tintin", "")?;
+            // The name is right: while the block is open, its savepoint exists.
+            execute_ambient("ROLLBACK TO SAVEPOINT diesel_savepoint_1")?;
+            create_reporter("Tintin", "")?;
+            Err(TestError::Oops)
+        });
+        assert_eq!(inner, Err(TestError::Oops));
+        // Rolling back to the savepoint fails: the block released it after rolling back (M1).
+        execute_ambient("ROLLBACK TO SAVEPOINT diesel_savepoint_1")?;
+        Ok::<_, Error>(())
+    });
+    assert_database_error(outer);
+    assert!(!transaction::in_atomic_block());
+    // The connection recovered: the next block commits.
+    transaction::atomic(|| create_reporter("Archibald", "Haddock")).unwrap();
+    assert_eq!(db.reporters("default"), ["Archibald"]);
+}
+
+// Django: AtomicMiscTests.test_mark_for_rollback_on_error_in_transaction
+#[test]
+fn failing_merged_block_breaks_the_transaction_until_its_end() {
+    let db = setup();
+    // `mark_for_rollback_on_error()` is emulated by a block without a savepoint.
+    let outer = Atomic::new().savepoint(false).run(|| {
+        let inner = Atomic::new()
+            .savepoint(false)
+            .run(|| -> Result<(), TestError> {
+                // Still in a good state.
+                assert!(!transaction::get_rollback()?);
+                Err(TestError::Oops)
+            });
+        assert_eq!(inner, Err(TestError::Oops));
+        // The transaction is marked broken ...
+        assert!(transaction::get_rollback()?);
+        // ... and further queries fail.
+        assert_broken_transaction(create_reporter("Tintin", ""));
+        Ok::<_, TestError>(())
+    });
+    assert_eq!(outer, Ok(()));
+    // The flag is reset at the end of the transaction, so this just works.
+    create_reporter("Haddock", "").unwrap();
+    assert_eq!(db.reporters("default"), ["Haddock"]);
+}
+
+// Django: AtomicMiscTests.test_mark_for_rollback_on_error_in_autocommit
+#[test]
+fn failing_block_in_autocommit_leaves_no_rollback_flag() {
+    let db = setup();
+    assert!(!transaction::in_atomic_block());
+    // Outside any block, the emulating block is an outermost transaction of its own.
+    let result = Atomic::new()
+        .savepoint(false)
+        .run(|| -> Result<(), TestError> {
+            assert!(!transaction::get_rollback()?);
+            create_reporter("Tintin", "")?;
+            Err(TestError::Oops)
+        });
+    assert_eq!(result, Err(TestError::Oops));
+    // Nothing is left marked: outside a block the flag does not exist (F1) ...
+    assert!(!transaction::in_atomic_block());
+    assert!(matches!(
+        transaction::get_rollback(),
+        Err(Error::NotInAtomicBlock { .. })
+    ));
+    // ... and further queries work nicely.
+    create_reporter("Haddock", "").unwrap();
+    assert_eq!(db.reporters("default"), ["Haddock"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// DurableTestsBase (rows 38-42), as DurableTransactionTests and DurableTests
+// ---------------------------------------------------------------------------------------------
+
+// Django: DurableTestsBase.test_commit
+fn durable_block_commits(ctx: &Ctx) {
+    Atomic::new()
+        .durable(true)
+        .run(|| create_reporter("Tintin", ""))
+        .unwrap();
+    assert_eq!(ctx.reporters(), ["Tintin"]);
+}
+
+// Django: DurableTestsBase.test_nested_outer_durable
+fn durable_outer_block_allows_nested_blocks(ctx: &Ctx) {
+    #[atomic(durable = true)]
+    fn durable_outer() -> Result<(), Error> {
+        create_reporter("Tintin", "")?;
+        transaction::atomic(|| create_reporter("Archibald", "Haddock"))
+    }
+    durable_outer().unwrap();
+    assert_eq!(ctx.reporters(), ["Archibald", "Tintin"]);
+}
+
+// Django: DurableTestsBase.test_nested_both_durable
+fn durable_block_inside_durable_block_is_refused(ctx: &Ctx) {
+    let durable = Atomic::new().durable(true);
+    durable
+        .run(|| {
+            create_reporter("Tintin", "")?;
+            let mut inner_body_ran = false;
+            let inner = durable.run(|| {
+                inner_body_ran = true;
+                Ok::<_, Error>(())
+            });
+            assert_durable_nested(inner);
+            assert!(!inner_body_ran);
+            // E1: the outer block is not marked for rollback and still commits.
+            assert!(!transaction::get_rollback()?);
+            Ok::<_, Error>(())
+        })
+        .unwrap();
+    assert_eq!(ctx.reporters(), ["Tintin"]);
+}
+
+// Django: DurableTestsBase.test_nested_inner_durable
+fn durable_block_inside_plain_block_is_refused(ctx: &Ctx) {
+    #[atomic(durable = true)]
+    fn durable_create() -> Result<(), Error> {
+        create_reporter("Tintin", "")
+    }
+    transaction::atomic(|| {
+        create_reporter("Archibald", "Haddock")?;
+        assert_durable_nested(durable_create());
+        assert!(!transaction::get_rollback()?);
+        Ok::<_, Error>(())
+    })
+    .unwrap();
+    assert_eq!(ctx.reporters(), ["Archibald"]);
+}
+
+// Django: DurableTestsBase.test_sequence_of_durables
+fn sequence_of_durable_blocks_commits_each(ctx: &Ctx) {
+    let durable = Atomic::new().durable(true);
+    durable.run(|| create_reporter("Tintin 1", "")).unwrap();
+    assert_eq!(ctx.reporters(), ["Tintin 1"]);
+    durable.run(|| create_reporter("Tintin 2", "")).unwrap();
+    assert_eq!(ctx.reporters(), ["Tintin 1", "Tintin 2"]);
+}
+
+// Django: DurableTransactionTests (DurableTestsBase with real commits)
+instantiate!(
+    durable_plain,
+    run_plain,
+    [
+        durable_block_commits,
+        durable_outer_block_allows_nested_blocks,
+        durable_block_inside_durable_block_is_refused,
+        durable_block_inside_plain_block_is_refused,
+        sequence_of_durable_blocks_commits_each,
+    ]
+);
+
+// Django: DurableTests (DurableTestsBase inside TestCase's transaction)
+instantiate!(
+    durable_inside_test_transaction,
+    run_in_test_transaction,
+    [
+        durable_block_commits,
+        durable_outer_block_allows_nested_blocks,
+        durable_block_inside_durable_block_is_refused,
+        durable_block_inside_plain_block_is_refused,
+        sequence_of_durable_blocks_commits_each,
+    ]
+);
