@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! The attribute macros of `diesel-atomic`. Use them through the `diesel-atomic` facade.
 //!
 //! The entry points only convert token streams and delegate; parsing (`args`), checking
@@ -22,15 +23,7 @@ use proc_macro::TokenStream;
 /// `diesel_atomic::connection`. The function must return a `Result` whose error type
 /// implements `From<diesel_atomic::Error>` (`QueryResult<T>` does).
 ///
-/// ```ignore
-/// use diesel_atomic::atomic;
-///
-/// #[atomic]
-/// fn create_user(conn: &mut SqliteConnection, name: &str) -> QueryResult<i32> {
-///     diesel::insert_into(users::table).values(users::name.eq(name)).execute(conn)?;
-///     users::table.select(diesel::dsl::max(users::id)).first::<Option<i32>>(conn).map(Option::unwrap_or_default)
-/// }
-/// ```
+/// See the `diesel_atomic::atomic` re-export for runnable examples.
 #[proc_macro_attribute]
 pub fn atomic(args: TokenStream, item: TokenStream) -> TokenStream {
     expand::atomic(args.into(), item.into()).into()

@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! The runtime behind `diesel-atomic`: database aliases, atomic blocks with Django's rules,
 //! savepoints, on_commit callbacks and test helpers.
 //!
