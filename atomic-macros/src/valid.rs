@@ -87,8 +87,132 @@ fn find_connection(
                     wanted,
                     format!("`conn = {name}` names no parameter of this function"),
                 ));
+            } else if let Some(ident) = connection_like_parameter(item) {
+                // Without this, the block would silently run on another (pooled) connection
+                // than the one the caller passed in.
+                errors.push(syn::Error::new_spanned(
+                    ident,
+                    format!(
+                        "`{ident}` looks like a connection, but #[atomic] runs on a parameter \
+                         named `conn` (explicit mode) or checks one out of the alias's pool \
+                         (ambient mode); rename it to `conn` or write `#[atomic(conn = {ident})]`"
+                    ),
+                ));
             }
             ConnectionSource::Ambient
         }
+    }
+}
+
+/// A `&mut` parameter whose type looks like a diesel connection: a type named `*Connection`,
+/// `impl *Connection`, or a generic parameter bounded by `*Connection`.
+fn connection_like_parameter(item: &ItemFn) -> Option<&Ident> {
+    let generic_connections: Vec<&Ident> = item
+        .sig
+        .generics
+        .type_params()
+        .filter(|param| param.bounds.iter().any(bound_is_connection))
+        .map(|param| &param.ident)
+        .chain(
+            item.sig
+                .generics
+                .where_clause
+                .iter()
+                .flat_map(|clause| clause.predicates.iter())
+                .filter_map(|predicate| match predicate {
+                    syn::WherePredicate::Type(predicate)
+                        if predicate.bounds.iter().any(bound_is_connection) =>
+                    {
+                        match &predicate.bounded_ty {
+                            Type::Path(path) => path.path.get_ident(),
+                            _ => None,
+                        }
+                    }
+                    _ => None,
+                }),
+        )
+        .collect();
+    item.sig.inputs.iter().find_map(|input| {
+        let FnArg::Typed(typed) = input else {
+            return None;
+        };
+        let (Pat::Ident(pat), Type::Reference(reference)) = (&*typed.pat, &*typed.ty) else {
+            return None;
+        };
+        reference.mutability?;
+        let looks_like_connection = match &*reference.elem {
+            Type::Path(path) => path.path.segments.last().is_some_and(|segment| {
+                segment.ident.to_string().ends_with("Connection")
+                    || generic_connections.contains(&&segment.ident)
+            }),
+            Type::ImplTrait(bounds) => bounds.bounds.iter().any(bound_is_connection),
+            _ => false,
+        };
+        looks_like_connection.then_some(&pat.ident)
+    })
+}
+
+fn bound_is_connection(bound: &syn::TypeParamBound) -> bool {
+    match bound {
+        syn::TypeParamBound::Trait(bound) => bound
+            .path
+            .segments
+            .last()
+            .is_some_and(|segment| segment.ident.to_string().ends_with("Connection")),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quote::quote;
+
+    fn check_fn(tokens: proc_macro2::TokenStream) -> Result<ConnectionSource, String> {
+        let item: ItemFn = syn::parse2(tokens).unwrap();
+        check(&item, None).map_err(|error| error.to_string())
+    }
+
+    #[test]
+    fn a_connection_under_another_name_is_refused() {
+        for tokens in [
+            quote!(
+                fn f(_conn: &mut SqliteConnection) -> R {
+                    x
+                }
+            ),
+            quote!(
+                fn f<C: diesel::Connection>(c: &mut C) -> R {
+                    x
+                }
+            ),
+            quote!(
+                fn f<C>(c: &mut C) -> R
+                where
+                    C: Connection,
+                {
+                    x
+                }
+            ),
+            quote!(
+                fn f(c: &mut impl Connection) -> R {
+                    x
+                }
+            ),
+        ] {
+            let error = check_fn(tokens).err().expect("refused");
+            assert!(error.contains("looks like a connection"), "{error}");
+        }
+    }
+
+    #[test]
+    fn other_mut_parameters_keep_ambient_mode() {
+        let source = check_fn(quote!(
+            fn f(buffer: &mut Vec<u8>) -> R {
+                x
+            }
+        ))
+        .unwrap();
+        assert!(matches!(source, ConnectionSource::Ambient));
     }
 }
