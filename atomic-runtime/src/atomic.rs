@@ -96,33 +96,60 @@ pub(crate) struct Entered {
 enum EnterPlan {
     /// Begin a transaction on a connection checked out of the alias's pool.
     CheckOut,
-    /// Begin a transaction on the caller's connection.
-    BeginExplicit { restore_lent: Option<usize> },
-    /// Create a savepoint; ambient blocks carry the held connection out of the state.
-    Savepoint(Option<Box<dyn PooledConn>>),
+    /// The block is pushed; begin its transaction or savepoint on the caller's connection.
+    BeginExplicit(Entered),
+    /// Create a savepoint on the ambient block's connection, carried out of the state.
+    AmbientSavepoint(Box<dyn PooledConn>),
     /// Already pushed (a merged block needs no SQL).
     Done(Entered),
 }
 
+/// diesel's view of the caller's connection, read before our state is borrowed.
+struct ExplicitConnection {
+    address: usize,
+    depth: u32,
+    foreign: Foreign,
+}
+
 /// Enters a block: ambient when `explicit` is `None`.
+///
+/// The explicit path borrows the thread's state once: the block is pushed before its BEGIN
+/// or SAVEPOINT and popped again if that fails (no user code runs in between).
 pub(crate) fn enter(
     options: &BlockOptions<'_>,
-    explicit: Option<&mut dyn TxConnection>,
+    mut explicit: Option<&mut dyn TxConnection>,
 ) -> Result<Entered, Error> {
     let alias = options.using;
-    let explicit_address = explicit.as_ref().map(|conn| conn.address());
+    let explicit_connection = match explicit.as_deref_mut() {
+        Some(conn) => Some(ExplicitConnection {
+            address: conn.address(),
+            depth: conn.depth()?,
+            foreign: foreign_transaction(conn)?,
+        }),
+        None => None,
+    };
     let plan = state::with(alias, |st| -> Result<EnterPlan, Error> {
         if options.durable && st.refuses_durable() {
-            return Err(Error::DurableNested {
-                alias: alias.to_owned(),
-            });
+            return Err(durable_nested(alias));
         }
         if !st.in_atomic_block() {
-            return match (explicit_address, &st.slot) {
-                (Some(_), Slot::Lent { address }) => Ok(EnterPlan::BeginExplicit {
-                    restore_lent: Some(*address),
-                }),
-                (Some(_), _) => Ok(EnterPlan::BeginExplicit { restore_lent: None }),
+            return match (&explicit_connection, &st.slot) {
+                (Some(conn), slot) => {
+                    if options.durable && conn.foreign == Foreign::User {
+                        return Err(durable_nested(alias));
+                    }
+                    let restore_lent = match slot {
+                        Slot::Lent { address } => Some(*address),
+                        _ => None,
+                    };
+                    st.slot = Slot::Explicit {
+                        address: conn.address,
+                    };
+                    st.block_connection = conn.address;
+                    let entered =
+                        push_outermost(st, false, true, restore_lent, conn.depth, conn.foreign);
+                    Ok(EnterPlan::BeginExplicit(entered))
+                }
                 (None, Slot::Empty) => Ok(EnterPlan::CheckOut),
                 (None, Slot::Explicit { .. }) => Err(Error::AliasBoundToExplicitConnection {
                     alias: alias.to_owned(),
@@ -132,38 +159,55 @@ pub(crate) fn enter(
                 }),
             };
         }
-        let held = match explicit_address {
-            Some(address) if address != st.block_connection => {
-                return Err(Error::AliasInUse {
-                    alias: alias.to_owned(),
-                });
+        match (&explicit_connection, &st.slot) {
+            (Some(conn), _) if conn.address != st.block_connection => Err(Error::AliasInUse {
+                alias: alias.to_owned(),
+            }),
+            (None, Slot::Explicit { .. }) => Err(Error::AliasBoundToExplicitConnection {
+                alias: alias.to_owned(),
+            }),
+            (None, Slot::Lent { .. } | Slot::Empty) => Err(Error::ConnectionInUse {
+                alias: alias.to_owned(),
+            }),
+            _ if !options.savepoint || st.needs_rollback => {
+                Ok(EnterPlan::Done(push(st, BlockKind::Merged)))
             }
-            Some(_) => None,
-            None => match &st.slot {
-                Slot::Held(_) => Some(()),
-                Slot::Explicit { .. } => {
-                    return Err(Error::AliasBoundToExplicitConnection {
-                        alias: alias.to_owned(),
-                    });
-                }
-                _ => {
-                    return Err(Error::ConnectionInUse {
-                        alias: alias.to_owned(),
-                    });
-                }
-            },
-        };
-        if !options.savepoint || st.needs_rollback {
-            return Ok(EnterPlan::Done(push(st, BlockKind::Merged)));
+            (Some(conn), _) => {
+                let depth_before = conn.depth;
+                Ok(EnterPlan::BeginExplicit(push(
+                    st,
+                    BlockKind::Savepoint { depth_before },
+                )))
+            }
+            (None, _) => Ok(EnterPlan::AmbientSavepoint(take_held(st))),
         }
-        Ok(EnterPlan::Savepoint(held.map(|()| take_held(st))))
     })?;
 
     match plan {
         EnterPlan::Done(entered) => Ok(entered),
+        EnterPlan::BeginExplicit(entered) => {
+            let conn = explicit.expect("explicit plans come with a connection");
+            match conn.begin() {
+                Ok(()) => {
+                    trace_begin(alias, &explicit_connection);
+                    Ok(entered)
+                }
+                Err(error) => {
+                    unpush(alias, entered);
+                    Err(error.into())
+                }
+            }
+        }
         EnterPlan::CheckOut => {
             let mut pooled = databases::lookup(alias)?.checkout(alias)?;
-            let (depth_before, foreign) = begin_outermost(options, pooled.inner())?;
+            let conn = pooled.inner();
+            let depth_before = conn.depth()?;
+            let foreign = foreign_transaction(conn)?;
+            if options.durable && foreign == Foreign::User {
+                return Err(durable_nested(alias));
+            }
+            conn.begin()?;
+            tracing::debug!(alias, depth = depth_before + 1, "BEGIN");
             let address = pooled.inner_address();
             Ok(state::with(alias, |st| {
                 st.slot = Slot::Held(pooled);
@@ -171,36 +215,62 @@ pub(crate) fn enter(
                 push_outermost(st, false, false, None, depth_before, foreign)
             }))
         }
-        EnterPlan::BeginExplicit { restore_lent } => {
-            let conn = explicit.expect("explicit plans come with a connection");
-            let address = conn.address();
-            let (depth_before, foreign) = begin_outermost(options, conn)?;
-            Ok(state::with(alias, |st| {
-                st.slot = Slot::Explicit { address };
-                st.block_connection = address;
-                push_outermost(st, false, true, restore_lent, depth_before, foreign)
-            }))
-        }
-        EnterPlan::Savepoint(mut held) => {
-            let conn: &mut dyn TxConnection = match (&mut held, explicit) {
-                (Some(pooled), _) => pooled.inner(),
-                (None, Some(conn)) => conn,
-                (None, None) => unreachable!("ambient savepoints carry the held connection"),
-            };
+        EnterPlan::AmbientSavepoint(mut pooled) => {
+            let conn = pooled.inner();
             let begun = conn.depth().and_then(|depth_before| {
                 conn.begin()?;
                 tracing::trace!(alias, depth = depth_before + 1, "SAVEPOINT");
                 Ok(depth_before)
             });
             state::with(alias, |st| {
-                if let Some(pooled) = held {
-                    st.slot = Slot::Held(pooled);
-                }
+                st.slot = Slot::Held(pooled);
                 let depth_before = begun?;
                 Ok(push(st, BlockKind::Savepoint { depth_before }))
             })
         }
     }
+}
+
+fn trace_begin(alias: &str, conn: &Option<ExplicitConnection>) {
+    let depth = conn.as_ref().map_or(0, |conn| conn.depth) + 1;
+    tracing::debug!(alias, depth, "BEGIN or SAVEPOINT on an explicit connection");
+}
+
+fn durable_nested(alias: &str) -> Error {
+    Error::DurableNested {
+        alias: alias.to_owned(),
+    }
+}
+
+/// Whether a transaction is already open that the runtime did not begin, and whose it is.
+fn foreign_transaction(conn: &mut dyn TxConnection) -> Result<Foreign, Error> {
+    Ok(match conn.depth()? {
+        0 => Foreign::None,
+        _ if conn.open_transaction_is_test() => Foreign::Test,
+        _ => Foreign::User,
+    })
+}
+
+/// Takes back a block whose BEGIN or SAVEPOINT failed.
+fn unpush(alias: &str, entered: Entered) {
+    state::with(alias, |st| {
+        if st.blocks.last().map(|block| block.token) != Some(entered.token) {
+            return;
+        }
+        if let Some(Block {
+            kind:
+                BlockKind::Outermost {
+                    explicit: true,
+                    restore_lent,
+                    ..
+                },
+            ..
+        }) = st.blocks.pop()
+        {
+            st.slot = restore_lent.map_or(Slot::Empty, |address| Slot::Lent { address });
+            st.block_connection = 0;
+        }
+    });
 }
 
 /// Opens the outermost block of a `testing::TestTransaction` on the alias's pooled connection.
@@ -214,13 +284,12 @@ pub(crate) fn enter_test_block(alias: &str) -> Result<Entered, Error> {
              on alias '{alias}'"
         )));
     }
-    let options = BlockOptions {
-        using: alias,
-        savepoint: true,
-        durable: false,
-    };
     let mut pooled = databases::lookup(alias)?.checkout(alias)?;
-    let (depth_before, foreign) = begin_outermost(&options, pooled.inner())?;
+    let conn = pooled.inner();
+    let depth_before = conn.depth()?;
+    let foreign = foreign_transaction(conn)?;
+    conn.begin()?;
+    tracing::debug!(alias, depth = depth_before + 1, "BEGIN (test transaction)");
     let address = pooled.inner_address();
     Ok(state::with(alias, |st| {
         st.slot = Slot::Held(pooled);
@@ -229,29 +298,8 @@ pub(crate) fn enter_test_block(alias: &str) -> Result<Entered, Error> {
     }))
 }
 
-/// BEGIN for an outermost block, after looking at what diesel already has open.
-fn begin_outermost(
-    options: &BlockOptions<'_>,
-    conn: &mut dyn TxConnection,
-) -> Result<(u32, Foreign), Error> {
-    let depth_before = conn.depth()?;
-    let foreign = match depth_before {
-        0 => Foreign::None,
-        _ if conn.open_transaction_is_test() => Foreign::Test,
-        _ => Foreign::User,
-    };
-    if options.durable && foreign == Foreign::User {
-        return Err(Error::DurableNested {
-            alias: options.using.to_owned(),
-        });
-    }
-    conn.begin()?;
-    tracing::debug!(alias = options.using, depth = depth_before + 1, "BEGIN");
-    Ok((depth_before, foreign))
-}
-
 fn push(st: &mut state::AliasState, kind: BlockKind) -> Entered {
-    let token = state::next_token();
+    let token = st.next_token();
     st.blocks.push(Block {
         token,
         kind,
@@ -424,17 +472,19 @@ pub(crate) fn leave(
             } else {
                 (None, !rollback_savepoint(alias, conn, depth_before))
             };
-            state::with(alias, |st| {
-                if let Some(pooled) = held {
-                    st.slot = Slot::Held(pooled);
-                }
-                if error.is_some() {
-                    st.callbacks.truncate(callbacks_mark);
-                }
-                if mark_for_rollback {
-                    st.needs_rollback = true;
-                }
-            });
+            if held.is_some() || error.is_some() || mark_for_rollback {
+                state::with(alias, |st| {
+                    if let Some(pooled) = held {
+                        st.slot = Slot::Held(pooled);
+                    }
+                    if error.is_some() {
+                        st.callbacks.truncate(callbacks_mark);
+                    }
+                    if mark_for_rollback {
+                        st.needs_rollback = true;
+                    }
+                });
+            }
             Exit {
                 error: error.map(Error::from),
                 callbacks: Vec::new(),

@@ -3,7 +3,7 @@
 //! Never hold the borrow across user code or SQL: take what you need, release, act, borrow
 //! again. The engine in `atomic` follows that shape everywhere.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 
 use crate::connection::PooledConn;
 
@@ -85,6 +85,8 @@ pub(crate) struct AliasState {
     pub(crate) slot: Slot,
     /// Address of the connection the open blocks run on (meaningful while `blocks` is not empty).
     pub(crate) block_connection: usize,
+    /// Source of block tokens; unique within this alias's stack is all they need.
+    next_token: u64,
 }
 
 impl AliasState {
@@ -96,7 +98,14 @@ impl AliasState {
             callbacks: Vec::new(),
             slot: Slot::Empty,
             block_connection: 0,
+            next_token: 1,
         }
+    }
+
+    pub(crate) fn next_token(&mut self) -> u64 {
+        let token = self.next_token;
+        self.next_token += 1;
+        token
     }
 
     pub(crate) fn in_atomic_block(&self) -> bool {
@@ -121,7 +130,6 @@ impl AliasState {
 
 thread_local! {
     static STATES: RefCell<Vec<AliasState>> = const { RefCell::new(Vec::new()) };
-    static NEXT_TOKEN: Cell<u64> = const { Cell::new(1) };
 }
 
 /// Runs `f` on the alias's state, creating it on first use. `f` must not call user code.
@@ -156,13 +164,5 @@ pub(crate) fn peek<R>(alias: &str, f: impl FnOnce(Option<&AliasState>) -> R) -> 
     STATES.with(|states| {
         let states = states.borrow();
         f(states.iter().find(|state| &*state.alias == alias))
-    })
-}
-
-pub(crate) fn next_token() -> u64 {
-    NEXT_TOKEN.with(|next| {
-        let token = next.get();
-        next.set(token + 1);
-        token
     })
 }
