@@ -69,15 +69,16 @@ fn pending(callbacks: CapturedCallbacks) -> Vec<Box<dyn FnOnce()>> {
     pending
 }
 
-/// Inserts `Thing(num = n)` through the default alias's ambient connection.
-fn insert_thing(n: i32) -> Result<(), TestError> {
-    diesel_atomic::connection(|conn: &mut SqliteConnection| {
-        diesel::insert_into(things::table)
-            .values(things::num.eq(n))
-            .execute(conn)
-            .map(drop)
-            .map_err(TestError::from)
-    })
+/// Django's check after capturing one `enqueue_callback` with `execute = false`: exactly one
+/// callback was captured, it has not run, and running it sets the flag.
+#[track_caller]
+fn assert_one_pending_callback_sets(flag: &Flag, callbacks: CapturedCallbacks) {
+    assert_eq!(callbacks.len(), 1);
+    assert!(!flag.is_set(), "captured, not run");
+    let mut pending = pending(callbacks);
+    let hook = pending.pop().unwrap();
+    hook();
+    assert!(flag.is_set());
 }
 
 // Django: CaptureOnCommitCallbacksTests.test_no_arguments
@@ -88,12 +89,7 @@ fn captures_default_alias_callbacks_without_running_them() {
 
     let ((), callbacks) = capture_on_commit_callbacks(false, || enqueue_callback(&flag, "default"));
 
-    assert_eq!(callbacks.len(), 1);
-    assert!(!flag.is_set(), "captured, not run");
-    let mut pending = pending(callbacks);
-    let hook = pending.pop().unwrap();
-    hook();
-    assert!(flag.is_set());
+    assert_one_pending_callback_sets(&flag, callbacks);
 }
 
 // Django: CaptureOnCommitCallbacksTests.test_using
@@ -105,12 +101,7 @@ fn captures_callbacks_of_the_given_alias() {
     let ((), callbacks) =
         capture_on_commit_callbacks_using("other", false, || enqueue_callback(&flag, "other"));
 
-    assert_eq!(callbacks.len(), 1);
-    assert!(!flag.is_set());
-    let mut pending = pending(callbacks);
-    let hook = pending.pop().unwrap();
-    hook();
-    assert!(flag.is_set());
+    assert_one_pending_callback_sets(&flag, callbacks);
 }
 
 // Django: CaptureOnCommitCallbacksTests.test_different_using

@@ -22,18 +22,6 @@ const DURABLE_MESSAGE: &str =
 const BROKEN_MESSAGE: &str = "You can't execute queries until the end of the 'atomic' block.";
 const ROLLBACK_FLAG_MESSAGE: &str = "The rollback flag doesn't work outside of an 'atomic' block.";
 
-fn add(name: &str) -> Result<(), TestError> {
-    create_reporter(name, "")?;
-    Ok(())
-}
-
-/// Inserts a reporter through `alias`'s ambient connection.
-fn add_to(alias: &str, name: &str) -> Result<(), Error> {
-    diesel_atomic::db(alias).connection(|conn: &mut SqliteConnection| {
-        insert_reporter(conn, name, "").map_err(Error::from)
-    })
-}
-
 /// How many reporters the default alias's ambient connection sees (its open block included).
 fn visible_reporters() -> Result<i64, Error> {
     connection(|conn: &mut SqliteConnection| {
@@ -42,12 +30,6 @@ fn visible_reporters() -> Result<i64, Error> {
             .get_result::<i64>(conn)
             .map_err(Error::from)
     })
-}
-
-fn names(names: &[&str]) -> Vec<String> {
-    let mut names: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
-    names.sort();
-    names
 }
 
 #[track_caller]

@@ -30,17 +30,6 @@ fn count_children(db: &TestDb) -> i64 {
         .expect("count")
 }
 
-/// Checks out every connection of the pool at once and shows none is inside a transaction.
-fn assert_pool_clean(pool: &Pooled) {
-    let held: Vec<_> = (0..pool.max_size())
-        .map(|_| pool.get().expect("checkout"))
-        .collect();
-    for mut conn in held {
-        conn.batch_execute("BEGIN; ROLLBACK;")
-            .expect("a pooled connection was left inside a transaction");
-    }
-}
-
 #[atomic]
 fn orphan_explicit(conn: &mut SqliteConnection, ran: Notified) -> QueryResult<()> {
     insert_orphan(conn)?;
@@ -80,7 +69,7 @@ fn failed_commit_in_explicit_mode_returns_the_error_and_commits_nothing() {
     assert!(ran.get().is_empty(), "no callback of a failed commit runs");
     assert!(!transaction::in_atomic_block());
     // The same connection is outside any transaction and usable.
-    conn.batch_execute("BEGIN; ROLLBACK;").unwrap();
+    assert_not_in_transaction(&mut conn);
     drop(conn);
     assert_pool_clean(&db.default);
 }
@@ -135,12 +124,7 @@ fn threads_sharing_a_pool_commit_exactly_their_successful_blocks() {
                     let num = (t * BLOCKS + i) as i32;
                     let outcome = std::panic::catch_unwind(|| {
                         transaction::atomic(|| {
-                            diesel_atomic::connection(|conn: &mut SqliteConnection| {
-                                diesel::insert_into(things::table)
-                                    .values(things::num.eq(num))
-                                    .execute(conn)
-                                    .map_err(TestError::from)
-                            })?;
+                            insert_thing(num)?;
                             match num % 3 {
                                 0 => Ok(()),
                                 1 => Err(TestError::Oops),
@@ -182,4 +166,36 @@ fn quiet_expected_panics() {
             }
         }));
     });
+}
+
+#[atomic]
+fn insert_explicit(conn: &mut SqliteConnection) -> QueryResult<()> {
+    insert_reporter(conn, "Tintin", "")
+}
+
+#[test]
+fn failed_begin_leaves_no_block_behind() {
+    let db = setup();
+    let mut conn = db.default.get().unwrap();
+    // A transaction diesel does not know about: our BEGIN fails.
+    conn.batch_execute("BEGIN").unwrap();
+
+    let error = insert_explicit(&mut conn).unwrap_err();
+
+    assert!(
+        error.to_string().contains("within a transaction"),
+        "{error}"
+    );
+    assert!(!transaction::in_atomic_block(), "the block was taken back");
+    assert!(matches!(
+        transaction::get_rollback(),
+        Err(Error::NotInAtomicBlock { .. })
+    ));
+    conn.batch_execute("ROLLBACK").unwrap();
+    insert_explicit(&mut conn).unwrap();
+    drop(conn);
+    assert_eq!(db.reporters("default"), ["Tintin"]);
+    // Ambient access is not left bound to the explicit connection either.
+    transaction::atomic(|| create_reporter("Haddock", "")).unwrap();
+    assert_eq!(db.reporters("default"), ["Haddock", "Tintin"]);
 }

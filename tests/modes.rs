@@ -39,23 +39,6 @@ fn names_on(conn: &mut SqliteConnection) -> Vec<String> {
         .expect("read reporters")
 }
 
-fn add(name: &str) -> Result<(), TestError> {
-    create_reporter(name, "")?;
-    Ok(())
-}
-
-fn add_on(conn: &mut SqliteConnection, name: &str) -> Result<(), TestError> {
-    insert_reporter(conn, name, "")?;
-    Ok(())
-}
-
-/// Inserts a reporter through `alias`'s ambient connection.
-fn add_to(alias: &str, name: &str) -> Result<(), Error> {
-    diesel_atomic::db(alias).connection(|conn: &mut SqliteConnection| {
-        insert_reporter(conn, name, "").map_err(Error::from)
-    })
-}
-
 /// Queues an on_commit callback on `alias` that records `n`.
 fn queue_on(alias: &str, notified: &Notified, n: i32) -> Result<(), Error> {
     let notified = notified.clone();
@@ -66,10 +49,13 @@ fn queue(notified: &Notified, n: i32) -> Result<(), Error> {
     queue_on("default", notified, n)
 }
 
-fn names(names: &[&str]) -> Vec<String> {
-    let mut names: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
-    names.sort();
-    names
+/// `result` is `Error::AliasBoundToExplicitConnection` naming `expected_alias`.
+#[track_caller]
+fn assert_alias_bound<T: std::fmt::Debug>(result: &Result<T, Error>, expected_alias: &str) {
+    assert!(
+        matches!(result, Err(Error::AliasBoundToExplicitConnection { alias }) if alias == expected_alias),
+        "{result:?}"
+    );
 }
 
 /// Explicit block: inserts `name`, queues `n`, then fails with `Oops` if asked to.
@@ -234,8 +220,7 @@ fn set_rollback_in_an_explicit_block_rolls_it_back_silently() {
     assert!(db.reporters("default").is_empty());
     assert!(notified.get().is_empty());
     assert!(!transaction::in_atomic_block());
-    conn.batch_execute("BEGIN; ROLLBACK;")
-        .expect("the connection is out of its transaction");
+    assert_not_in_transaction(&mut conn);
 }
 
 #[atomic(using = "other")]
@@ -417,18 +402,15 @@ fn ambient_access_inside_an_explicit_block_is_alias_bound_to_explicit_connection
     let outcome = Atomic::new().run_on(&mut conn, |conn| -> Result<(), TestError> {
         add_on(conn, "Explicit")?;
         let lent = connection(|_: &mut SqliteConnection| Ok::<_, Error>(()));
-        assert!(
-            matches!(&lent, Err(Error::AliasBoundToExplicitConnection { alias }) if alias == "default"),
-            "{lent:?}"
-        );
+        assert_alias_bound(&lent, "default");
         let block = transaction::atomic(|| Ok::<_, Error>(()));
-        assert!(
-            matches!(&block, Err(Error::AliasBoundToExplicitConnection { alias }) if alias == "default"),
-            "{block:?}"
-        );
+        assert_alias_bound(&block, "default");
         let message = block.unwrap_err().to_string();
         assert!(message.contains("'default'"), "{message}");
-        assert!(!transaction::get_rollback()?, "the refusals do not doom the block");
+        assert!(
+            !transaction::get_rollback()?,
+            "the refusals do not doom the block"
+        );
         add_on(conn, "After")?;
         Ok(())
     });
@@ -448,10 +430,7 @@ fn explicit_block_binds_only_its_own_alias() {
         .run_on(&mut conn, |conn| -> Result<(), TestError> {
             add_on(conn, "OtherExplicit")?;
             let bound = add_to("other", "Refused");
-            assert!(
-                matches!(&bound, Err(Error::AliasBoundToExplicitConnection { alias }) if alias == "other"),
-                "{bound:?}"
-            );
+            assert_alias_bound(&bound, "other");
             add("DefaultAmbient")?;
             Ok(())
         });
@@ -869,10 +848,7 @@ fn savepoint_inside_an_explicit_block_is_alias_bound_to_explicit_connection() {
     let outcome = Atomic::new().run_on(&mut conn, |conn| -> Result<(), TestError> {
         add_on(conn, "Explicit")?;
         let savepoint = transaction::savepoint();
-        assert!(
-            matches!(&savepoint, Err(Error::AliasBoundToExplicitConnection { alias }) if alias == "default"),
-            "{savepoint:?}"
-        );
+        assert_alias_bound(&savepoint, "default");
         Ok(())
     });
     assert_eq!(outcome, Ok(()));

@@ -9,11 +9,10 @@ mod common;
 
 use std::any::Any;
 use std::panic::{self, AssertUnwindSafe};
-use std::time::Duration;
 
 use common::*;
 use diesel::SqliteConnection;
-use diesel::connection::SimpleConnection;
+use diesel::r2d2::{ConnectionManager, PooledConnection};
 use diesel_atomic::transaction::{self, Atomic};
 use diesel_atomic::{atomic, connection};
 
@@ -52,18 +51,6 @@ fn boom(message: &str) -> ! {
     panic!("{message}")
 }
 
-/// Inserts a reporter through the default alias's ambient connection.
-fn add(name: &str) -> Result<(), TestError> {
-    create_reporter(name, "")?;
-    Ok(())
-}
-
-/// Inserts a reporter on the given connection.
-fn add_on(conn: &mut SqliteConnection, name: &str) -> Result<(), TestError> {
-    insert_reporter(conn, name, "")?;
-    Ok(())
-}
-
 /// Queues an on_commit callback on "default" that records `n`.
 fn queue(notified: &Notified, n: i32) -> Result<(), TestError> {
     let notified = notified.clone();
@@ -71,23 +58,17 @@ fn queue(notified: &Notified, n: i32) -> Result<(), TestError> {
     Ok(())
 }
 
-/// Sorted, owned names, for comparing with `TestDb::reporters`.
-fn names(names: &[&str]) -> Vec<String> {
-    let mut names: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
-    names.sort();
-    names
-}
-
-/// The thread is out of every block, and the next ambient block commits and runs its callback.
+/// The thread is out of every block, and the block that `next_block` opens commits its row
+/// "Next" and runs its callback 100.
 #[track_caller]
-fn assert_next_ambient_block_commits(db: &TestDb, notified: &Notified) {
+fn assert_next_block_commits(
+    db: &TestDb,
+    notified: &Notified,
+    next_block: impl FnOnce() -> Result<(), TestError>,
+) {
     assert!(!transaction::in_atomic_block(), "still inside a block");
     let before = notified.get();
-    transaction::atomic(|| {
-        add("Next")?;
-        queue(notified, 100)
-    })
-    .expect("the next block commits");
+    next_block().expect("the next block commits");
     assert!(
         db.reporters("default").contains(&"Next".to_owned()),
         "the next block's row is committed"
@@ -96,6 +77,17 @@ fn assert_next_ambient_block_commits(db: &TestDb, notified: &Notified) {
     expected.push(100);
     assert_eq!(notified.get(), expected, "the next block's callback ran");
     assert!(!transaction::in_atomic_block());
+}
+
+/// The thread is out of every block, and the next ambient block commits and runs its callback.
+#[track_caller]
+fn assert_next_ambient_block_commits(db: &TestDb, notified: &Notified) {
+    assert_next_block_commits(db, notified, || {
+        transaction::atomic(|| {
+            add("Next")?;
+            queue(notified, 100)
+        })
+    });
 }
 
 /// The thread is out of every block, and the next explicit block on `conn` commits and runs its
@@ -106,43 +98,45 @@ fn assert_next_explicit_block_commits(
     conn: &mut SqliteConnection,
     notified: &Notified,
 ) {
-    assert!(!transaction::in_atomic_block(), "still inside a block");
-    let before = notified.get();
-    Atomic::new()
-        .run_on(conn, |conn| {
+    assert_next_block_commits(db, notified, || {
+        Atomic::new().run_on(conn, |conn| {
             add_on(conn, "Next")?;
             queue(notified, 100)
         })
-        .expect("the next block commits");
+    });
+}
+
+/// The closing check of every ambient-mode test (see the module docs): the thread is out of
+/// every block, the next ambient block commits, and no pooled connection is inside a transaction.
+#[track_caller]
+fn assert_recovered_ambient(db: &TestDb, notified: &Notified) {
+    assert_next_ambient_block_commits(db, notified);
+    assert_pool_clean(&db.default);
+}
+
+/// The closing check of every explicit-mode test on a pooled connection: `conn` is out of its
+/// transaction, the next explicit block on it commits, and once `conn` is back in the pool no
+/// pooled connection is inside a transaction.
+#[track_caller]
+fn assert_recovered_explicit(
+    db: &TestDb,
+    mut conn: PooledConnection<ConnectionManager<SqliteConnection>>,
+    notified: &Notified,
+) {
+    assert_not_in_transaction(&mut conn);
+    assert_next_explicit_block_commits(db, &mut conn, notified);
+    drop(conn);
+    assert_pool_clean(&db.default);
+}
+
+/// Everything rolled back: no row was committed on "default" and no callback ran.
+#[track_caller]
+fn assert_nothing_committed(db: &TestDb, notified: &Notified) {
+    assert!(db.reporters("default").is_empty(), "nothing was committed");
     assert!(
-        db.reporters("default").contains(&"Next".to_owned()),
-        "the next block's row is committed"
+        notified.get().is_empty(),
+        "no callback of a rolled-back block runs"
     );
-    let mut expected = before;
-    expected.push(100);
-    assert_eq!(notified.get(), expected, "the next block's callback ran");
-    assert!(!transaction::in_atomic_block());
-}
-
-/// `conn` is not inside a transaction: SQLite refuses a BEGIN within a transaction.
-#[track_caller]
-fn assert_not_in_transaction(conn: &mut SqliteConnection) {
-    conn.batch_execute("BEGIN; ROLLBACK;")
-        .expect("the connection was left inside a transaction");
-}
-
-/// Checks out every connection of the pool at once and makes sure none is inside a transaction.
-#[track_caller]
-fn assert_pool_clean(pool: &Pooled) {
-    let mut all: Vec<_> = (0..pool.max_size())
-        .map(|_| {
-            pool.get_timeout(Duration::from_secs(5))
-                .expect("every pooled connection can be checked out (none is held by a block)")
-        })
-        .collect();
-    for conn in &mut all {
-        assert_not_in_transaction(conn);
-    }
 }
 
 /// Which block panics and which block catches the panic (depth 1 is the outermost block).
@@ -153,7 +147,15 @@ struct Plan<'a> {
     notified: &'a Notified,
 }
 
-impl Plan<'_> {
+impl<'a> Plan<'a> {
+    fn new(panic_at: u32, catch_in: Option<u32>, notified: &'a Notified) -> Self {
+        Plan {
+            panic_at,
+            catch_in,
+            notified,
+        }
+    }
+
     fn message(&self) -> String {
         format!("boom at depth {}", self.panic_at)
     }
@@ -219,11 +221,7 @@ fn run_ambient_plan(
     catch_in: Option<u32>,
     notified: &Notified,
 ) -> std::thread::Result<Result<(), TestError>> {
-    let plan = Plan {
-        panic_at,
-        catch_in,
-        notified,
-    };
+    let plan = Plan::new(panic_at, catch_in, notified);
     catch(|| ambient_level(1, &plan))
 }
 
@@ -234,11 +232,7 @@ fn run_explicit_plan(
     catch_in: Option<u32>,
     notified: &Notified,
 ) -> std::thread::Result<Result<(), TestError>> {
-    let plan = Plan {
-        panic_at,
-        catch_in,
-        notified,
-    };
+    let plan = Plan::new(panic_at, catch_in, notified);
     catch(|| explicit_level(conn, 1, &plan))
 }
 
@@ -259,13 +253,8 @@ fn ambient_panic_at_depth_1_rolls_back_and_resumes_the_payload() {
         })
     });
     assert_panicked_with(outcome, "boom at depth 1");
-    assert!(db.reporters("default").is_empty());
-    assert!(
-        notified.get().is_empty(),
-        "no callback of a rolled-back block runs"
-    );
-    assert_next_ambient_block_commits(&db, &notified);
-    assert_pool_clean(&db.default);
+    assert_nothing_committed(&db, &notified);
+    assert_recovered_ambient(&db, &notified);
 }
 
 // Follows Django's AtomicTests.test_nested_rollback_rollback, with a panic caught outside.
@@ -285,10 +274,8 @@ fn ambient_panic_at_depth_2_caught_outside_rolls_back_inner_and_outer() {
         })
     });
     assert_panicked_with(outcome, "boom at depth 2");
-    assert!(db.reporters("default").is_empty());
-    assert!(notified.get().is_empty());
-    assert_next_ambient_block_commits(&db, &notified);
-    assert_pool_clean(&db.default);
+    assert_nothing_committed(&db, &notified);
+    assert_recovered_ambient(&db, &notified);
 }
 
 // Follows Django's AtomicTests.test_nested_commit_rollback: the outer block goes on and commits.
@@ -304,8 +291,7 @@ fn ambient_panic_at_depth_2_caught_inside_outer_rolls_back_only_inner() {
         [1, 10],
         "the inner block's callback was dropped"
     );
-    assert_next_ambient_block_commits(&db, &notified);
-    assert_pool_clean(&db.default);
+    assert_recovered_ambient(&db, &notified);
 }
 
 // No Django counterpart (three levels): rules X2, X3, C2.
@@ -314,10 +300,8 @@ fn ambient_panic_at_depth_3_caught_outside_rolls_back_every_level() {
     let db = setup();
     let notified = Notified::default();
     assert_panicked_with(run_ambient_plan(3, None, &notified), "boom at depth 3");
-    assert!(db.reporters("default").is_empty());
-    assert!(notified.get().is_empty());
-    assert_next_ambient_block_commits(&db, &notified);
-    assert_pool_clean(&db.default);
+    assert_nothing_committed(&db, &notified);
+    assert_recovered_ambient(&db, &notified);
 }
 
 // No Django counterpart (three levels): X2 at depth 2 drops depth 3's work with it (C2).
@@ -331,8 +315,7 @@ fn ambient_panic_at_depth_3_caught_at_depth_1_rolls_back_depths_2_and_3() {
     ));
     assert_eq!(db.reporters("default"), names(&["d1", "d1-after"]));
     assert_eq!(notified.get(), [1, 10]);
-    assert_next_ambient_block_commits(&db, &notified);
-    assert_pool_clean(&db.default);
+    assert_recovered_ambient(&db, &notified);
 }
 
 // No Django counterpart (three levels): only the panicking savepoint rolls back.
@@ -346,8 +329,7 @@ fn ambient_panic_at_depth_3_caught_at_depth_2_rolls_back_only_depth_3() {
     ));
     assert_eq!(db.reporters("default"), names(&["d1", "d2", "d2-after"]));
     assert_eq!(notified.get(), [1, 2, 20]);
-    assert_next_ambient_block_commits(&db, &notified);
-    assert_pool_clean(&db.default);
+    assert_recovered_ambient(&db, &notified);
 }
 
 // SEMANTICS: "A panic always rolls back and then resumes unwinding unchanged" (rule X3).
@@ -373,8 +355,7 @@ fn ambient_panic_with_a_custom_payload_resumes_that_very_payload() {
         Some(&Payload { code: 42 })
     );
     assert!(db.reporters("default").is_empty());
-    assert_next_ambient_block_commits(&db, &Notified::default());
-    assert_pool_clean(&db.default);
+    assert_recovered_ambient(&db, &Notified::default());
 }
 
 // API.md §3: a panic while the block's connection is lent still rolls the block back.
@@ -393,10 +374,8 @@ fn panic_inside_connection_closure_in_a_block_rolls_back_the_block() {
         })
     });
     assert_panicked_with(outcome, "boom in connection()");
-    assert!(db.reporters("default").is_empty());
-    assert!(notified.get().is_empty());
-    assert_next_ambient_block_commits(&db, &notified);
-    assert_pool_clean(&db.default);
+    assert_nothing_committed(&db, &notified);
+    assert_recovered_ambient(&db, &notified);
 }
 
 // API.md §3: outside a block `connection()` is autocommit; a panic gives the connection back.
@@ -413,8 +392,7 @@ fn panic_inside_connection_closure_outside_a_block_keeps_autocommitted_work() {
     assert_eq!(db.reporters("default"), ["Autocommitted"]);
     // The connection went back: a new `connection()` call is not ConnectionInUse.
     add("Again").expect("the connection was given back after the panic");
-    assert_next_ambient_block_commits(&db, &Notified::default());
-    assert_pool_clean(&db.default);
+    assert_recovered_ambient(&db, &Notified::default());
 }
 
 // Follows Django's AtomicMergeTests.test_merged_outer_rollback, with a panic: the merged block
@@ -447,10 +425,8 @@ fn ambient_panic_in_savepoint_false_block_caught_inside_outer_marks_outer_for_ro
         Ok("outer value"),
         "the silent rollback returns the Ok value"
     );
-    assert!(db.reporters("default").is_empty(), "nothing was committed");
-    assert!(notified.get().is_empty());
-    assert_next_ambient_block_commits(&db, &notified);
-    assert_pool_clean(&db.default);
+    assert_nothing_committed(&db, &notified);
+    assert_recovered_ambient(&db, &notified);
 }
 
 // Follows Django's transaction_hooks TestConnectionOnCommit.
@@ -480,9 +456,8 @@ fn ambient_panicking_on_commit_callback_propagates_after_the_commit() {
     );
     assert!(!transaction::in_atomic_block());
     // The next transaction starts with an empty queue: callback 3 never runs.
-    assert_next_ambient_block_commits(&db, &notified);
+    assert_recovered_ambient(&db, &notified);
     assert_eq!(notified.get(), [1, 100]);
-    assert_pool_clean(&db.default);
 }
 
 // Rule C4: the panic comes out of the outermost block's exit, not the inner one's.
@@ -509,9 +484,8 @@ fn panicking_on_commit_callback_from_an_inner_block_propagates_from_the_outermos
         names(&["Outer", "Inner", "AfterInner"])
     );
     assert!(notified.get().is_empty(), "the later callback was dropped");
-    assert_next_ambient_block_commits(&db, &notified);
+    assert_recovered_ambient(&db, &notified);
     assert_eq!(notified.get(), [100]);
-    assert_pool_clean(&db.default);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -532,12 +506,8 @@ fn explicit_panic_at_depth_1_rolls_back_and_resumes_the_payload() {
         })
     });
     assert_panicked_with(outcome, "boom at depth 1");
-    assert!(db.reporters("default").is_empty());
-    assert!(notified.get().is_empty());
-    assert_not_in_transaction(&mut conn);
-    assert_next_explicit_block_commits(&db, &mut conn, &notified);
-    drop(conn);
-    assert_pool_clean(&db.default);
+    assert_nothing_committed(&db, &notified);
+    assert_recovered_explicit(&db, conn, &notified);
 }
 
 // Follows Django's AtomicTests.test_nested_rollback_rollback, in explicit mode.
@@ -558,12 +528,8 @@ fn explicit_panic_at_depth_2_caught_outside_rolls_back_inner_and_outer() {
         })
     });
     assert_panicked_with(outcome, "boom at depth 2");
-    assert!(db.reporters("default").is_empty());
-    assert!(notified.get().is_empty());
-    assert_not_in_transaction(&mut conn);
-    assert_next_explicit_block_commits(&db, &mut conn, &notified);
-    drop(conn);
-    assert_pool_clean(&db.default);
+    assert_nothing_committed(&db, &notified);
+    assert_recovered_explicit(&db, conn, &notified);
 }
 
 // Follows Django's AtomicTests.test_nested_commit_rollback, in explicit mode.
@@ -576,10 +542,7 @@ fn explicit_panic_at_depth_2_caught_inside_outer_rolls_back_only_inner() {
     assert!(matches!(outcome, Ok(Ok(()))), "the outer block commits");
     assert_eq!(db.reporters("default"), names(&["d1", "d1-after"]));
     assert_eq!(notified.get(), [1, 10]);
-    assert_not_in_transaction(&mut conn);
-    assert_next_explicit_block_commits(&db, &mut conn, &notified);
-    drop(conn);
-    assert_pool_clean(&db.default);
+    assert_recovered_explicit(&db, conn, &notified);
 }
 
 // No Django counterpart (three levels), explicit mode: rules X2, X3, C2.
@@ -592,12 +555,8 @@ fn explicit_panic_at_depth_3_caught_outside_rolls_back_every_level() {
         run_explicit_plan(&mut conn, 3, None, &notified),
         "boom at depth 3",
     );
-    assert!(db.reporters("default").is_empty());
-    assert!(notified.get().is_empty());
-    assert_not_in_transaction(&mut conn);
-    assert_next_explicit_block_commits(&db, &mut conn, &notified);
-    drop(conn);
-    assert_pool_clean(&db.default);
+    assert_nothing_committed(&db, &notified);
+    assert_recovered_explicit(&db, conn, &notified);
 }
 
 // No Django counterpart (three levels), explicit mode.
@@ -612,10 +571,7 @@ fn explicit_panic_at_depth_3_caught_at_depth_1_rolls_back_depths_2_and_3() {
     ));
     assert_eq!(db.reporters("default"), names(&["d1", "d1-after"]));
     assert_eq!(notified.get(), [1, 10]);
-    assert_not_in_transaction(&mut conn);
-    assert_next_explicit_block_commits(&db, &mut conn, &notified);
-    drop(conn);
-    assert_pool_clean(&db.default);
+    assert_recovered_explicit(&db, conn, &notified);
 }
 
 // No Django counterpart (three levels), explicit mode.
@@ -630,10 +586,7 @@ fn explicit_panic_at_depth_3_caught_at_depth_2_rolls_back_only_depth_3() {
     ));
     assert_eq!(db.reporters("default"), names(&["d1", "d2", "d2-after"]));
     assert_eq!(notified.get(), [1, 2, 20]);
-    assert_not_in_transaction(&mut conn);
-    assert_next_explicit_block_commits(&db, &mut conn, &notified);
-    drop(conn);
-    assert_pool_clean(&db.default);
+    assert_recovered_explicit(&db, conn, &notified);
 }
 
 // API.md §1: explicit mode on a connection that never was in a pool.
@@ -647,8 +600,7 @@ fn explicit_panic_on_a_private_connection_needs_no_pool() {
         run_explicit_plan(&mut conn, 2, None, &notified),
         "boom at depth 2",
     );
-    assert!(db.reporters("default").is_empty());
-    assert!(notified.get().is_empty());
+    assert_nothing_committed(&db, &notified);
     assert_not_in_transaction(&mut conn);
     assert_next_explicit_block_commits(&db, &mut conn, &notified);
 }
@@ -680,12 +632,8 @@ fn explicit_panic_in_savepoint_false_block_caught_inside_outer_marks_outer_for_r
         Ok("outer value")
     });
     assert_eq!(outcome, Ok("outer value"));
-    assert!(db.reporters("default").is_empty(), "nothing was committed");
-    assert!(notified.get().is_empty());
-    assert_not_in_transaction(&mut conn);
-    assert_next_explicit_block_commits(&db, &mut conn, &notified);
-    drop(conn);
-    assert_pool_clean(&db.default);
+    assert_nothing_committed(&db, &notified);
+    assert_recovered_explicit(&db, conn, &notified);
 }
 
 // Follows Django's TestConnectionOnCommit.test_error_in_hook_doesnt_prevent_clearing_hooks,
@@ -706,11 +654,8 @@ fn explicit_panicking_on_commit_callback_propagates_after_the_commit() {
     assert_panicked_with(outcome, "callback boom");
     assert_eq!(db.reporters("default"), ["Committed"]);
     assert_eq!(notified.get(), [1]);
-    assert_not_in_transaction(&mut conn);
-    assert_next_explicit_block_commits(&db, &mut conn, &notified);
+    assert_recovered_explicit(&db, conn, &notified);
     assert_eq!(notified.get(), [1, 100], "callback 3 never runs");
-    drop(conn);
-    assert_pool_clean(&db.default);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -31,17 +31,6 @@ use diesel_atomic::transaction::{self, Atomic};
 #[derive(Debug)]
 struct ForcedError;
 
-/// Inserts `Thing(num = n)` through the default alias's ambient connection.
-fn insert_thing(n: i32) -> Result<(), TestError> {
-    diesel_atomic::connection(|conn: &mut SqliteConnection| {
-        diesel::insert_into(things::table)
-            .values(things::num.eq(n))
-            .execute(conn)
-            .map(drop)
-            .map_err(TestError::from)
-    })
-}
-
 /// Django's `do(num)`: creates a Thing and registers an on_commit callback that notifies it.
 fn do_(notified: &Notified, n: i32) -> Result<(), TestError> {
     insert_thing(n)?;
@@ -82,6 +71,54 @@ fn assert_forced_payload(payload: &(dyn Any + Send)) {
     );
 }
 
+/// Django's `with self.assertRaises(...): with transaction.atomic(): <body>; raise ...`, with the
+/// raise as a returned `Err(Oops)`: the block runs `body`, then fails, and returns that error.
+#[track_caller]
+fn atomic_then_err(body: impl FnOnce() -> Result<(), TestError>) {
+    let result = transaction::atomic(|| {
+        body()?;
+        Err::<(), _>(TestError::Oops)
+    });
+    assert_eq!(result, Err(TestError::Oops));
+}
+
+/// [`atomic_then_err`] with the raise as a `ForcedError` panic: the block runs `body`, then
+/// panics, and resumes that panic.
+#[track_caller]
+fn atomic_then_panic(body: impl FnOnce() -> Result<(), TestError>) {
+    assert_forced_panic(|| {
+        transaction::atomic(|| -> Result<(), TestError> {
+            body()?;
+            panic::panic_any(ForcedError)
+        })
+    });
+}
+
+/// Django's `on_commit(callback, robust=True)` followed by `do(1)`, outside any transaction;
+/// returns the ERROR events logged meanwhile.
+fn robust_hook_then_do_1(notified: &Notified, hook: impl FnOnce() + 'static) -> Vec<String> {
+    let ((), errors) = capture_error_logs(|| {
+        transaction::on_commit_robust(hook).unwrap();
+        do_(notified, 1).unwrap();
+    });
+    errors
+}
+
+/// [`robust_hook_then_do_1`] inside one transaction, which commits.
+fn robust_hook_then_do_1_in_a_transaction(
+    notified: &Notified,
+    hook: impl FnOnce() + 'static,
+) -> Vec<String> {
+    let ((), errors) = capture_error_logs(|| {
+        transaction::atomic(|| {
+            transaction::on_commit_robust(hook)?;
+            do_(notified, 1)
+        })
+        .unwrap();
+    });
+    errors
+}
+
 /// A robust callback given as a fn item rather than a closure (the Rust stand-in for Django's
 /// `functools.partial` variants: a callable whose name comes from somewhere else).
 fn failing_robust_callback() {
@@ -109,10 +146,7 @@ fn robust_hook_panic_outside_a_transaction_is_logged_and_execution_continues() {
         "the name locates the closure: {name}"
     );
 
-    let ((), errors) = capture_error_logs(|| {
-        transaction::on_commit_robust(robust_callback).unwrap();
-        do_(&notified, 1).unwrap();
-    });
+    let errors = robust_hook_then_do_1(&notified, robust_callback);
 
     assert_done(&db, &notified, &[1]);
     assert_eq!(
@@ -129,10 +163,7 @@ fn robust_named_fn_hook_panic_outside_a_transaction_is_logged_with_its_path() {
     let db = setup();
     let notified = Notified::default();
 
-    let ((), errors) = capture_error_logs(|| {
-        transaction::on_commit_robust(failing_robust_callback).unwrap();
-        do_(&notified, 1).unwrap();
-    });
+    let errors = robust_hook_then_do_1(&notified, failing_robust_callback);
 
     assert_done(&db, &notified, &[1]);
     assert_eq!(
@@ -152,13 +183,7 @@ fn robust_hook_panic_after_commit_is_logged_and_later_hooks_run() {
     let robust_callback = callback(|| panic!("robust callback"));
     let name = type_name_of(&robust_callback);
 
-    let ((), errors) = capture_error_logs(|| {
-        transaction::atomic(|| {
-            transaction::on_commit_robust(robust_callback)?;
-            do_(&notified, 1)
-        })
-        .unwrap();
-    });
+    let errors = robust_hook_then_do_1_in_a_transaction(&notified, robust_callback);
 
     assert_done(&db, &notified, &[1]);
     assert_eq!(
@@ -175,13 +200,7 @@ fn robust_named_fn_hook_panic_after_commit_is_logged_with_its_path() {
     let db = setup();
     let notified = Notified::default();
 
-    let ((), errors) = capture_error_logs(|| {
-        transaction::atomic(|| {
-            transaction::on_commit_robust(failing_robust_callback)?;
-            do_(&notified, 1)
-        })
-        .unwrap();
-    });
+    let errors = robust_hook_then_do_1_in_a_transaction(&notified, failing_robust_callback);
 
     assert_done(&db, &notified, &[1]);
     assert_eq!(
@@ -213,11 +232,7 @@ fn hook_waits_for_the_commit() {
 fn hook_is_dropped_when_the_transaction_returns_err() {
     let db = setup();
     let notified = Notified::default();
-    let result = transaction::atomic(|| {
-        do_(&notified, 1)?;
-        Err::<(), _>(TestError::Oops)
-    });
-    assert_eq!(result, Err(TestError::Oops));
+    atomic_then_err(|| do_(&notified, 1));
     assert_done(&db, &notified, &[]);
 }
 
@@ -226,12 +241,7 @@ fn hook_is_dropped_when_the_transaction_returns_err() {
 fn hook_is_dropped_when_the_transaction_body_panics() {
     let db = setup();
     let notified = Notified::default();
-    assert_forced_panic(|| {
-        transaction::atomic(|| -> Result<(), TestError> {
-            do_(&notified, 1)?;
-            panic::panic_any(ForcedError)
-        })
-    });
+    atomic_then_panic(|| do_(&notified, 1));
     assert_done(&db, &notified, &[]);
 }
 
@@ -265,11 +275,7 @@ fn hooks_from_a_savepoint_that_returned_err_are_dropped() {
         // one successful savepoint
         transaction::atomic(|| do_(&notified, 1))?;
         // one failed savepoint
-        let failed = transaction::atomic(|| {
-            do_(&notified, 2)?;
-            Err::<(), _>(TestError::Oops)
-        });
-        assert_eq!(failed, Err(TestError::Oops));
+        atomic_then_err(|| do_(&notified, 2));
         // another successful savepoint
         transaction::atomic(|| do_(&notified, 3))
     })
@@ -285,12 +291,7 @@ fn hooks_from_a_savepoint_that_panicked_are_dropped() {
     let notified = Notified::default();
     transaction::atomic(|| {
         transaction::atomic(|| do_(&notified, 1))?;
-        assert_forced_panic(|| {
-            transaction::atomic(|| -> Result<(), TestError> {
-                do_(&notified, 2)?;
-                panic::panic_any(ForcedError)
-            })
-        });
+        atomic_then_panic(|| do_(&notified, 2));
         transaction::atomic(|| do_(&notified, 3))
     })
     .unwrap();
@@ -302,11 +303,7 @@ fn hooks_from_a_savepoint_that_panicked_are_dropped() {
 fn hooks_from_a_released_savepoint_are_dropped_when_the_outer_block_returns_err() {
     let db = setup();
     let notified = Notified::default();
-    let result = transaction::atomic(|| {
-        transaction::atomic(|| do_(&notified, 1))?;
-        Err::<(), _>(TestError::Oops)
-    });
-    assert_eq!(result, Err(TestError::Oops));
+    atomic_then_err(|| transaction::atomic(|| do_(&notified, 1)));
     assert_done(&db, &notified, &[]);
 }
 
@@ -315,12 +312,7 @@ fn hooks_from_a_released_savepoint_are_dropped_when_the_outer_block_returns_err(
 fn hooks_from_a_released_savepoint_are_dropped_when_the_outer_block_panics() {
     let db = setup();
     let notified = Notified::default();
-    assert_forced_panic(|| {
-        transaction::atomic(|| -> Result<(), TestError> {
-            transaction::atomic(|| do_(&notified, 1))?;
-            panic::panic_any(ForcedError)
-        })
-    });
+    atomic_then_panic(|| transaction::atomic(|| do_(&notified, 1)));
     assert_done(&db, &notified, &[]);
 }
 
@@ -330,11 +322,7 @@ fn hooks_of_an_inner_savepoint_are_dropped_with_its_rolled_back_parent_savepoint
     let db = setup();
     let notified = Notified::default();
     transaction::atomic(|| {
-        let middle = transaction::atomic(|| {
-            transaction::atomic(|| do_(&notified, 1))?;
-            Err::<(), _>(TestError::Oops)
-        });
-        assert_eq!(middle, Err(TestError::Oops));
+        atomic_then_err(|| transaction::atomic(|| do_(&notified, 1)));
         do_(&notified, 2)
     })
     .unwrap();
@@ -427,11 +415,7 @@ fn hooks_run_once_and_are_cleared_after_commit() {
 fn hooks_are_cleared_after_an_err_rollback() {
     let db = setup();
     let notified = Notified::default();
-    let result = transaction::atomic(|| {
-        do_(&notified, 1)?;
-        Err::<(), _>(TestError::Oops)
-    });
-    assert_eq!(result, Err(TestError::Oops));
+    atomic_then_err(|| do_(&notified, 1));
     transaction::atomic(|| do_(&notified, 2)).unwrap();
     assert_done(&db, &notified, &[2]);
 }
@@ -441,12 +425,7 @@ fn hooks_are_cleared_after_an_err_rollback() {
 fn hooks_are_cleared_after_a_panic_rollback() {
     let db = setup();
     let notified = Notified::default();
-    assert_forced_panic(|| {
-        transaction::atomic(|| -> Result<(), TestError> {
-            do_(&notified, 1)?;
-            panic::panic_any(ForcedError)
-        })
-    });
+    atomic_then_panic(|| do_(&notified, 1));
     transaction::atomic(|| do_(&notified, 2)).unwrap();
     assert_done(&db, &notified, &[2]);
 }

@@ -193,6 +193,18 @@ fn committed_rows(db: &TestDb) -> Vec<(i32, String, String)> {
         .expect("read reporters")
 }
 
+/// Django's failing body: creates the reporter `first_name`, then raises `Exception("Oops")`.
+fn create_then_raise(first_name: &str) -> Result<(), TestError> {
+    create_reporter(first_name, "")?;
+    Err(TestError::Oops)
+}
+
+/// [`create_then_raise`] with the exception as a panic whose payload is `EXPECTED_PANIC`.
+fn create_then_panic(first_name: &str) -> Result<(), TestError> {
+    create_reporter(first_name, "")?;
+    panic!("Oops, that's his last name")
+}
+
 /// Silences the default panic message for the panics these tests cause on purpose.
 fn quiet_expected_panics() {
     static ONCE: Once = Once::new();
@@ -298,8 +310,7 @@ fn decorator_commit_keeps_row(ctx: &Ctx) {
 fn decorator_rollback_leaves_table_empty(ctx: &Ctx) {
     #[atomic]
     fn make_reporter() -> Result<(), TestError> {
-        create_reporter("Haddock", "")?;
-        Err(TestError::Oops)
+        create_then_raise("Haddock")
     }
     assert_eq!(make_reporter(), Err(TestError::Oops));
     assert!(ctx.reporters().is_empty());
@@ -309,8 +320,7 @@ fn decorator_rollback_leaves_table_empty(ctx: &Ctx) {
 fn decorator_rollback_on_panic(ctx: &Ctx) {
     #[atomic]
     fn make_reporter() -> Result<(), TestError> {
-        create_reporter("Haddock", "")?;
-        panic!("Oops, that's his last name")
+        create_then_panic("Haddock")
     }
     assert_resumes_expected_panic(make_reporter);
     assert!(ctx.reporters().is_empty());
@@ -331,8 +341,7 @@ fn called_decorator_commit_keeps_row(ctx: &Ctx) {
 fn called_decorator_rollback_leaves_table_empty(ctx: &Ctx) {
     #[atomic()]
     fn make_reporter() -> Result<(), TestError> {
-        create_reporter("Haddock", "")?;
-        Err(TestError::Oops)
+        create_then_raise("Haddock")
     }
     assert_eq!(make_reporter(), Err(TestError::Oops));
     assert!(ctx.reporters().is_empty());
@@ -350,22 +359,14 @@ fn commit_keeps_row(ctx: &Ctx) {
 
 // Django: AtomicTests.test_rollback
 fn rollback_leaves_table_empty(ctx: &Ctx) {
-    let result = transaction::atomic(|| -> Result<(), TestError> {
-        create_reporter("Haddock", "")?;
-        Err(TestError::Oops)
-    });
+    let result = transaction::atomic(|| create_then_raise("Haddock"));
     assert_eq!(result, Err(TestError::Oops));
     assert!(ctx.reporters().is_empty());
 }
 
 // Django: AtomicTests.test_rollback
 fn rollback_on_panic(ctx: &Ctx) {
-    assert_resumes_expected_panic(|| {
-        transaction::atomic(|| -> Result<(), TestError> {
-            create_reporter("Haddock", "")?;
-            panic!("Oops, that's his last name")
-        })
-    });
+    assert_resumes_expected_panic(|| transaction::atomic(|| create_then_panic("Haddock")));
     assert!(ctx.reporters().is_empty());
 }
 
@@ -384,10 +385,7 @@ fn nested_commit_commit_keeps_both_rows(ctx: &Ctx) {
 fn nested_commit_rollback_keeps_outer_row(ctx: &Ctx) {
     transaction::atomic(|| {
         create_reporter("Tintin", "")?;
-        let inner = transaction::atomic(|| -> Result<(), TestError> {
-            create_reporter("Haddock", "")?;
-            Err(TestError::Oops)
-        });
+        let inner = transaction::atomic(|| create_then_raise("Haddock"));
         assert_eq!(inner, Err(TestError::Oops));
         Ok::<_, TestError>(())
     })
@@ -399,12 +397,7 @@ fn nested_commit_rollback_keeps_outer_row(ctx: &Ctx) {
 fn nested_commit_rollback_on_panic_keeps_outer_row(ctx: &Ctx) {
     transaction::atomic(|| {
         create_reporter("Tintin", "")?;
-        assert_resumes_expected_panic(|| {
-            transaction::atomic(|| -> Result<(), TestError> {
-                create_reporter("Haddock", "")?;
-                panic!("Oops, that's his last name")
-            })
-        });
+        assert_resumes_expected_panic(|| transaction::atomic(|| create_then_panic("Haddock")));
         assert!(
             !transaction::get_rollback()?,
             "the savepoint absorbed the panic"
@@ -442,10 +435,7 @@ fn nested_rollback_commit_on_panic_leaves_table_empty(ctx: &Ctx) {
 fn nested_rollback_rollback_leaves_table_empty(ctx: &Ctx) {
     let result = transaction::atomic(|| -> Result<(), TestError> {
         create_reporter("Tintin", "")?;
-        let inner = transaction::atomic(|| -> Result<(), TestError> {
-            create_reporter("Haddock", "")?;
-            Err(TestError::Oops)
-        });
+        let inner = transaction::atomic(|| create_then_raise("Haddock"));
         assert_eq!(inner, Err(TestError::Oops));
         Err(TestError::Oops)
     });
@@ -472,10 +462,7 @@ fn merged_commit_rollback_silently_undoes_outer_row(ctx: &Ctx) {
         create_reporter("Tintin", "")?;
         let inner = Atomic::new()
             .savepoint(false)
-            .run(|| -> Result<(), TestError> {
-                create_reporter("Haddock", "")?;
-                Err(TestError::Oops)
-            });
+            .run(|| create_then_raise("Haddock"));
         assert_eq!(inner, Err(TestError::Oops));
         // X2: the merged block marked the outer one for rollback.
         assert!(transaction::get_rollback()?);
@@ -493,10 +480,7 @@ fn merged_commit_rollback_on_panic_silently_undoes_outer_row(ctx: &Ctx) {
         assert_resumes_expected_panic(|| {
             Atomic::new()
                 .savepoint(false)
-                .run(|| -> Result<(), TestError> {
-                    create_reporter("Haddock", "")?;
-                    panic!("Oops, that's his last name")
-                })
+                .run(|| create_then_panic("Haddock"))
         });
         assert!(transaction::get_rollback()?);
         Ok::<_, TestError>(())
@@ -524,10 +508,7 @@ fn merged_rollback_rollback_leaves_table_empty(ctx: &Ctx) {
         create_reporter("Tintin", "")?;
         let inner = Atomic::new()
             .savepoint(false)
-            .run(|| -> Result<(), TestError> {
-                create_reporter("Haddock", "")?;
-                Err(TestError::Oops)
-            });
+            .run(|| create_then_raise("Haddock"));
         assert_eq!(inner, Err(TestError::Oops));
         Err(TestError::Oops)
     });
@@ -554,10 +535,7 @@ fn reused_atomic_commit_rollback_keeps_outer_row(ctx: &Ctx) {
     block
         .run(|| {
             create_reporter("Tintin", "")?;
-            let inner = block.run(|| -> Result<(), TestError> {
-                create_reporter("Haddock", "")?;
-                Err(TestError::Oops)
-            });
+            let inner = block.run(|| create_then_raise("Haddock"));
             assert_eq!(inner, Err(TestError::Oops));
             Ok::<_, TestError>(())
         })
@@ -582,10 +560,7 @@ fn reused_atomic_rollback_rollback_leaves_table_empty(ctx: &Ctx) {
     let block = Atomic::new();
     let result = block.run(|| -> Result<(), TestError> {
         create_reporter("Tintin", "")?;
-        let inner = block.run(|| -> Result<(), TestError> {
-            create_reporter("Haddock", "")?;
-            Err(TestError::Oops)
-        });
+        let inner = block.run(|| create_then_raise("Haddock"));
         assert_eq!(inner, Err(TestError::Oops));
         Err(TestError::Oops)
     });
@@ -683,34 +658,40 @@ atomic_tests! {
 // AtomicMergeTests (rows 24, 25)
 // ---------------------------------------------------------------------------------------------
 
+/// Django's "Temporarily mark the connection as not needing rollback to check it": the block is
+/// marked for rollback, yet with the flag cleared its connection still sees `count` reporters;
+/// the flag is set again afterwards.
+fn assert_marked_for_rollback_with_reporters_still_there(count: usize) -> Result<(), TestError> {
+    assert!(transaction::get_rollback()?);
+    transaction::set_rollback(false)?;
+    assert_eq!(try_visible_reporters()?.len(), count);
+    transaction::set_rollback(true)?;
+    Ok(())
+}
+
+/// The middle block's body in both AtomicMergeTests: creates Archibald, then a block without a
+/// savepoint creates Calculus and raises.
+fn create_archibald_then_a_failing_merged_calculus() -> Result<(), TestError> {
+    create_reporter("Archibald", "Haddock")?;
+    let inner = Atomic::new()
+        .savepoint(false)
+        .run(|| create_then_raise("Calculus"));
+    assert_eq!(inner, Err(TestError::Oops));
+    // The third insert couldn't be rolled back: look at it with the flag cleared.
+    assert_marked_for_rollback_with_reporters_still_there(3)
+}
+
 // Django: AtomicMergeTests.test_merged_outer_rollback
 #[test]
 fn merged_blocks_roll_back_up_to_the_outermost_savepoint() {
     let db = setup();
     let outer = transaction::atomic(|| {
         create_reporter("Tintin", "")?;
-        Atomic::new().savepoint(false).run(|| {
-            create_reporter("Archibald", "Haddock")?;
-            let inner = Atomic::new()
-                .savepoint(false)
-                .run(|| -> Result<(), TestError> {
-                    create_reporter("Calculus", "")?;
-                    Err(TestError::Oops)
-                });
-            assert_eq!(inner, Err(TestError::Oops));
-            // The third insert couldn't be rolled back: look at it with the flag cleared.
-            assert!(transaction::get_rollback()?);
-            transaction::set_rollback(false)?;
-            assert_eq!(try_visible_reporters()?.len(), 3);
-            transaction::set_rollback(true)?;
-            Ok::<_, TestError>(())
-        })?;
+        Atomic::new()
+            .savepoint(false)
+            .run(create_archibald_then_a_failing_merged_calculus)?;
         // Neither could the second: the merged block passed the flag on to its parent.
-        assert!(transaction::get_rollback()?);
-        transaction::set_rollback(false)?;
-        assert_eq!(try_visible_reporters()?.len(), 3);
-        transaction::set_rollback(true)?;
-        Ok::<_, TestError>(())
+        assert_marked_for_rollback_with_reporters_still_there(3)
     });
     // The first block has a savepoint (it is the transaction) and rolls back.
     assert_eq!(outer, Ok(()));
@@ -723,22 +704,7 @@ fn merged_block_failure_rolls_back_to_the_nearest_savepoint() {
     let db = setup();
     transaction::atomic(|| {
         create_reporter("Tintin", "")?;
-        let middle = transaction::atomic(|| {
-            create_reporter("Archibald", "Haddock")?;
-            let inner = Atomic::new()
-                .savepoint(false)
-                .run(|| -> Result<(), TestError> {
-                    create_reporter("Calculus", "")?;
-                    Err(TestError::Oops)
-                });
-            assert_eq!(inner, Err(TestError::Oops));
-            // The third insert couldn't be rolled back: look at it with the flag cleared.
-            assert!(transaction::get_rollback()?);
-            transaction::set_rollback(false)?;
-            assert_eq!(try_visible_reporters()?.len(), 3);
-            transaction::set_rollback(true)?;
-            Ok::<_, TestError>(())
-        });
+        let middle = transaction::atomic(create_archibald_then_a_failing_merged_calculus);
         // The middle block has a savepoint: it rolls back to it silently.
         assert_eq!(middle, Ok(()));
         assert!(!transaction::get_rollback()?);

@@ -3,11 +3,12 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::time::Duration;
 
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool};
-use diesel_atomic::{Database, Databases, DatabasesGuard};
+use diesel_atomic::{Database, Databases, DatabasesGuard, Error};
 use tempfile::TempDir;
 
 diesel::table! {
@@ -132,6 +133,64 @@ pub fn create_reporter(first: &str, last: &str) -> Result<(), diesel_atomic::Err
     diesel_atomic::connection(|conn: &mut SqliteConnection| {
         insert_reporter(conn, first, last).map_err(diesel_atomic::Error::from)
     })
+}
+
+/// Inserts a reporter with an empty last name through the default alias's ambient connection.
+pub fn add(name: &str) -> Result<(), TestError> {
+    create_reporter(name, "")?;
+    Ok(())
+}
+
+/// Inserts a reporter with an empty last name on the given connection.
+pub fn add_on(conn: &mut SqliteConnection, name: &str) -> Result<(), TestError> {
+    insert_reporter(conn, name, "")?;
+    Ok(())
+}
+
+/// Inserts a reporter with an empty last name through `alias`'s ambient connection.
+pub fn add_to(alias: &str, name: &str) -> Result<(), Error> {
+    diesel_atomic::db(alias).connection(|conn: &mut SqliteConnection| {
+        insert_reporter(conn, name, "").map_err(Error::from)
+    })
+}
+
+/// Inserts `Thing(num = n)` through the default alias's ambient connection.
+pub fn insert_thing(n: i32) -> Result<(), TestError> {
+    diesel_atomic::connection(|conn: &mut SqliteConnection| {
+        diesel::insert_into(things::table)
+            .values(things::num.eq(n))
+            .execute(conn)
+            .map(drop)
+            .map_err(TestError::from)
+    })
+}
+
+/// Sorted, owned names, for comparing with [`TestDb::reporters`].
+pub fn names(names: &[&str]) -> Vec<String> {
+    let mut names: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
+    names.sort();
+    names
+}
+
+/// `conn` is not inside a transaction: SQLite refuses a BEGIN within a transaction.
+#[track_caller]
+pub fn assert_not_in_transaction(conn: &mut SqliteConnection) {
+    conn.batch_execute("BEGIN; ROLLBACK;")
+        .expect("the connection was left inside a transaction");
+}
+
+/// Checks out every connection of the pool at once and makes sure none is inside a transaction.
+#[track_caller]
+pub fn assert_pool_clean(pool: &Pooled) {
+    let mut all: Vec<_> = (0..pool.max_size())
+        .map(|_| {
+            pool.get_timeout(Duration::from_secs(5))
+                .expect("every pooled connection can be checked out (none is held by a block)")
+        })
+        .collect();
+    for conn in &mut all {
+        assert_not_in_transaction(conn);
+    }
 }
 
 /// Records callback runs, like Django's `notified` list.
