@@ -234,3 +234,45 @@ pub(crate) fn current() -> Result<Databases, Error> {
 pub(crate) fn lookup(alias: &str) -> Result<Database, Error> {
     current()?.get(alias).cloned()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_types_are_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Database>();
+        assert_send_sync::<Databases>();
+    }
+
+    #[test]
+    fn adding_an_alias_again_replaces_it_in_place() {
+        let pool = || {
+            Pool::builder()
+                .max_size(1)
+                .build(ConnectionManager::<diesel::SqliteConnection>::new(
+                    ":memory:",
+                ))
+                .unwrap()
+        };
+        let databases = Databases::new()
+            .add("default", Database::new(pool()))
+            .add("other", Database::new(pool()))
+            .add("default", Database::new(pool()).atomic_requests(true));
+        assert_eq!(
+            databases.aliases().collect::<Vec<_>>(),
+            ["default", "other"]
+        );
+        assert!(databases.get("default").unwrap().has_atomic_requests());
+    }
+
+    #[test]
+    fn installing_an_empty_registry_is_refused() {
+        let error = Databases::new().install().unwrap_err();
+        assert!(
+            error.to_string().contains("empty Databases registry"),
+            "{error}"
+        );
+    }
+}
