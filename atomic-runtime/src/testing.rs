@@ -14,6 +14,10 @@ use crate::state::{self, Callback};
 /// [`capture_on_commit_callbacks`] to see them), and a durable block directly inside is
 /// allowed, as under Django's `TestCase`. Begin it outside every block; it is not `Send`.
 ///
+/// Ambient code under test uses the test's connection by itself. Explicit-mode code must be
+/// handed that connection (`connection(|conn| code_under_test(conn))`): a block on any other
+/// connection of the alias is `Error::AliasInUse`, because its work would escape the rollback.
+///
 /// ```
 /// # extern crate atomic_runtime as diesel_atomic;
 /// # use diesel::r2d2::{ConnectionManager, Pool};
