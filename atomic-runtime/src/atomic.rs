@@ -121,11 +121,14 @@ pub(crate) fn enter(
 ) -> Result<Entered, Error> {
     let alias = options.using;
     let explicit_connection = match explicit.as_deref_mut() {
-        Some(conn) => Some(ExplicitConnection {
-            address: conn.address(),
-            depth: conn.depth()?,
-            foreign: foreign_transaction(conn)?,
-        }),
+        Some(conn) => {
+            let (depth, foreign) = open_transaction(conn)?;
+            Some(ExplicitConnection {
+                address: conn.address(),
+                depth,
+                foreign,
+            })
+        }
         None => None,
     };
     let plan = state::with(alias, |st| -> Result<EnterPlan, Error> {
@@ -201,8 +204,7 @@ pub(crate) fn enter(
         EnterPlan::CheckOut => {
             let mut pooled = databases::lookup(alias)?.checkout(alias)?;
             let conn = pooled.inner();
-            let depth_before = conn.depth()?;
-            let foreign = foreign_transaction(conn)?;
+            let (depth_before, foreign) = open_transaction(conn)?;
             if options.durable && foreign == Foreign::User {
                 return Err(durable_nested(alias));
             }
@@ -233,7 +235,11 @@ pub(crate) fn enter(
 
 fn trace_begin(alias: &str, conn: &Option<ExplicitConnection>) {
     let depth = conn.as_ref().map_or(0, |conn| conn.depth) + 1;
-    tracing::debug!(alias, depth, "BEGIN or SAVEPOINT on an explicit connection");
+    tracing::debug!(
+        alias,
+        depth,
+        "BEGIN (depth 1) or SAVEPOINT on the caller's connection"
+    );
 }
 
 fn durable_nested(alias: &str) -> Error {
@@ -242,13 +248,15 @@ fn durable_nested(alias: &str) -> Error {
     }
 }
 
-/// Whether a transaction is already open that the runtime did not begin, and whose it is.
-fn foreign_transaction(conn: &mut dyn TxConnection) -> Result<Foreign, Error> {
-    Ok(match conn.depth()? {
+/// diesel's depth before an outermost block, and whose transaction is open at that depth.
+fn open_transaction(conn: &mut dyn TxConnection) -> Result<(u32, Foreign), Error> {
+    let depth = conn.depth()?;
+    let foreign = match depth {
         0 => Foreign::None,
         _ if conn.open_transaction_is_test() => Foreign::Test,
         _ => Foreign::User,
-    })
+    };
+    Ok((depth, foreign))
 }
 
 /// Takes back a block whose BEGIN or SAVEPOINT failed.
@@ -286,8 +294,7 @@ pub(crate) fn enter_test_block(alias: &str) -> Result<Entered, Error> {
     }
     let mut pooled = databases::lookup(alias)?.checkout(alias)?;
     let conn = pooled.inner();
-    let depth_before = conn.depth()?;
-    let foreign = foreign_transaction(conn)?;
+    let (depth_before, foreign) = open_transaction(conn)?;
     conn.begin()?;
     tracing::debug!(alias, depth = depth_before + 1, "BEGIN (test transaction)");
     let address = pooled.inner_address();
