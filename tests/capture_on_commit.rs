@@ -1,8 +1,9 @@
 //! Django's `CaptureOnCommitCallbacksTests` (tests/test_utils/tests.py), ported.
 //!
 //! Django runs these in a `TestCase` on the databases "default" and "other"; here every test
-//! opens `testing::TestTransaction` on both aliases of its own temporary SQLite databases, so
-//! on_commit callbacks are queued (never run by a commit) and everything is rolled back.
+//! opens `testing::TestTransaction` on both aliases of its own databases, on every backend
+//! (SQLite, PostgreSQL, MariaDB), so on_commit callbacks are queued (never run by a commit) and
+//! everything is rolled back.
 //!
 //! Difference from Django: captured callbacks are taken out of the queue. With `execute` they
 //! are run and the iterator yields nothing (`len()` still counts them); without it the
@@ -22,7 +23,6 @@ use std::rc::Rc;
 
 use captured_logs::{callback, capture_error_logs, type_name_of};
 use common::*;
-use diesel::prelude::*;
 use diesel_atomic::testing::{
     CapturedCallbacks, TestTransaction, capture_on_commit_callbacks,
     capture_on_commit_callbacks_using,
@@ -30,8 +30,8 @@ use diesel_atomic::testing::{
 use diesel_atomic::{db, transaction};
 
 /// Django's `setUp` for a `TestCase` with `databases = {"default", "other"}`.
-fn begin_test_case() -> (TestDb, TestTransaction) {
-    let db = setup();
+fn begin_test_case<C: Backend>() -> (TestDb<C>, TestTransaction) {
+    let db = setup::<C>();
     let test = TestTransaction::begin_using(&["default", "other"]).expect("test transaction");
     (db, test)
 }
@@ -81,10 +81,29 @@ fn assert_one_pending_callback_sets(flag: &Flag, callbacks: CapturedCallbacks) {
     assert!(flag.is_set());
 }
 
+/// Inserts `Thing(num = n)` through the default alias's ambient connection, like the shared
+/// `insert_thing`, but hands a database error back as `TestError::Db`, the way the SQLite-only
+/// fixture did (the shared helper now wraps it in `diesel_atomic::Error::Database`, which
+/// becomes `TestError::Atomic`).
+fn insert_thing_keeping_db_errors<C: Backend>(n: i32) -> Result<(), TestError> {
+    diesel_atomic::connection(|conn: &mut C| conn.insert_thing(n).map_err(TestError::from))
+}
+
+/// How each backend words a unique violation (Django's IntegrityError) on `things.num`.
+fn unique_violation_message(kind: Kind) -> &'static str {
+    match kind {
+        // SQLite: "UNIQUE constraint failed: <table>.<column>".
+        Kind::Sqlite => "UNIQUE constraint failed: things.num",
+        // PostgreSQL, SQLSTATE 23505: "duplicate key value violates unique constraint <name>".
+        Kind::Postgres => "duplicate key value violates unique constraint",
+        // MariaDB, ER_DUP_ENTRY (1062): "Duplicate entry '<value>' for key '<name>'".
+        Kind::Mysql => "Duplicate entry '1' for key",
+    }
+}
+
 // Django: CaptureOnCommitCallbacksTests.test_no_arguments
-#[test]
-fn captures_default_alias_callbacks_without_running_them() {
-    let (_db, _test) = begin_test_case();
+fn captures_default_alias_callbacks_without_running_them<C: Backend>() {
+    let (_db, _test) = begin_test_case::<C>();
     let flag = Flag::default();
 
     let ((), callbacks) = capture_on_commit_callbacks(false, || enqueue_callback(&flag, "default"));
@@ -93,9 +112,8 @@ fn captures_default_alias_callbacks_without_running_them() {
 }
 
 // Django: CaptureOnCommitCallbacksTests.test_using
-#[test]
-fn captures_callbacks_of_the_given_alias() {
-    let (_db, _test) = begin_test_case();
+fn captures_callbacks_of_the_given_alias<C: Backend>() {
+    let (_db, _test) = begin_test_case::<C>();
     let flag = Flag::default();
 
     let ((), callbacks) =
@@ -105,9 +123,8 @@ fn captures_callbacks_of_the_given_alias() {
 }
 
 // Django: CaptureOnCommitCallbacksTests.test_different_using
-#[test]
-fn does_not_capture_callbacks_of_another_alias() {
-    let (db, test) = begin_test_case();
+fn does_not_capture_callbacks_of_another_alias<C: Backend>() {
+    let (db, test) = begin_test_case::<C>();
     let flag = Flag::default();
 
     let ((), callbacks) = capture_on_commit_callbacks(false, || enqueue_callback(&flag, "other"));
@@ -124,9 +141,8 @@ fn does_not_capture_callbacks_of_another_alias() {
 }
 
 // Django: CaptureOnCommitCallbacksTests.test_execute
-#[test]
-fn execute_runs_the_captured_callbacks() {
-    let (_db, _test) = begin_test_case();
+fn execute_runs_the_captured_callbacks<C: Backend>() {
+    let (_db, _test) = begin_test_case::<C>();
     let flag = Flag::default();
 
     let ((), callbacks) = capture_on_commit_callbacks(true, || enqueue_callback(&flag, "default"));
@@ -143,31 +159,25 @@ fn execute_runs_the_captured_callbacks() {
 // Django: CaptureOnCommitCallbacksTests.test_execute
 // (with a database write: the captured callback runs inside the test transaction, so its row
 // is visible there and never committed)
-#[test]
-fn execute_runs_callbacks_that_write_inside_the_test_transaction() {
-    let (db, test) = begin_test_case();
+fn execute_runs_callbacks_that_write_inside_the_test_transaction<C: Backend>() {
+    let (db, test) = begin_test_case::<C>();
 
     let ((), callbacks) = capture_on_commit_callbacks(true, || {
         transaction::on_commit(|| insert_thing(7).expect("insert in the callback")).unwrap();
     });
 
     assert_eq!(callbacks.len(), 1);
-    let visible = diesel_atomic::connection(|conn: &mut SqliteConnection| {
-        things::table
-            .select(things::num)
-            .load::<i32>(conn)
-            .map_err(TestError::from)
-    })
-    .unwrap();
+    let visible =
+        diesel_atomic::connection(|conn: &mut C| conn.thing_nums().map_err(TestError::from))
+            .unwrap();
     assert_eq!(visible, [7]);
     drop(test);
     assert!(db.things("default").is_empty(), "rolled back with the test");
 }
 
 // Django: CaptureOnCommitCallbacksTests.test_pre_callback
-#[test]
-fn does_not_capture_callbacks_registered_before() {
-    let (_db, _test) = begin_test_case();
+fn does_not_capture_callbacks_registered_before<C: Backend>() {
+    let (_db, _test) = begin_test_case::<C>();
     let pre_hook_called = Flag::default();
     let flag = Flag::default();
     {
@@ -192,21 +202,23 @@ fn does_not_capture_callbacks_registered_before() {
 }
 
 // Django: CaptureOnCommitCallbacksTests.test_with_rolled_back_savepoint
-#[test]
-fn does_not_capture_callbacks_of_a_savepoint_rolled_back_by_an_integrity_error() {
-    let (_db, _test) = begin_test_case();
+fn does_not_capture_callbacks_of_a_savepoint_rolled_back_by_an_integrity_error<C: Backend>() {
+    let (_db, _test) = begin_test_case::<C>();
     let flag = Flag::default();
 
     let (result, callbacks) = capture_on_commit_callbacks(false, || {
         transaction::atomic(|| {
             enqueue_callback(&flag, "default");
-            insert_thing(1)?;
-            insert_thing(1) // UNIQUE(num): a real IntegrityError
+            insert_thing_keeping_db_errors::<C>(1)?;
+            insert_thing_keeping_db_errors::<C>(1) // UNIQUE(num): a real IntegrityError
         })
     });
 
     match result {
-        Err(TestError::Db(message)) => assert!(message.contains("UNIQUE"), "{message}"),
+        Err(TestError::Db(message)) => assert!(
+            message.contains(unique_violation_message(C::KIND)),
+            "{message}"
+        ),
         other => panic!("expected the unique violation, got {other:?}"),
     }
     assert!(callbacks.is_empty());
@@ -215,9 +227,8 @@ fn does_not_capture_callbacks_of_a_savepoint_rolled_back_by_an_integrity_error()
 }
 
 // Django: CaptureOnCommitCallbacksTests.test_with_rolled_back_savepoint
-#[test]
-fn does_not_capture_callbacks_of_a_savepoint_rolled_back_by_a_panic() {
-    let (_db, _test) = begin_test_case();
+fn does_not_capture_callbacks_of_a_savepoint_rolled_back_by_a_panic<C: Backend>() {
+    let (_db, _test) = begin_test_case::<C>();
     let flag = Flag::default();
 
     let (unwound, callbacks) = capture_on_commit_callbacks(false, || {
@@ -239,9 +250,8 @@ fn does_not_capture_callbacks_of_a_savepoint_rolled_back_by_a_panic() {
 }
 
 // Django: CaptureOnCommitCallbacksTests.test_execute_recursive
-#[test]
-fn execute_also_runs_callbacks_registered_by_callbacks() {
-    let (_db, _test) = begin_test_case();
+fn execute_also_runs_callbacks_registered_by_callbacks<C: Backend>() {
+    let (_db, _test) = begin_test_case::<C>();
     let flag = Flag::default();
 
     let ((), callbacks) = capture_on_commit_callbacks(true, || {
@@ -270,14 +280,13 @@ impl Calls {
 }
 
 // Django: CaptureOnCommitCallbacksTests.test_execute_tree
-#[test]
-fn execute_visits_each_callback_of_a_tree_once_in_registration_order() {
+fn execute_visits_each_callback_of_a_tree_once_in_registration_order<C: Backend>() {
     // └─branch_1
     //   ├─branch_2
     //   │ ├─leaf_1
     //   │ └─leaf_2
     //   └─leaf_3
-    let (_db, _test) = begin_test_case();
+    let (_db, _test) = begin_test_case::<C>();
     let calls = Calls::default();
     let branch_2 = {
         let calls = calls.clone();
@@ -311,9 +320,8 @@ fn execute_visits_each_callback_of_a_tree_once_in_registration_order() {
 }
 
 // Django: CaptureOnCommitCallbacksTests.test_execute_robust
-#[test]
-fn execute_logs_a_panicking_robust_callback_and_continues() {
-    let (_db, _test) = begin_test_case();
+fn execute_logs_a_panicking_robust_callback_and_continues<C: Backend>() {
+    let (_db, _test) = begin_test_case::<C>();
     let flag = Flag::default();
     let hook = {
         let flag = flag.clone();
@@ -345,9 +353,8 @@ fn failing_robust_callback() {
 }
 
 // Django: CaptureOnCommitCallbacksTests.test_execute_robust_with_callback_as_partial
-#[test]
-fn execute_logs_a_panicking_robust_named_fn_with_its_path() {
-    let (_db, _test) = begin_test_case();
+fn execute_logs_a_panicking_robust_named_fn_with_its_path<C: Backend>() {
+    let (_db, _test) = begin_test_case::<C>();
 
     let (((), callbacks), errors) = capture_error_logs(|| {
         capture_on_commit_callbacks(true, || {
@@ -364,3 +371,18 @@ fn execute_logs_a_panicking_robust_named_fn_with_its_path() {
         )]
     );
 }
+
+backend_tests!(
+    captures_default_alias_callbacks_without_running_them,
+    captures_callbacks_of_the_given_alias,
+    does_not_capture_callbacks_of_another_alias,
+    execute_runs_the_captured_callbacks,
+    execute_runs_callbacks_that_write_inside_the_test_transaction,
+    does_not_capture_callbacks_registered_before,
+    does_not_capture_callbacks_of_a_savepoint_rolled_back_by_an_integrity_error,
+    does_not_capture_callbacks_of_a_savepoint_rolled_back_by_a_panic,
+    execute_also_runs_callbacks_registered_by_callbacks,
+    execute_visits_each_callback_of_a_tree_once_in_registration_order,
+    execute_logs_a_panicking_robust_callback_and_continues,
+    execute_logs_a_panicking_robust_named_fn_with_its_path,
+);

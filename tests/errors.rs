@@ -1,4 +1,6 @@
-//! Misuse reported as errors (API.md §3, §8; rules E1, F1, F3), and the process-wide registry.
+//! Misuse reported as errors (API.md §3, §8; rules E1, F1, F3), and the process-wide registry,
+//! on every backend (each test runs as `sqlite::`, `postgres::` and `mysql::`, see
+//! tests/common/mod.rs).
 //!
 //! `Databases::install` is tested here, in its own test binary, because it is process-wide:
 //! in tests/modes.rs it would hide the `Error::NotConfigured` checked there. No test in this
@@ -7,6 +9,8 @@
 mod common;
 
 use common::*;
+use std::sync::{Mutex, PoisonError};
+
 use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, PooledConnection};
 use diesel_atomic::testing::TestTransaction;
@@ -22,14 +26,20 @@ const DURABLE_MESSAGE: &str =
 const BROKEN_MESSAGE: &str = "You can't execute queries until the end of the 'atomic' block.";
 const ROLLBACK_FLAG_MESSAGE: &str = "The rollback flag doesn't work outside of an 'atomic' block.";
 
-/// How many reporters the default alias's ambient connection sees (its open block included).
-fn visible_reporters() -> Result<i64, Error> {
-    connection(|conn: &mut SqliteConnection| {
-        reporters::table
-            .count()
-            .get_result::<i64>(conn)
-            .map_err(Error::from)
+/// How many reporters the default alias's ambient connection sees (its open block included);
+/// unlike common's `visible_reporters`, it returns the runtime's refusal instead of panicking.
+fn visible_reporter_count() -> Result<i64, Error> {
+    on_alias("default", |conn| {
+        conn.count_rows("reporters").map_err(Error::from)
     })
+}
+
+/// Inserts a reporter through `alias`'s ambient connection, naming the connection type: unlike
+/// `add_to`, it works on a thread that never called `setup` (which `add_to` needs to learn the
+/// backend from).
+fn add_to_typed<C: Backend>(alias: &str, name: &str) -> Result<(), Error> {
+    diesel_atomic::db(alias)
+        .connection(|conn: &mut C| conn.insert_reporter(name, "").map_err(Error::from))
 }
 
 #[track_caller]
@@ -74,11 +84,10 @@ fn assert_broken_transaction<T: std::fmt::Debug>(outcome: Result<T, Error>, expe
 // ---------------------------------------------------------------------------------------------
 
 // API.md §3: "`connection()` calls do not nest on one alias".
-#[test]
-fn connection_inside_connection_is_connection_in_use() {
-    let db = setup();
-    let outcome = connection(|conn: &mut SqliteConnection| -> Result<(), TestError> {
-        let nested = connection(|_: &mut SqliteConnection| Ok::<_, Error>(()));
+fn connection_inside_connection_is_connection_in_use<C: Backend>() {
+    let db = setup::<C>();
+    let outcome = connection(|conn: &mut C| -> Result<(), TestError> {
+        let nested = connection(|_: &mut C| Ok::<_, Error>(()));
         match &nested {
             Err(Error::ConnectionInUse { alias }) => assert_eq!(alias, "default"),
             other => panic!("expected ConnectionInUse, got {other:?}"),
@@ -95,12 +104,11 @@ fn connection_inside_connection_is_connection_in_use() {
 }
 
 // API.md §3: ConnectionInUse inside a block too; the refusal does not mark the block.
-#[test]
-fn connection_inside_connection_in_a_block_is_connection_in_use() {
-    let db = setup();
+fn connection_inside_connection_in_a_block_is_connection_in_use<C: Backend>() {
+    let db = setup::<C>();
     let outcome = transaction::atomic(|| -> Result<(), TestError> {
         add("Before")?;
-        connection(|conn: &mut SqliteConnection| -> Result<(), TestError> {
+        connection(|conn: &mut C| -> Result<(), TestError> {
             let nested = add_to("default", "Nested");
             assert!(
                 matches!(&nested, Err(Error::ConnectionInUse { alias }) if alias == "default"),
@@ -126,19 +134,16 @@ fn ambient_block() -> Result<(), Error> {
 }
 
 // API.md §3: an ambient #[atomic] block inside `connection()` is ConnectionInUse.
-#[test]
-fn ambient_block_inside_connection_is_connection_in_use() {
-    let db = setup();
+fn ambient_block_inside_connection_is_connection_in_use<C: Backend>() {
+    let db = setup::<C>();
     // Outside any block, and inside one.
-    let outside = connection(|_: &mut SqliteConnection| Ok::<_, Error>(ambient_block()));
+    let outside = connection(|_: &mut C| Ok::<_, Error>(ambient_block()));
     assert!(
         matches!(&outside, Ok(Err(Error::ConnectionInUse { alias })) if alias == "default"),
         "{outside:?}"
     );
     let inside = transaction::atomic(|| {
-        connection(|_: &mut SqliteConnection| {
-            Ok::<_, Error>(transaction::atomic(|| Ok::<_, Error>(())))
-        })
+        connection(|_: &mut C| Ok::<_, Error>(transaction::atomic(|| Ok::<_, Error>(()))))
     });
     assert!(
         matches!(&inside, Ok(Err(Error::ConnectionInUse { alias })) if alias == "default"),
@@ -154,35 +159,37 @@ fn ambient_block_inside_connection_is_connection_in_use() {
 // WrongConnectionType
 // ---------------------------------------------------------------------------------------------
 
-type WrongType = PooledConnection<ConnectionManager<SqliteConnection>>;
+/// The pooled wrapper around the backend's connection: another type than the one the pool
+/// lends.
+type WrongType<C> = PooledConnection<ConnectionManager<C>>;
 
 // API.md §3: "A connection of the wrong type is `Error::WrongConnectionType`".
-#[test]
-fn connection_of_the_wrong_type_is_wrong_connection_type() {
-    let db = setup();
-    let wrong = connection(|_: &mut WrongType| Ok::<_, Error>(()));
+fn connection_of_the_wrong_type_is_wrong_connection_type<C: Backend>() {
+    let db = setup::<C>();
+    let wrong = connection(|_: &mut WrongType<C>| Ok::<_, Error>(()));
     match &wrong {
         Err(Error::WrongConnectionType { alias, expected }) => {
             assert_eq!(alias, "default");
-            assert_eq!(*expected, std::any::type_name::<SqliteConnection>());
+            assert_eq!(*expected, std::any::type_name::<C>());
         }
         other => panic!("expected WrongConnectionType, got {other:?}"),
     }
     let message = wrong.unwrap_err().to_string();
     assert!(message.contains("'default'"), "{message}");
-    assert!(message.contains("SqliteConnection"), "{message}");
+    // e.g. "SqliteConnection", "PgConnection", "MysqlConnection".
+    assert!(message.contains(short_type_name::<C>()), "{message}");
     // The connection went back: the right type works now.
     add("Right").expect("the alias is free");
     assert_eq!(db.reporters("default"), ["Right"]);
 }
 
 // API.md §3: WrongConnectionType gives the block's connection back unharmed.
-#[test]
-fn wrong_connection_type_inside_a_block_leaves_the_block_usable() {
-    let db = setup();
+fn wrong_connection_type_inside_a_block_leaves_the_block_usable<C: Backend>() {
+    let db = setup::<C>();
     let outcome = transaction::atomic(|| -> Result<(), TestError> {
         add("Before")?;
-        let wrong = diesel_atomic::db("default").connection(|_: &mut WrongType| Ok::<_, Error>(()));
+        let wrong =
+            diesel_atomic::db("default").connection(|_: &mut WrongType<C>| Ok::<_, Error>(()));
         assert!(
             matches!(&wrong, Err(Error::WrongConnectionType { alias, .. }) if alias == "default"),
             "{wrong:?}"
@@ -195,19 +202,66 @@ fn wrong_connection_type_inside_a_block_leaves_the_block_usable() {
     assert_eq!(db.reporters("default"), names(&["Before", "After"]));
 }
 
-#[derive(diesel::MultiConnection)]
-enum AnyConnection {
-    Sqlite(SqliteConnection),
+/// The last path segment of `C`'s type name, e.g. "SqliteConnection".
+fn short_type_name<C>() -> &'static str {
+    let full = std::any::type_name::<C>();
+    full.rsplit("::").next().unwrap_or(full)
 }
 
-// API.md §3: a MultiConnection enum is another type than the pool's SqliteConnection.
-#[test]
-fn multi_connection_enum_over_a_sqlite_pool_is_wrong_connection_type() {
-    let _db = setup();
-    let wrong = connection(|_: &mut AnyConnection| Ok::<_, Error>(()));
+/// A `#[derive(diesel::MultiConnection)]` enum whose one variant is the backend's connection.
+trait WithMultiConnection {
+    type Multi: diesel::Connection + 'static;
+}
+
+// One module per enum: the derive defines a module of helpers (`multi_connection_impl`) next to
+// the enum it derives for.
+mod any_sqlite {
+    #[derive(diesel::MultiConnection)]
+    pub enum AnySqlite {
+        Sqlite(diesel::SqliteConnection),
+    }
+}
+
+impl WithMultiConnection for SqliteConnection {
+    type Multi = any_sqlite::AnySqlite;
+}
+
+#[cfg(feature = "postgres")]
+mod any_pg {
+    #[derive(diesel::MultiConnection)]
+    pub enum AnyPg {
+        Pg(diesel::PgConnection),
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl WithMultiConnection for PgConnection {
+    type Multi = any_pg::AnyPg;
+}
+
+#[cfg(feature = "mysql")]
+mod any_mysql {
+    #[derive(diesel::MultiConnection)]
+    pub enum AnyMysql {
+        Mysql(diesel::MysqlConnection),
+    }
+}
+
+#[cfg(feature = "mysql")]
+impl WithMultiConnection for MysqlConnection {
+    type Multi = any_mysql::AnyMysql;
+}
+
+// API.md §3: a MultiConnection enum is another type than the pool's connection type, even when
+// it wraps that very type (on SQLite a `SqliteConnection` pool, and so on).
+fn multi_connection_enum_over_the_pools_connection_type_is_wrong_connection_type<
+    C: Backend + WithMultiConnection,
+>() {
+    let _db = setup::<C>();
+    let wrong = connection(|_: &mut C::Multi| Ok::<_, Error>(()));
     assert!(
         matches!(&wrong, Err(Error::WrongConnectionType { alias, expected })
-            if alias == "default" && expected.ends_with("SqliteConnection")),
+            if alias == "default" && expected.ends_with(short_type_name::<C>())),
         "{wrong:?}"
     );
 }
@@ -223,9 +277,8 @@ fn durable_add(name: &str) -> Result<(), Error> {
 
 // Follows Django's DurableTests.test_commit and test_sequence_of_durables (under TestCase,
 // whose blocks the durable check ignores).
-#[test]
-fn durable_block_directly_inside_a_test_transaction_is_allowed() {
-    let db = setup();
+fn durable_block_directly_inside_a_test_transaction_is_allowed<C: Backend>() {
+    let db = setup::<C>();
     {
         let _test = TestTransaction::begin().expect("begin");
         durable_add("Durable").expect("allowed directly under a TestTransaction");
@@ -233,7 +286,7 @@ fn durable_block_directly_inside_a_test_transaction_is_allowed() {
             .durable(true)
             .run(|| add_to("default", "Builder"))
             .expect("the builder form too");
-        assert_eq!(visible_reporters().unwrap(), 2);
+        assert_eq!(visible_reporter_count().unwrap(), 2);
         assert!(
             transaction::in_atomic_block(),
             "the TestTransaction is still open"
@@ -247,9 +300,8 @@ fn durable_block_directly_inside_a_test_transaction_is_allowed() {
 }
 
 // Follows Django's DurableTests.test_nested_outer_durable / test_nested_inner_durable.
-#[test]
-fn durable_block_under_a_user_block_in_a_test_transaction_is_durable_nested() {
-    let _db = setup();
+fn durable_block_under_a_user_block_in_a_test_transaction_is_durable_nested<C: Backend>() {
+    let _db = setup::<C>();
     let _test = TestTransaction::begin().expect("begin");
     let outcome = transaction::atomic(|| -> Result<(), Error> {
         add_to("default", "User")?;
@@ -261,13 +313,16 @@ fn durable_block_under_a_user_block_in_a_test_transaction_is_durable_nested() {
         Ok(())
     });
     assert!(outcome.is_ok(), "{outcome:?}");
-    assert_eq!(visible_reporters().unwrap(), 1, "only the user block's row");
+    assert_eq!(
+        visible_reporter_count().unwrap(),
+        1,
+        "only the user block's row"
+    );
 }
 
 // Follows Django's DurableTests.test_nested_inner_durable (rule E1: no SQL, no state change).
-#[test]
-fn durable_block_inside_another_block_is_durable_nested() {
-    let db = setup();
+fn durable_block_inside_another_block_is_durable_nested<C: Backend>() {
+    let db = setup::<C>();
     let notified = Notified::default();
     let outcome = transaction::atomic(|| -> Result<(), Error> {
         add_to("default", "Outer")?;
@@ -292,9 +347,8 @@ fn durable_block_inside_another_block_is_durable_nested() {
 }
 
 // Rule E1 on another alias: the error names that alias.
-#[test]
-fn durable_block_nested_on_other_names_other() {
-    let db = setup();
+fn durable_block_nested_on_other_names_other<C: Backend>() {
+    let db = setup::<C>();
     let outcome = diesel_atomic::db("other").atomic(|| -> Result<(), Error> {
         add_to("other", "Outer")?;
         assert_durable_nested(
@@ -311,18 +365,17 @@ fn durable_block_nested_on_other_names_other() {
 }
 
 #[atomic(durable = true)]
-fn durable_explicit(conn: &mut SqliteConnection, name: &str) -> Result<(), Error> {
+fn durable_explicit<C: Backend>(conn: &mut C, name: &str) -> Result<(), Error> {
     insert_reporter(conn, name, "")?;
     Ok(())
 }
 
 // Rule E1 in explicit mode: nesting on the lent connection is nesting.
-#[test]
-fn durable_explicit_block_on_the_lent_connection_is_durable_nested() {
-    let db = setup();
+fn durable_explicit_block_on_the_lent_connection_is_durable_nested<C: Backend>() {
+    let db = setup::<C>();
     let outcome = transaction::atomic(|| -> Result<(), Error> {
         add_to("default", "Outer")?;
-        connection(|conn: &mut SqliteConnection| {
+        connection(|conn: &mut C| {
             assert_durable_nested(durable_explicit(conn, "Durable"), "default");
             Ok::<_, Error>(())
         })?;
@@ -343,14 +396,13 @@ fn durable_explicit_block_on_the_lent_connection_is_durable_nested() {
 
 // Follows Django's AtomicErrorsTests.test_atomic_prevents_queries_in_broken_transaction, with
 // the transaction marked by set_rollback(true).
-#[test]
-fn queries_after_set_rollback_true_are_transaction_management_errors() {
-    let db = setup();
+fn queries_after_set_rollback_true_are_transaction_management_errors<C: Backend>() {
+    let db = setup::<C>();
     let outcome = transaction::atomic(|| -> Result<&'static str, Error> {
         add_to("default", "Doomed")?;
         transaction::set_rollback(true)?;
         assert_broken_transaction(add_to("default", "Refused"), "default");
-        assert_broken_transaction(visible_reporters(), "default");
+        assert_broken_transaction(visible_reporter_count(), "default");
         Ok("silent")
     });
     assert!(matches!(outcome, Ok("silent")), "{outcome:?}");
@@ -359,9 +411,8 @@ fn queries_after_set_rollback_true_are_transaction_management_errors() {
 
 // Follows Django's AtomicErrorsTests.test_atomic_prevents_queries_in_broken_transaction: a
 // failed savepoint = false block marks the outer block (X2) and queries are refused.
-#[test]
-fn queries_after_a_failed_merged_block_are_transaction_management_errors() {
-    let db = setup();
+fn queries_after_a_failed_merged_block_are_transaction_management_errors<C: Backend>() {
+    let db = setup::<C>();
     let outcome = transaction::atomic(|| -> Result<(), TestError> {
         add("Outer")?;
         let merged = Atomic::new()
@@ -381,9 +432,8 @@ fn queries_after_a_failed_merged_block_are_transaction_management_errors() {
 
 // Follows Django's AtomicMiscTests.test_mark_for_rollback_on_error_in_transaction recovery and
 // the documented recovery order: set_rollback(false), then savepoint_rollback(id).
-#[test]
-fn set_rollback_false_then_savepoint_rollback_recovers_a_broken_transaction() {
-    let db = setup();
+fn set_rollback_false_then_savepoint_rollback_recovers_a_broken_transaction<C: Backend>() {
+    let db = setup::<C>();
     let outcome = transaction::atomic(|| -> Result<(), Error> {
         add_to("default", "Before")?;
         let id = transaction::savepoint()?;
@@ -399,9 +449,8 @@ fn set_rollback_false_then_savepoint_rollback_recovers_a_broken_transaction() {
 }
 
 // Rule F3 is per alias (S1): the error names 'other' and 'default' is unaffected.
-#[test]
-fn broken_transaction_error_names_the_alias_other() {
-    let db = setup();
+fn broken_transaction_error_names_the_alias_other<C: Backend>() {
+    let db = setup::<C>();
     let outcome = diesel_atomic::db("other").atomic(|| -> Result<(), Error> {
         add_to("other", "Doomed")?;
         diesel_atomic::db("other").set_rollback(true)?;
@@ -421,8 +470,8 @@ fn broken_transaction_error_names_the_alias_other() {
 
 // Rule F1: Django raises TransactionManagementError with this message from get_rollback() and
 // set_rollback() outside a block.
-#[test]
-fn set_rollback_outside_a_block_is_not_in_atomic_block() {
+fn set_rollback_outside_a_block_is_not_in_atomic_block<C: Backend>() {
+    // No registry and no database: the same check on every backend.
     let error = transaction::set_rollback(true).unwrap_err();
     match &error {
         Error::NotInAtomicBlock { alias, operation } => {
@@ -439,8 +488,8 @@ fn set_rollback_outside_a_block_is_not_in_atomic_block() {
 }
 
 // Rule F1, get_rollback().
-#[test]
-fn get_rollback_outside_a_block_is_not_in_atomic_block() {
+fn get_rollback_outside_a_block_is_not_in_atomic_block<C: Backend>() {
+    // No registry and no database: the same check on every backend.
     let error = transaction::get_rollback().unwrap_err();
     match &error {
         Error::NotInAtomicBlock { alias, operation } => {
@@ -453,9 +502,8 @@ fn get_rollback_outside_a_block_is_not_in_atomic_block() {
 }
 
 // Rule F1 is per alias: a "default" block does not give "other" a rollback flag.
-#[test]
-fn rollback_flag_outside_a_block_of_its_alias_is_not_in_atomic_block() {
-    let _db = setup();
+fn rollback_flag_outside_a_block_of_its_alias_is_not_in_atomic_block<C: Backend>() {
+    let _db = setup::<C>();
     // Inside a "default" block, "other" has no block.
     let outcome = transaction::atomic(|| -> Result<(), Error> {
         let error = diesel_atomic::db("other").set_rollback(true).unwrap_err();
@@ -479,45 +527,79 @@ fn rollback_flag_outside_a_block_of_its_alias_is_not_in_atomic_block() {
 // The process-wide registry (the one test of this binary that calls install)
 // ---------------------------------------------------------------------------------------------
 
+/// `install` replaces the process-wide registry: the backends' runs of the install test take
+/// turns under this lock, so that no run sees the registry of another.
+static INSTALL_TURN: Mutex<()> = Mutex::new(());
+
 // API.md §2: install is process-wide; enter is this thread's and takes precedence.
-#[test]
-fn installed_registry_serves_threads_without_one_and_enter_takes_precedence() {
-    const ALIAS: &str = "installed_only_by_errors_rs";
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("installed.sqlite3");
+fn installed_registry_serves_threads_without_one_and_enter_takes_precedence<C: Backend>() {
+    // The backends' runs of this test run in parallel threads and install() replaces the
+    // registry, so they take turns; each also has an alias of its own, so that a registry a
+    // previous run left installed can never pass for this run's.
+    let _turn = INSTALL_TURN.lock().unwrap_or_else(PoisonError::into_inner);
+    let alias: &'static str = match C::KIND {
+        Kind::Sqlite => "installed_only_by_errors_rs_sqlite",
+        Kind::Postgres => "installed_only_by_errors_rs_postgres",
+        Kind::Mysql => "installed_only_by_errors_rs_mysql",
+    };
+    // The installed alias is another pool on the database of "other". `setup` enters its
+    // registry on this thread, so the steps that need a thread without a registry of its own
+    // run on fresh threads.
+    let db = setup::<C>();
     Databases::new()
-        .add(ALIAS, Database::new(pool_at(&path)))
+        .add(alias, Database::new(db.new_pool("other")))
         .install()
         .expect("install");
 
     // A thread that entered no registry uses the installed one.
-    std::thread::spawn(|| {
-        diesel_atomic::db(ALIAS).atomic(|| -> Result<(), Error> {
-            assert!(diesel_atomic::db(ALIAS).in_atomic_block());
-            add_to(ALIAS, "FromThread")
+    std::thread::spawn(move || {
+        diesel_atomic::db(alias).atomic(|| -> Result<(), Error> {
+            assert!(diesel_atomic::db(alias).in_atomic_block());
+            add_to_typed::<C>(alias, "FromThread")
         })
     })
     .join()
     .expect("the thread passed")
     .expect("the installed registry served it");
 
-    // enter() takes precedence on this thread.
-    {
-        let _db = setup();
-        let hidden = add_to(ALIAS, "Hidden");
-        assert!(
-            matches!(&hidden, Err(Error::UnknownAlias { known, .. }) if known == &["default", "other"]),
-            "{hidden:?}"
-        );
-    }
-    // Once the guard is gone, the installed registry is back.
-    add_to(ALIAS, "AfterGuard").expect("the installed registry is in force again");
+    let databases = db.databases.clone();
+    std::thread::spawn(move || {
+        // enter() takes precedence on this thread.
+        {
+            let _guard = TestDb::<C>::enter(&databases);
+            let hidden = add_to(alias, "Hidden");
+            assert!(
+                matches!(&hidden, Err(Error::UnknownAlias { known, .. }) if known == &["default", "other"]),
+                "{hidden:?}"
+            );
+        }
+        // Once the guard is gone, the installed registry is back.
+        add_to_typed::<C>(alias, "AfterGuard").expect("the installed registry is in force again");
+    })
+    .join()
+    .expect("the thread passed");
 
-    let mut raw = SqliteConnection::establish(path.to_str().unwrap()).unwrap();
-    let mut found: Vec<String> = reporters::table
-        .select(reporters::first_name)
-        .load(&mut raw)
-        .unwrap();
-    found.sort();
-    assert_eq!(found, ["AfterGuard", "FromThread"]);
+    assert_eq!(db.reporters("other"), ["AfterGuard", "FromThread"]);
 }
+
+backend_tests!(
+    connection_inside_connection_is_connection_in_use,
+    connection_inside_connection_in_a_block_is_connection_in_use,
+    ambient_block_inside_connection_is_connection_in_use,
+    connection_of_the_wrong_type_is_wrong_connection_type,
+    wrong_connection_type_inside_a_block_leaves_the_block_usable,
+    multi_connection_enum_over_the_pools_connection_type_is_wrong_connection_type,
+    durable_block_directly_inside_a_test_transaction_is_allowed,
+    durable_block_under_a_user_block_in_a_test_transaction_is_durable_nested,
+    durable_block_inside_another_block_is_durable_nested,
+    durable_block_nested_on_other_names_other,
+    durable_explicit_block_on_the_lent_connection_is_durable_nested,
+    queries_after_set_rollback_true_are_transaction_management_errors,
+    queries_after_a_failed_merged_block_are_transaction_management_errors,
+    set_rollback_false_then_savepoint_rollback_recovers_a_broken_transaction,
+    broken_transaction_error_names_the_alias_other,
+    set_rollback_outside_a_block_is_not_in_atomic_block,
+    get_rollback_outside_a_block_is_not_in_atomic_block,
+    rollback_flag_outside_a_block_of_its_alias_is_not_in_atomic_block,
+    installed_registry_serves_threads_without_one_and_enter_takes_precedence,
+);

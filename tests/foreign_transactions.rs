@@ -1,5 +1,7 @@
 //! Blocks on a connection that diesel already has inside a transaction diesel-atomic did not
 //! open: the caller's own `conn.transaction(..)`, or diesel's `begin_test_transaction`.
+//!
+//! Every test runs on each backend (SQLite, PostgreSQL, MariaDB), on databases of its own.
 
 mod common;
 
@@ -8,10 +10,10 @@ use diesel::prelude::*;
 use diesel_atomic::transaction::Atomic;
 use diesel_atomic::{Error, transaction};
 
-#[test]
-fn a_block_inside_the_callers_own_transaction_is_a_savepoint_of_it() {
-    let db = setup();
-    let mut conn = db.default.get().unwrap();
+fn a_block_inside_the_callers_own_transaction_is_a_savepoint_of_it<C: Backend>() {
+    let db = setup::<C>();
+    let mut pooled = db.default.get().unwrap();
+    let conn: &mut C = &mut pooled;
     let result = conn.transaction(|conn| {
         Atomic::new().run_on(conn, |conn| add_on(conn, "Tintin"))?;
         let failed = Atomic::new().run_on(conn, |conn| {
@@ -22,14 +24,14 @@ fn a_block_inside_the_callers_own_transaction_is_a_savepoint_of_it() {
         Ok::<_, TestError>(())
     });
     result.unwrap();
-    drop(conn);
+    drop(pooled);
     assert_eq!(db.reporters("default"), ["Tintin"]);
 }
 
-#[test]
-fn durable_is_refused_inside_the_callers_own_transaction() {
-    let db = setup();
-    let mut conn = db.default.get().unwrap();
+fn durable_is_refused_inside_the_callers_own_transaction<C: Backend>() {
+    let db = setup::<C>();
+    let mut pooled = db.default.get().unwrap();
+    let conn: &mut C = &mut pooled;
     let ran = std::cell::Cell::new(false);
     let result: Result<(), TestError> = conn.transaction(|conn| {
         let refused = Atomic::new().durable(true).run_on(conn, |_| {
@@ -46,11 +48,11 @@ fn durable_is_refused_inside_the_callers_own_transaction() {
     assert!(!ran.get(), "the refused block's body never ran");
 }
 
-#[test]
-fn callbacks_inside_the_callers_own_transaction_are_dropped_not_run_early() {
-    let db = setup();
+fn callbacks_inside_the_callers_own_transaction_are_dropped_not_run_early<C: Backend>() {
+    let db = setup::<C>();
     let notified = Notified::default();
-    let mut conn = db.default.get().unwrap();
+    let mut pooled = db.default.get().unwrap();
+    let conn: &mut C = &mut pooled;
     let result: Result<(), TestError> = conn.transaction(|conn| {
         let notify = notified.clone();
         Atomic::new().run_on(conn, |conn| {
@@ -65,14 +67,13 @@ fn callbacks_inside_the_callers_own_transaction_are_dropped_not_run_early() {
         Ok(())
     });
     result.unwrap();
-    drop(conn);
+    drop(pooled);
     assert_eq!(db.reporters("default"), ["Tintin"]);
     assert!(notified.get().is_empty());
 }
 
-#[test]
-fn diesel_test_transactions_allow_durable_and_never_run_callbacks() {
-    let db = setup();
+fn diesel_test_transactions_allow_durable_and_never_run_callbacks<C: Backend>() {
+    let db = setup::<C>();
     let notified = Notified::default();
     let mut conn = db.default.get().unwrap();
     conn.begin_test_transaction().unwrap();
@@ -95,3 +96,10 @@ fn diesel_test_transactions_allow_durable_and_never_run_callbacks() {
         "the test transaction rolled back"
     );
 }
+
+backend_tests!(
+    a_block_inside_the_callers_own_transaction_is_a_savepoint_of_it,
+    durable_is_refused_inside_the_callers_own_transaction,
+    callbacks_inside_the_callers_own_transaction_are_dropped_not_run_early,
+    diesel_test_transactions_allow_durable_and_never_run_callbacks,
+);

@@ -1,5 +1,6 @@
 //! Connection modes (API.md §1 "Connection source"), aliases and registries (§2), manual
-//! savepoints (§4, rule M1), and the shapes of function `#[atomic]` accepts.
+//! savepoints (§4, rule M1), and the shapes of function `#[atomic]` accepts, on every backend
+//! (each test runs as `sqlite::`, `postgres::` and `mysql::`, see tests/common/mod.rs).
 //!
 //! `Databases::install` is tested in tests/errors.rs, never here: it is process-wide and would
 //! hide `Error::NotConfigured`, which this binary checks.
@@ -7,9 +8,7 @@
 mod common;
 
 use common::*;
-use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
-use diesel::r2d2::{ConnectionManager, Pool};
 use diesel_atomic::transaction::{self, Atomic};
 use diesel_atomic::{Database, Databases, Error, atomic, connection};
 
@@ -17,26 +16,17 @@ use diesel_atomic::{Database, Databases, Error, atomic, connection};
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-const REPORTERS: &str = "CREATE TABLE reporters (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    first_name TEXT NOT NULL,
-    last_name TEXT NOT NULL DEFAULT ''
-)";
-
-/// A private in-memory database with the `reporters` table; no pool, no registry.
-fn memory() -> SqliteConnection {
-    let mut conn = SqliteConnection::establish(":memory:").expect("in-memory SQLite");
-    conn.batch_execute(REPORTERS).expect("schema");
-    conn
+/// Reporter names on `conn`, sorted.
+fn names_on<C: Backend>(conn: &mut C) -> Vec<String> {
+    conn.reporter_names().expect("read reporters")
 }
 
-/// Reporter names on `conn`, sorted.
-fn names_on(conn: &mut SqliteConnection) -> Vec<String> {
-    reporters::table
-        .select(reporters::first_name)
-        .order(reporters::first_name)
-        .load(conn)
-        .expect("read reporters")
+/// Inserts a reporter through `alias`'s ambient connection, naming the connection type: unlike
+/// `add_to`, it works on a thread that never called `setup` (which `add_to` needs to learn the
+/// backend from).
+fn add_to_typed<C: Backend>(alias: &str, name: &str) -> Result<(), Error> {
+    diesel_atomic::db(alias)
+        .connection(|conn: &mut C| conn.insert_reporter(name, "").map_err(Error::from))
 }
 
 /// Queues an on_commit callback on `alias` that records `n`.
@@ -60,8 +50,8 @@ fn assert_alias_bound<T: std::fmt::Debug>(result: &Result<T, Error>, expected_al
 
 /// Explicit block: inserts `name`, queues `n`, then fails with `Oops` if asked to.
 #[atomic]
-fn explicit_add(
-    conn: &mut SqliteConnection,
+fn explicit_add<C: Backend>(
+    conn: &mut C,
     name: &str,
     notified: &Notified,
     n: i32,
@@ -74,7 +64,7 @@ fn explicit_add(
 
 /// Explicit block whose error type is the runtime's own, to see its variants.
 #[atomic]
-fn explicit_insert(conn: &mut SqliteConnection, name: &str) -> Result<(), Error> {
+fn explicit_insert<C: Backend>(conn: &mut C, name: &str) -> Result<(), Error> {
     insert_reporter(conn, name, "")?;
     Ok(())
 }
@@ -84,7 +74,7 @@ fn explicit_insert(conn: &mut SqliteConnection, name: &str) -> Result<(), Error>
 // ---------------------------------------------------------------------------------------------
 
 #[atomic]
-fn insert_or_fail(conn: &mut SqliteConnection, name: &str, fail: bool) -> QueryResult<()> {
+fn insert_or_fail<C: Backend>(conn: &mut C, name: &str, fail: bool) -> QueryResult<()> {
     insert_reporter(conn, name, "")?;
     if fail {
         Err(diesel::result::Error::RollbackTransaction)
@@ -94,10 +84,13 @@ fn insert_or_fail(conn: &mut SqliteConnection, name: &str, fail: bool) -> QueryR
 }
 
 // No Django counterpart (Django always has settings.DATABASES): API.md §1, last paragraph.
-#[test]
-fn explicit_mode_needs_no_registry() {
+fn explicit_mode_needs_no_registry<C: Backend>() {
+    // The test's databases, for their URL only: the registry `setup` enters stays on this
+    // thread.
+    let db = setup::<C>();
+    let url = db.url("default").to_owned();
     // A fresh thread surely has no entered registry, and this binary never installs one.
-    std::thread::spawn(|| {
+    std::thread::spawn(move || {
         assert!(
             matches!(
                 transaction::atomic(|| Ok::<_, Error>(())),
@@ -105,7 +98,7 @@ fn explicit_mode_needs_no_registry() {
             ),
             "precondition: no registry on this thread"
         );
-        let mut conn = memory();
+        let mut conn = C::establish(&url).expect("connect");
         assert_eq!(
             insert_or_fail(&mut conn, "RolledBack", true),
             Err(diesel::result::Error::RollbackTransaction)
@@ -119,7 +112,7 @@ fn explicit_mode_needs_no_registry() {
 }
 
 #[atomic(conn = c)]
-fn block_on_c(conn: &mut SqliteConnection, c: &mut SqliteConnection) -> Result<(), TestError> {
+fn block_on_c<C: Backend>(conn: &mut C, c: &mut C) -> Result<(), TestError> {
     assert!(transaction::in_atomic_block());
     add_on(conn, "OnConn")?;
     add_on(c, "OnC")?;
@@ -127,10 +120,12 @@ fn block_on_c(conn: &mut SqliteConnection, c: &mut SqliteConnection) -> Result<(
 }
 
 // No Django counterpart: `#[atomic(conn = c)]` picks the connection parameter by name.
-#[test]
-fn conn_argument_names_the_connection_parameter() {
-    let mut conn = memory();
-    let mut c = memory();
+fn conn_argument_names_the_connection_parameter<C: Backend>() {
+    let db = setup::<C>();
+    // Two databases, so that `conn`'s autocommitted insert never waits for `c`'s open
+    // transaction (SQLite locks the whole file).
+    let mut conn = db.raw("default");
+    let mut c = db.raw("other");
     assert_eq!(block_on_c(&mut conn, &mut c), Err(TestError::Oops));
     assert!(
         names_on(&mut c).is_empty(),
@@ -144,16 +139,17 @@ fn conn_argument_names_the_connection_parameter() {
 }
 
 #[atomic(conn = database)]
-fn block_on_database(name: &str, database: &mut SqliteConnection) -> Result<bool, TestError> {
+fn block_on_database<C: Backend>(name: &str, database: &mut C) -> Result<bool, TestError> {
     add_on(database, name)?;
     Ok(transaction::in_atomic_block())
 }
 
 // No Django counterpart: `conn = database` with no parameter called `conn`.
-#[test]
-fn conn_argument_works_without_a_parameter_named_conn() {
-    std::thread::spawn(|| {
-        let mut database = memory();
+fn conn_argument_works_without_a_parameter_named_conn<C: Backend>() {
+    let db = setup::<C>();
+    let url = db.url("default").to_owned();
+    std::thread::spawn(move || {
+        let mut database = C::establish(&url).expect("connect");
         assert_eq!(block_on_database("Named", &mut database), Ok(true));
         assert_eq!(names_on(&mut database), ["Named"]);
         assert!(!transaction::in_atomic_block());
@@ -163,8 +159,8 @@ fn conn_argument_works_without_a_parameter_named_conn() {
 }
 
 #[atomic]
-fn explicit_observes_its_block(
-    conn: &mut SqliteConnection,
+fn explicit_observes_its_block<C: Backend>(
+    conn: &mut C,
     notified: &Notified,
 ) -> Result<(bool, bool), TestError> {
     add_on(conn, "Explicit")?;
@@ -178,9 +174,8 @@ fn explicit_observes_its_block(
 
 // No Django counterpart: API.md §1 "In explicit mode the transaction is registered under the
 // alias".
-#[test]
-fn explicit_block_is_seen_by_in_atomic_block_and_on_commit() {
-    let db = setup();
+fn explicit_block_is_seen_by_in_atomic_block_and_on_commit<C: Backend>() {
+    let db = setup::<C>();
     let notified = Notified::default();
     let mut conn = db.raw("default");
     assert!(!transaction::in_atomic_block());
@@ -198,10 +193,7 @@ fn explicit_block_is_seen_by_in_atomic_block_and_on_commit() {
 }
 
 #[atomic]
-fn explicit_sets_rollback(
-    conn: &mut SqliteConnection,
-    notified: &Notified,
-) -> Result<i32, TestError> {
+fn explicit_sets_rollback<C: Backend>(conn: &mut C, notified: &Notified) -> Result<i32, TestError> {
     add_on(conn, "Doomed")?;
     queue(notified, 1)?;
     transaction::set_rollback(true)?;
@@ -211,9 +203,8 @@ fn explicit_sets_rollback(
 
 // Follows Django's AtomicMiscTests.test_mark_for_rollback_on_error_in_transaction, in explicit
 // mode: set_rollback sees the explicit block and rolls it back silently (rules F2, X3).
-#[test]
-fn set_rollback_in_an_explicit_block_rolls_it_back_silently() {
-    let db = setup();
+fn set_rollback_in_an_explicit_block_rolls_it_back_silently<C: Backend>() {
+    let db = setup::<C>();
     let notified = Notified::default();
     let mut conn = db.raw("default");
     assert_eq!(explicit_sets_rollback(&mut conn, &notified), Ok(7));
@@ -224,7 +215,7 @@ fn set_rollback_in_an_explicit_block_rolls_it_back_silently() {
 }
 
 #[atomic(using = "other")]
-fn explicit_on_other(conn: &mut SqliteConnection, notified: &Notified) -> Result<(), TestError> {
+fn explicit_on_other<C: Backend>(conn: &mut C, notified: &Notified) -> Result<(), TestError> {
     assert!(diesel_atomic::db("other").in_atomic_block());
     assert!(!transaction::in_atomic_block(), "\"default\" has no block");
     add_on(conn, "OtherExplicit")?;
@@ -236,9 +227,8 @@ fn explicit_on_other(conn: &mut SqliteConnection, notified: &Notified) -> Result
 }
 
 // API.md §1: explicit mode registers under `using`; on_commit is per alias (C5).
-#[test]
-fn explicit_block_with_using_is_registered_under_that_alias() {
-    let db = setup();
+fn explicit_block_with_using_is_registered_under_that_alias<C: Backend>() {
+    let db = setup::<C>();
     let notified = Notified::default();
     let mut conn = db.raw("other");
     assert_eq!(explicit_on_other(&mut conn, &notified), Ok(()));
@@ -249,14 +239,13 @@ fn explicit_block_with_using_is_registered_under_that_alias() {
 
 // No Django counterpart: API.md §1 "An explicit-mode block on the very connection that the
 // alias's open block already uses ... nests as a savepoint of it".
-#[test]
-fn explicit_block_on_the_connection_lent_by_an_ambient_block_nests_as_a_savepoint() {
-    let db = setup();
+fn explicit_block_on_the_connection_lent_by_an_ambient_block_nests_as_a_savepoint<C: Backend>() {
+    let db = setup::<C>();
     let notified = Notified::default();
     let outcome = transaction::atomic(|| -> Result<(), TestError> {
         add("Outer")?;
         queue(&notified, 1)?;
-        connection(|conn: &mut SqliteConnection| -> Result<(), TestError> {
+        connection(|conn: &mut C| -> Result<(), TestError> {
             assert_eq!(
                 explicit_add(conn, "Failed", &notified, 2, true),
                 Err(TestError::Oops)
@@ -288,15 +277,12 @@ fn explicit_block_on_the_connection_lent_by_an_ambient_block_nests_as_a_savepoin
 }
 
 // API.md §1: the nested explicit block is a savepoint, so the outer rollback undoes it.
-#[test]
-fn explicit_block_nested_in_an_ambient_block_rolls_back_with_it() {
-    let db = setup();
+fn explicit_block_nested_in_an_ambient_block_rolls_back_with_it<C: Backend>() {
+    let db = setup::<C>();
     let notified = Notified::default();
     let outcome = transaction::atomic(|| -> Result<(), TestError> {
         add("Outer")?;
-        connection(|conn: &mut SqliteConnection| {
-            explicit_add(conn, "Nested", &notified, 1, false)
-        })?;
+        connection(|conn: &mut C| explicit_add(conn, "Nested", &notified, 1, false))?;
         Err(TestError::Oops)
     });
     assert_eq!(outcome, Err(TestError::Oops));
@@ -309,11 +295,10 @@ fn explicit_block_nested_in_an_ambient_block_rolls_back_with_it() {
 
 // API.md §3: outside a block `connection()` lends an autocommit connection; an explicit block on
 // it is the outermost block and commits at its own exit.
-#[test]
-fn explicit_block_on_a_connection_lent_outside_any_block_is_outermost() {
-    let db = setup();
+fn explicit_block_on_a_connection_lent_outside_any_block_is_outermost<C: Backend>() {
+    let db = setup::<C>();
     let notified = Notified::default();
-    let outcome = connection(|conn: &mut SqliteConnection| -> Result<(), TestError> {
+    let outcome = connection(|conn: &mut C| -> Result<(), TestError> {
         explicit_add(conn, "First", &notified, 1, false)?;
         assert_eq!(
             notified.get(),
@@ -337,9 +322,8 @@ fn explicit_block_on_a_connection_lent_outside_any_block_is_outermost() {
 
 // API.md §1: "on a *different* connection while the alias has an open block it is
 // `Error::AliasInUse`".
-#[test]
-fn explicit_block_on_another_connection_inside_an_ambient_block_is_alias_in_use() {
-    let db = setup();
+fn explicit_block_on_another_connection_inside_an_ambient_block_is_alias_in_use<C: Backend>() {
+    let db = setup::<C>();
     let mut stranger = db.raw("default");
     let outcome = transaction::atomic(|| -> Result<(), TestError> {
         add("Outer")?;
@@ -359,14 +343,13 @@ fn explicit_block_on_another_connection_inside_an_ambient_block_is_alias_in_use(
 }
 
 // API.md §1: AliasInUse also between two explicit blocks; another alias is independent (S1).
-#[test]
-fn explicit_block_on_another_connection_inside_an_explicit_block_is_alias_in_use() {
-    let db = setup();
+fn explicit_block_on_another_connection_inside_an_explicit_block_is_alias_in_use<C: Backend>() {
+    let db = setup::<C>();
     let mut first = db.default.get().unwrap();
     let mut second = db.default.get().unwrap();
     let outcome = Atomic::new().run_on(&mut *first, |conn| -> Result<(), TestError> {
         add_on(conn, "First")?;
-        let refused = explicit_insert(&mut second, "Second");
+        let refused = explicit_insert(&mut *second, "Second");
         assert!(
             matches!(&refused, Err(Error::AliasInUse { alias }) if alias == "default"),
             "{refused:?}"
@@ -388,20 +371,19 @@ fn explicit_block_on_another_connection_inside_an_explicit_block_is_alias_in_use
     assert_eq!(db.reporters("default"), names(&["First", "Second"]));
 }
 
-fn explicit_insert_plain(conn: &mut SqliteConnection, name: &str) -> Result<(), Error> {
+fn explicit_insert_plain<C: Backend>(conn: &mut C, name: &str) -> Result<(), Error> {
     insert_reporter(conn, name, "")?;
     Ok(())
 }
 
 // API.md §3: "While an alias is bound to an explicit-mode connection, ambient access to that
 // alias is `Error::AliasBoundToExplicitConnection`".
-#[test]
-fn ambient_access_inside_an_explicit_block_is_alias_bound_to_explicit_connection() {
-    let db = setup();
+fn ambient_access_inside_an_explicit_block_is_alias_bound_to_explicit_connection<C: Backend>() {
+    let db = setup::<C>();
     let mut conn = db.raw("default");
     let outcome = Atomic::new().run_on(&mut conn, |conn| -> Result<(), TestError> {
         add_on(conn, "Explicit")?;
-        let lent = connection(|_: &mut SqliteConnection| Ok::<_, Error>(()));
+        let lent = connection(|_: &mut C| Ok::<_, Error>(()));
         assert_alias_bound(&lent, "default");
         let block = transaction::atomic(|| Ok::<_, Error>(()));
         assert_alias_bound(&block, "default");
@@ -421,9 +403,8 @@ fn ambient_access_inside_an_explicit_block_is_alias_bound_to_explicit_connection
 }
 
 // API.md §3: AliasBoundToExplicitConnection is per alias (rule S1).
-#[test]
-fn explicit_block_binds_only_its_own_alias() {
-    let db = setup();
+fn explicit_block_binds_only_its_own_alias<C: Backend>() {
+    let db = setup::<C>();
     let mut conn = db.raw("other");
     let outcome = Atomic::new()
         .using("other")
@@ -444,19 +425,15 @@ fn explicit_block_binds_only_its_own_alias() {
 // ---------------------------------------------------------------------------------------------
 
 #[atomic]
-fn query_result_block(conn: &mut SqliteConnection, fail: bool) -> QueryResult<usize> {
+fn query_result_block<C: Backend>(conn: &mut C, fail: bool) -> QueryResult<usize> {
     insert_reporter(conn, "QueryResult", "")?;
     let notified = Notified::default();
     // `?` on a runtime call inside a QueryResult function.
     transaction::on_commit(move || notified.push(1))?;
     if fail {
         // A unique violation: "things.num" is UNIQUE.
-        diesel::insert_into(things::table)
-            .values(things::num.eq(1))
-            .execute(conn)?;
-        diesel::insert_into(things::table)
-            .values(things::num.eq(1))
-            .execute(conn)?;
+        conn.insert_thing(1)?;
+        conn.insert_thing(1)?;
     }
     Ok(1)
 }
@@ -468,9 +445,8 @@ fn query_result_on_unknown_alias() -> QueryResult<()> {
 
 // API.md §8: diesel::result::Error implements From<diesel_atomic::Error>, so QueryResult
 // functions can be #[atomic].
-#[test]
-fn query_result_functions_can_be_atomic() {
-    let db = setup();
+fn query_result_functions_can_be_atomic<C: Backend>() {
+    let db = setup::<C>();
     let mut conn = db.raw("default");
     assert_eq!(query_result_block(&mut conn, false), Ok(1));
     assert!(matches!(
@@ -485,9 +461,8 @@ fn query_result_functions_can_be_atomic() {
 }
 
 // API.md §8: a runtime error is the boxed source of a QueryBuilderError.
-#[test]
-fn runtime_errors_convert_to_diesel_errors_in_query_result_functions() {
-    let _db = setup();
+fn runtime_errors_convert_to_diesel_errors_in_query_result_functions<C: Backend>() {
+    let _db = setup::<C>();
     match query_result_on_unknown_alias() {
         Err(diesel::result::Error::QueryBuilderError(source)) => {
             let inner = source
@@ -509,7 +484,7 @@ struct Desk {
 
 impl Desk {
     #[atomic]
-    fn hire(&self, conn: &mut SqliteConnection, name: &str, fail: bool) -> Result<(), TestError> {
+    fn hire<C: Backend>(&self, conn: &mut C, name: &str, fail: bool) -> Result<(), TestError> {
         add_on(conn, &format!("{}{}", self.prefix, name))?;
         if fail { Err(TestError::Oops) } else { Ok(()) }
     }
@@ -527,16 +502,15 @@ impl Desk {
     }
 
     #[atomic]
-    fn close(self, conn: &mut SqliteConnection) -> QueryResult<&'static str> {
+    fn close<C: Backend>(self, conn: &mut C) -> QueryResult<&'static str> {
         insert_reporter(conn, &format!("{}closed", self.prefix), "")?;
         Ok(self.prefix)
     }
 }
 
 // API.md §1: `#[atomic]` applies to methods (`self`, `&self`, `&mut self`).
-#[test]
-fn atomic_methods_with_self_receivers() {
-    let db = setup();
+fn atomic_methods_with_self_receivers<C: Backend>() {
+    let db = setup::<C>();
     let mut conn = db.raw("default");
     let mut desk = Desk {
         prefix: "desk-",
@@ -569,8 +543,8 @@ where
 }
 
 #[atomic]
-fn insert_all(
-    conn: &mut SqliteConnection,
+fn insert_all<C: Backend>(
+    conn: &mut C,
     all: impl IntoIterator<Item = &'static str>,
 ) -> QueryResult<()> {
     for name in all {
@@ -580,9 +554,8 @@ fn insert_all(
 }
 
 // API.md §1: generics, `where` clauses and `impl Trait` arguments are kept.
-#[test]
-fn generic_functions_and_impl_trait_arguments_can_be_atomic() {
-    let db = setup();
+fn generic_functions_and_impl_trait_arguments_can_be_atomic<C: Backend>() {
+    let db = setup::<C>();
     let mut conn = db.raw("default");
     assert_eq!(generic_insert(&mut conn, "Generic", false), Ok(true));
     assert_eq!(
@@ -618,9 +591,8 @@ fn failing_on_other(name: &str) -> Result<(), TestError> {
 
 // Follows Django's AtomicTests with multi_db (tests/transactions: MultiDatabaseAtomicTests) and
 // rule S1: a block on "other" inside one on "default" is outermost for "other".
-#[test]
-fn other_block_inside_a_default_block_is_outermost_for_other() {
-    let db = setup();
+fn other_block_inside_a_default_block_is_outermost_for_other<C: Backend>() {
+    let db = setup::<C>();
     let notified = Notified::default();
     let outcome = transaction::atomic(|| -> Result<(), TestError> {
         add("Default")?;
@@ -651,9 +623,8 @@ fn other_block_inside_a_default_block_is_outermost_for_other() {
 }
 
 // Rule S1: aliases are independent transactions.
-#[test]
-fn other_block_rolls_back_while_the_default_block_commits() {
-    let db = setup();
+fn other_block_rolls_back_while_the_default_block_commits<C: Backend>() {
+    let db = setup::<C>();
     let notified = Notified::default();
     let outcome = transaction::atomic(|| -> Result<(), TestError> {
         add("Default")?;
@@ -673,9 +644,8 @@ fn other_block_rolls_back_while_the_default_block_commits() {
 }
 
 // Rules C3, C5: each alias runs its callbacks at its own outermost commit.
-#[test]
-fn on_commit_on_other_runs_at_others_commit_and_default_at_defaults() {
-    let _db = setup();
+fn on_commit_on_other_runs_at_others_commit_and_default_at_defaults<C: Backend>() {
+    let _db = setup::<C>();
     let notified = Notified::default();
     let outcome = transaction::atomic(|| -> Result<(), TestError> {
         queue(&notified, 1)?;
@@ -699,9 +669,8 @@ fn on_commit_on_other_runs_at_others_commit_and_default_at_defaults() {
 
 // API.md §2: "Looking up an alias that is not configured is `Error::UnknownAlias { alias, known }`
 // (the message lists the known aliases)".
-#[test]
-fn unknown_alias_lists_the_known_aliases() {
-    let _db = setup();
+fn unknown_alias_lists_the_known_aliases<C: Backend>() {
+    let _db = setup::<C>();
     let block = diesel_atomic::db("replica").atomic(|| Ok::<_, Error>(()));
     match &block {
         Err(Error::UnknownAlias { alias, known }) => {
@@ -714,8 +683,7 @@ fn unknown_alias_lists_the_known_aliases() {
     assert!(message.contains("'replica'"), "{message}");
     assert!(message.contains("'default', 'other'"), "{message}");
 
-    let lent =
-        diesel_atomic::db("replica").connection(|_: &mut SqliteConnection| Ok::<_, Error>(()));
+    let lent = diesel_atomic::db("replica").connection(|_: &mut C| Ok::<_, Error>(()));
     assert!(
         matches!(&lent, Err(Error::UnknownAlias { alias, .. }) if alias == "replica"),
         "{lent:?}"
@@ -724,12 +692,11 @@ fn unknown_alias_lists_the_known_aliases() {
 }
 
 // API.md §2: "Using no registry at all is `Error::NotConfigured`".
-#[test]
-fn ambient_access_without_a_registry_is_not_configured() {
+fn ambient_access_without_a_registry_is_not_configured<C: Backend>() {
     std::thread::spawn(|| {
         let block = transaction::atomic(|| Ok::<_, Error>(()));
         assert!(matches!(block, Err(Error::NotConfigured)), "{block:?}");
-        let lent = connection(|_: &mut SqliteConnection| Ok::<_, Error>(()));
+        let lent = connection(|_: &mut C| Ok::<_, Error>(()));
         assert!(matches!(lent, Err(Error::NotConfigured)), "{lent:?}");
         let other = diesel_atomic::db("other").atomic(|| Ok::<_, Error>(()));
         assert!(matches!(other, Err(Error::NotConfigured)), "{other:?}");
@@ -742,13 +709,12 @@ fn ambient_access_without_a_registry_is_not_configured() {
 }
 
 // API.md §2: `enter()` is for this thread only.
-#[test]
-fn registry_is_per_thread_when_entered() {
-    let db = setup();
+fn registry_is_per_thread_when_entered<C: Backend>() {
+    let db = setup::<C>();
     add("Main").unwrap();
     std::thread::spawn(|| {
         assert!(matches!(
-            add_to("default", "Elsewhere"),
+            add_to_typed::<C>("default", "Elsewhere"),
             Err(Error::NotConfigured)
         ));
     })
@@ -758,13 +724,11 @@ fn registry_is_per_thread_when_entered() {
 }
 
 // API.md §2: enter() "guards nest and restore the previous one".
-#[test]
-fn nested_enter_guards_restore_the_previous_registry() {
-    let db = setup();
-    let dir = tempfile::tempdir().unwrap();
-    let pool: Pool<ConnectionManager<SqliteConnection>> =
-        pool_at(&dir.path().join("inner.sqlite3"));
-    let inner = Databases::new().add("inner", Database::new(pool));
+fn nested_enter_guards_restore_the_previous_registry<C: Backend>() {
+    let db = setup::<C>();
+    // "inner" is another pool on the database of "other", which no step here touches through
+    // the alias "other".
+    let inner = Databases::new().add("inner", Database::new(db.new_pool("other")));
     {
         let _guard = inner.enter();
         let hidden = add_to("default", "Hidden");
@@ -781,9 +745,7 @@ fn nested_enter_guards_restore_the_previous_registry() {
         "{gone:?}"
     );
     assert_eq!(db.reporters("default"), ["Outer"]);
-    let mut inner_conn =
-        SqliteConnection::establish(dir.path().join("inner.sqlite3").to_str().unwrap()).unwrap();
-    assert_eq!(names_on(&mut inner_conn), ["Inner"]);
+    assert_eq!(db.reporters("other"), ["Inner"]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -791,9 +753,8 @@ fn nested_enter_guards_restore_the_previous_registry() {
 // ---------------------------------------------------------------------------------------------
 
 // Follows Django's AtomicMiscTests / transactions tests of savepoint()/savepoint_rollback().
-#[test]
-fn savepoint_rollback_undoes_only_the_work_after_the_savepoint() {
-    let db = setup();
+fn savepoint_rollback_undoes_only_the_work_after_the_savepoint<C: Backend>() {
+    let db = setup::<C>();
     let outcome = transaction::atomic(|| -> Result<(), TestError> {
         add("Before")?;
         let id = transaction::savepoint()?;
@@ -807,9 +768,8 @@ fn savepoint_rollback_undoes_only_the_work_after_the_savepoint() {
 }
 
 // Rule M1: savepoint_commit releases the savepoint and keeps its work.
-#[test]
-fn savepoint_commit_keeps_the_work() {
-    let db = setup();
+fn savepoint_commit_keeps_the_work<C: Backend>() {
+    let db = setup::<C>();
     let outcome = transaction::atomic(|| -> Result<(), TestError> {
         add("Before")?;
         let id = transaction::savepoint()?;
@@ -822,9 +782,8 @@ fn savepoint_commit_keeps_the_work() {
 }
 
 // Rule M1 / API.md §4: `savepoint()` outside a block returns a no-op id.
-#[test]
-fn savepoints_outside_a_block_are_no_ops() {
-    let db = setup();
+fn savepoints_outside_a_block_are_no_ops<C: Backend>() {
+    let db = setup::<C>();
     let id = transaction::savepoint().expect("a no-op id");
     add("Autocommitted").unwrap();
     transaction::savepoint_rollback(id).expect("rolling back a no-op id does nothing");
@@ -841,9 +800,8 @@ fn savepoints_outside_a_block_are_no_ops() {
 }
 
 // API.md §1: "Manual savepoints (`savepoint()` etc.) are ambient-mode only".
-#[test]
-fn savepoint_inside_an_explicit_block_is_alias_bound_to_explicit_connection() {
-    let db = setup();
+fn savepoint_inside_an_explicit_block_is_alias_bound_to_explicit_connection<C: Backend>() {
+    let db = setup::<C>();
     let mut conn = db.raw("default");
     let outcome = Atomic::new().run_on(&mut conn, |conn| -> Result<(), TestError> {
         add_on(conn, "Explicit")?;
@@ -854,3 +812,34 @@ fn savepoint_inside_an_explicit_block_is_alias_bound_to_explicit_connection() {
     assert_eq!(outcome, Ok(()));
     assert_eq!(db.reporters("default"), ["Explicit"]);
 }
+
+backend_tests!(
+    explicit_mode_needs_no_registry,
+    conn_argument_names_the_connection_parameter,
+    conn_argument_works_without_a_parameter_named_conn,
+    explicit_block_is_seen_by_in_atomic_block_and_on_commit,
+    set_rollback_in_an_explicit_block_rolls_it_back_silently,
+    explicit_block_with_using_is_registered_under_that_alias,
+    explicit_block_on_the_connection_lent_by_an_ambient_block_nests_as_a_savepoint,
+    explicit_block_nested_in_an_ambient_block_rolls_back_with_it,
+    explicit_block_on_a_connection_lent_outside_any_block_is_outermost,
+    explicit_block_on_another_connection_inside_an_ambient_block_is_alias_in_use,
+    explicit_block_on_another_connection_inside_an_explicit_block_is_alias_in_use,
+    ambient_access_inside_an_explicit_block_is_alias_bound_to_explicit_connection,
+    explicit_block_binds_only_its_own_alias,
+    query_result_functions_can_be_atomic,
+    runtime_errors_convert_to_diesel_errors_in_query_result_functions,
+    atomic_methods_with_self_receivers,
+    generic_functions_and_impl_trait_arguments_can_be_atomic,
+    other_block_inside_a_default_block_is_outermost_for_other,
+    other_block_rolls_back_while_the_default_block_commits,
+    on_commit_on_other_runs_at_others_commit_and_default_at_defaults,
+    unknown_alias_lists_the_known_aliases,
+    ambient_access_without_a_registry_is_not_configured,
+    registry_is_per_thread_when_entered,
+    nested_enter_guards_restore_the_previous_registry,
+    savepoint_rollback_undoes_only_the_work_after_the_savepoint,
+    savepoint_commit_keeps_the_work,
+    savepoints_outside_a_block_are_no_ops,
+    savepoint_inside_an_explicit_block_is_alias_bound_to_explicit_connection,
+);

@@ -1,5 +1,6 @@
 //! Panics inside atomic blocks, in ambient and explicit mode (SEMANTICS: "A panic always rolls
-//! back and then resumes unwinding unchanged", rules X2, X3, C2, C4).
+//! back and then resumes unwinding unchanged", rules X2, X3, C2, C4), on every backend (each
+//! test runs as `sqlite::`, `postgres::` and `mysql::`, see tests/common/mod.rs).
 //!
 //! Depth 1 is the outermost block. Every test checks, besides its own outcome, that the thread
 //! is out of every block afterwards, that the next block on the thread commits, and that no
@@ -11,7 +12,6 @@ use std::any::Any;
 use std::panic::{self, AssertUnwindSafe};
 
 use common::*;
-use diesel::SqliteConnection;
 use diesel::r2d2::{ConnectionManager, PooledConnection};
 use diesel_atomic::transaction::{self, Atomic};
 use diesel_atomic::{atomic, connection};
@@ -61,8 +61,8 @@ fn queue(notified: &Notified, n: i32) -> Result<(), TestError> {
 /// The thread is out of every block, and the block that `next_block` opens commits its row
 /// "Next" and runs its callback 100.
 #[track_caller]
-fn assert_next_block_commits(
-    db: &TestDb,
+fn assert_next_block_commits<C: Backend>(
+    db: &TestDb<C>,
     notified: &Notified,
     next_block: impl FnOnce() -> Result<(), TestError>,
 ) {
@@ -81,7 +81,7 @@ fn assert_next_block_commits(
 
 /// The thread is out of every block, and the next ambient block commits and runs its callback.
 #[track_caller]
-fn assert_next_ambient_block_commits(db: &TestDb, notified: &Notified) {
+fn assert_next_ambient_block_commits<C: Backend>(db: &TestDb<C>, notified: &Notified) {
     assert_next_block_commits(db, notified, || {
         transaction::atomic(|| {
             add("Next")?;
@@ -93,9 +93,9 @@ fn assert_next_ambient_block_commits(db: &TestDb, notified: &Notified) {
 /// The thread is out of every block, and the next explicit block on `conn` commits and runs its
 /// callback.
 #[track_caller]
-fn assert_next_explicit_block_commits(
-    db: &TestDb,
-    conn: &mut SqliteConnection,
+fn assert_next_explicit_block_commits<C: Backend>(
+    db: &TestDb<C>,
+    conn: &mut C,
     notified: &Notified,
 ) {
     assert_next_block_commits(db, notified, || {
@@ -109,7 +109,7 @@ fn assert_next_explicit_block_commits(
 /// The closing check of every ambient-mode test (see the module docs): the thread is out of
 /// every block, the next ambient block commits, and no pooled connection is inside a transaction.
 #[track_caller]
-fn assert_recovered_ambient(db: &TestDb, notified: &Notified) {
+fn assert_recovered_ambient<C: Backend>(db: &TestDb<C>, notified: &Notified) {
     assert_next_ambient_block_commits(db, notified);
     assert_pool_clean(&db.default);
 }
@@ -118,20 +118,20 @@ fn assert_recovered_ambient(db: &TestDb, notified: &Notified) {
 /// transaction, the next explicit block on it commits, and once `conn` is back in the pool no
 /// pooled connection is inside a transaction.
 #[track_caller]
-fn assert_recovered_explicit(
-    db: &TestDb,
-    mut conn: PooledConnection<ConnectionManager<SqliteConnection>>,
+fn assert_recovered_explicit<C: Backend>(
+    db: &TestDb<C>,
+    mut conn: PooledConnection<ConnectionManager<C>>,
     notified: &Notified,
 ) {
-    assert_not_in_transaction(&mut conn);
-    assert_next_explicit_block_commits(db, &mut conn, notified);
+    assert_not_in_transaction(&mut *conn);
+    assert_next_explicit_block_commits(db, &mut *conn, notified);
     drop(conn);
     assert_pool_clean(&db.default);
 }
 
 /// Everything rolled back: no row was committed on "default" and no callback ran.
 #[track_caller]
-fn assert_nothing_committed(db: &TestDb, notified: &Notified) {
+fn assert_nothing_committed<C: Backend>(db: &TestDb<C>, notified: &Notified) {
     assert!(db.reporters("default").is_empty(), "nothing was committed");
     assert!(
         notified.get().is_empty(),
@@ -188,11 +188,7 @@ fn ambient_level(depth: u32, plan: &Plan<'_>) -> Result<(), TestError> {
 
 /// Explicit-mode twin of [`ambient_level`], on the connection passed in.
 #[atomic]
-fn explicit_level(
-    conn: &mut SqliteConnection,
-    depth: u32,
-    plan: &Plan<'_>,
-) -> Result<(), TestError> {
+fn explicit_level<C: Backend>(conn: &mut C, depth: u32, plan: &Plan<'_>) -> Result<(), TestError> {
     add_on(conn, &format!("d{depth}"))?;
     queue(plan.notified, depth as i32)?;
     if depth == plan.panic_at {
@@ -226,8 +222,8 @@ fn run_ambient_plan(
 }
 
 /// Runs an explicit plan on `conn` from outside every block.
-fn run_explicit_plan(
-    conn: &mut SqliteConnection,
+fn run_explicit_plan<C: Backend>(
+    conn: &mut C,
     panic_at: u32,
     catch_in: Option<u32>,
     notified: &Notified,
@@ -241,9 +237,8 @@ fn run_explicit_plan(
 // ---------------------------------------------------------------------------------------------
 
 // Follows Django's AtomicTests.test_rollback (an exception in the outermost block).
-#[test]
-fn ambient_panic_at_depth_1_rolls_back_and_resumes_the_payload() {
-    let db = setup();
+fn ambient_panic_at_depth_1_rolls_back_and_resumes_the_payload<C: Backend>() {
+    let db = setup::<C>();
     let notified = Notified::default();
     let outcome = catch(|| {
         transaction::atomic(|| -> Result<(), TestError> {
@@ -258,9 +253,8 @@ fn ambient_panic_at_depth_1_rolls_back_and_resumes_the_payload() {
 }
 
 // Follows Django's AtomicTests.test_nested_rollback_rollback, with a panic caught outside.
-#[test]
-fn ambient_panic_at_depth_2_caught_outside_rolls_back_inner_and_outer() {
-    let db = setup();
+fn ambient_panic_at_depth_2_caught_outside_rolls_back_inner_and_outer<C: Backend>() {
+    let db = setup::<C>();
     let notified = Notified::default();
     let outcome = catch(|| {
         transaction::atomic(|| -> Result<(), TestError> {
@@ -279,9 +273,8 @@ fn ambient_panic_at_depth_2_caught_outside_rolls_back_inner_and_outer() {
 }
 
 // Follows Django's AtomicTests.test_nested_commit_rollback: the outer block goes on and commits.
-#[test]
-fn ambient_panic_at_depth_2_caught_inside_outer_rolls_back_only_inner() {
-    let db = setup();
+fn ambient_panic_at_depth_2_caught_inside_outer_rolls_back_only_inner<C: Backend>() {
+    let db = setup::<C>();
     let notified = Notified::default();
     let outcome = run_ambient_plan(2, Some(1), &notified);
     assert!(matches!(outcome, Ok(Ok(()))), "the outer block commits");
@@ -295,9 +288,8 @@ fn ambient_panic_at_depth_2_caught_inside_outer_rolls_back_only_inner() {
 }
 
 // No Django counterpart (three levels): rules X2, X3, C2.
-#[test]
-fn ambient_panic_at_depth_3_caught_outside_rolls_back_every_level() {
-    let db = setup();
+fn ambient_panic_at_depth_3_caught_outside_rolls_back_every_level<C: Backend>() {
+    let db = setup::<C>();
     let notified = Notified::default();
     assert_panicked_with(run_ambient_plan(3, None, &notified), "boom at depth 3");
     assert_nothing_committed(&db, &notified);
@@ -305,9 +297,8 @@ fn ambient_panic_at_depth_3_caught_outside_rolls_back_every_level() {
 }
 
 // No Django counterpart (three levels): X2 at depth 2 drops depth 3's work with it (C2).
-#[test]
-fn ambient_panic_at_depth_3_caught_at_depth_1_rolls_back_depths_2_and_3() {
-    let db = setup();
+fn ambient_panic_at_depth_3_caught_at_depth_1_rolls_back_depths_2_and_3<C: Backend>() {
+    let db = setup::<C>();
     let notified = Notified::default();
     assert!(matches!(
         run_ambient_plan(3, Some(1), &notified),
@@ -319,9 +310,8 @@ fn ambient_panic_at_depth_3_caught_at_depth_1_rolls_back_depths_2_and_3() {
 }
 
 // No Django counterpart (three levels): only the panicking savepoint rolls back.
-#[test]
-fn ambient_panic_at_depth_3_caught_at_depth_2_rolls_back_only_depth_3() {
-    let db = setup();
+fn ambient_panic_at_depth_3_caught_at_depth_2_rolls_back_only_depth_3<C: Backend>() {
+    let db = setup::<C>();
     let notified = Notified::default();
     assert!(matches!(
         run_ambient_plan(3, Some(2), &notified),
@@ -333,13 +323,12 @@ fn ambient_panic_at_depth_3_caught_at_depth_2_rolls_back_only_depth_3() {
 }
 
 // SEMANTICS: "A panic always rolls back and then resumes unwinding unchanged" (rule X3).
-#[test]
-fn ambient_panic_with_a_custom_payload_resumes_that_very_payload() {
+fn ambient_panic_with_a_custom_payload_resumes_that_very_payload<C: Backend>() {
     #[derive(Debug, PartialEq)]
     struct Payload {
         code: u32,
     }
-    let db = setup();
+    let db = setup::<C>();
     let outcome = catch(|| {
         transaction::atomic(|| -> Result<(), TestError> {
             add("Outer")?;
@@ -359,15 +348,14 @@ fn ambient_panic_with_a_custom_payload_resumes_that_very_payload() {
 }
 
 // API.md §3: a panic while the block's connection is lent still rolls the block back.
-#[test]
-fn panic_inside_connection_closure_in_a_block_rolls_back_the_block() {
-    let db = setup();
+fn panic_inside_connection_closure_in_a_block_rolls_back_the_block<C: Backend>() {
+    let db = setup::<C>();
     let notified = Notified::default();
     let outcome = catch(|| {
         transaction::atomic(|| -> Result<(), TestError> {
             add("Outer")?;
             queue(&notified, 1)?;
-            connection(|conn: &mut SqliteConnection| -> Result<(), TestError> {
+            connection(|conn: &mut C| -> Result<(), TestError> {
                 add_on(conn, "Lent")?;
                 boom("boom in connection()")
             })
@@ -379,11 +367,10 @@ fn panic_inside_connection_closure_in_a_block_rolls_back_the_block() {
 }
 
 // API.md §3: outside a block `connection()` is autocommit; a panic gives the connection back.
-#[test]
-fn panic_inside_connection_closure_outside_a_block_keeps_autocommitted_work() {
-    let db = setup();
+fn panic_inside_connection_closure_outside_a_block_keeps_autocommitted_work<C: Backend>() {
+    let db = setup::<C>();
     let outcome = catch(|| {
-        connection(|conn: &mut SqliteConnection| -> Result<(), TestError> {
+        connection(|conn: &mut C| -> Result<(), TestError> {
             add_on(conn, "Autocommitted")?;
             boom("boom in connection()")
         })
@@ -397,9 +384,10 @@ fn panic_inside_connection_closure_outside_a_block_keeps_autocommitted_work() {
 
 // Follows Django's AtomicMergeTests.test_merged_outer_rollback, with a panic: the merged block
 // cannot roll back alone, so the outer block is marked and rolls back silently.
-#[test]
-fn ambient_panic_in_savepoint_false_block_caught_inside_outer_marks_outer_for_rollback() {
-    let db = setup();
+fn ambient_panic_in_savepoint_false_block_caught_inside_outer_marks_outer_for_rollback<
+    C: Backend,
+>() {
+    let db = setup::<C>();
     let notified = Notified::default();
     let outcome = transaction::atomic(|| -> Result<&'static str, TestError> {
         add("Outer")?;
@@ -431,9 +419,8 @@ fn ambient_panic_in_savepoint_false_block_caught_inside_outer_marks_outer_for_ro
 
 // Follows Django's transaction_hooks TestConnectionOnCommit.
 // test_error_in_hook_doesnt_prevent_clearing_hooks (rule C4).
-#[test]
-fn ambient_panicking_on_commit_callback_propagates_after_the_commit() {
-    let db = setup();
+fn ambient_panicking_on_commit_callback_propagates_after_the_commit<C: Backend>() {
+    let db = setup::<C>();
     let notified = Notified::default();
     let outcome = catch(|| {
         transaction::atomic(|| -> Result<(), TestError> {
@@ -461,9 +448,10 @@ fn ambient_panicking_on_commit_callback_propagates_after_the_commit() {
 }
 
 // Rule C4: the panic comes out of the outermost block's exit, not the inner one's.
-#[test]
-fn panicking_on_commit_callback_from_an_inner_block_propagates_from_the_outermost_exit() {
-    let db = setup();
+fn panicking_on_commit_callback_from_an_inner_block_propagates_from_the_outermost_exit<
+    C: Backend,
+>() {
+    let db = setup::<C>();
     let notified = Notified::default();
     let outcome = catch(|| {
         transaction::atomic(|| -> Result<(), TestError> {
@@ -489,13 +477,12 @@ fn panicking_on_commit_callback_from_an_inner_block_propagates_from_the_outermos
 }
 
 // ---------------------------------------------------------------------------------------------
-// Explicit mode (`conn: &mut SqliteConnection` / `Atomic::run_on`)
+// Explicit mode (`conn: &mut C` / `Atomic::run_on`)
 // ---------------------------------------------------------------------------------------------
 
 // Follows Django's AtomicTests.test_rollback, in explicit mode.
-#[test]
-fn explicit_panic_at_depth_1_rolls_back_and_resumes_the_payload() {
-    let db = setup();
+fn explicit_panic_at_depth_1_rolls_back_and_resumes_the_payload<C: Backend>() {
+    let db = setup::<C>();
     let notified = Notified::default();
     let mut conn = db.default.get().unwrap();
     let outcome = catch(|| {
@@ -511,9 +498,8 @@ fn explicit_panic_at_depth_1_rolls_back_and_resumes_the_payload() {
 }
 
 // Follows Django's AtomicTests.test_nested_rollback_rollback, in explicit mode.
-#[test]
-fn explicit_panic_at_depth_2_caught_outside_rolls_back_inner_and_outer() {
-    let db = setup();
+fn explicit_panic_at_depth_2_caught_outside_rolls_back_inner_and_outer<C: Backend>() {
+    let db = setup::<C>();
     let notified = Notified::default();
     let mut conn = db.default.get().unwrap();
     let outcome = catch(|| {
@@ -533,12 +519,11 @@ fn explicit_panic_at_depth_2_caught_outside_rolls_back_inner_and_outer() {
 }
 
 // Follows Django's AtomicTests.test_nested_commit_rollback, in explicit mode.
-#[test]
-fn explicit_panic_at_depth_2_caught_inside_outer_rolls_back_only_inner() {
-    let db = setup();
+fn explicit_panic_at_depth_2_caught_inside_outer_rolls_back_only_inner<C: Backend>() {
+    let db = setup::<C>();
     let notified = Notified::default();
     let mut conn = db.default.get().unwrap();
-    let outcome = run_explicit_plan(&mut conn, 2, Some(1), &notified);
+    let outcome = run_explicit_plan(&mut *conn, 2, Some(1), &notified);
     assert!(matches!(outcome, Ok(Ok(()))), "the outer block commits");
     assert_eq!(db.reporters("default"), names(&["d1", "d1-after"]));
     assert_eq!(notified.get(), [1, 10]);
@@ -546,13 +531,12 @@ fn explicit_panic_at_depth_2_caught_inside_outer_rolls_back_only_inner() {
 }
 
 // No Django counterpart (three levels), explicit mode: rules X2, X3, C2.
-#[test]
-fn explicit_panic_at_depth_3_caught_outside_rolls_back_every_level() {
-    let db = setup();
+fn explicit_panic_at_depth_3_caught_outside_rolls_back_every_level<C: Backend>() {
+    let db = setup::<C>();
     let notified = Notified::default();
     let mut conn = db.default.get().unwrap();
     assert_panicked_with(
-        run_explicit_plan(&mut conn, 3, None, &notified),
+        run_explicit_plan(&mut *conn, 3, None, &notified),
         "boom at depth 3",
     );
     assert_nothing_committed(&db, &notified);
@@ -560,13 +544,12 @@ fn explicit_panic_at_depth_3_caught_outside_rolls_back_every_level() {
 }
 
 // No Django counterpart (three levels), explicit mode.
-#[test]
-fn explicit_panic_at_depth_3_caught_at_depth_1_rolls_back_depths_2_and_3() {
-    let db = setup();
+fn explicit_panic_at_depth_3_caught_at_depth_1_rolls_back_depths_2_and_3<C: Backend>() {
+    let db = setup::<C>();
     let notified = Notified::default();
     let mut conn = db.default.get().unwrap();
     assert!(matches!(
-        run_explicit_plan(&mut conn, 3, Some(1), &notified),
+        run_explicit_plan(&mut *conn, 3, Some(1), &notified),
         Ok(Ok(()))
     ));
     assert_eq!(db.reporters("default"), names(&["d1", "d1-after"]));
@@ -575,13 +558,12 @@ fn explicit_panic_at_depth_3_caught_at_depth_1_rolls_back_depths_2_and_3() {
 }
 
 // No Django counterpart (three levels), explicit mode.
-#[test]
-fn explicit_panic_at_depth_3_caught_at_depth_2_rolls_back_only_depth_3() {
-    let db = setup();
+fn explicit_panic_at_depth_3_caught_at_depth_2_rolls_back_only_depth_3<C: Backend>() {
+    let db = setup::<C>();
     let notified = Notified::default();
     let mut conn = db.default.get().unwrap();
     assert!(matches!(
-        run_explicit_plan(&mut conn, 3, Some(2), &notified),
+        run_explicit_plan(&mut *conn, 3, Some(2), &notified),
         Ok(Ok(()))
     ));
     assert_eq!(db.reporters("default"), names(&["d1", "d2", "d2-after"]));
@@ -590,10 +572,9 @@ fn explicit_panic_at_depth_3_caught_at_depth_2_rolls_back_only_depth_3() {
 }
 
 // API.md §1: explicit mode on a connection that never was in a pool.
-#[test]
-fn explicit_panic_on_a_private_connection_needs_no_pool() {
+fn explicit_panic_on_a_private_connection_needs_no_pool<C: Backend>() {
     // Explicit mode on a connection that never was in any pool.
-    let db = setup();
+    let db = setup::<C>();
     let notified = Notified::default();
     let mut conn = db.raw("default");
     assert_panicked_with(
@@ -606,8 +587,8 @@ fn explicit_panic_on_a_private_connection_needs_no_pool() {
 }
 
 #[atomic(savepoint = false)]
-fn merged_block_that_panics(
-    conn: &mut SqliteConnection,
+fn merged_block_that_panics<C: Backend>(
+    conn: &mut C,
     notified: &Notified,
 ) -> Result<(), TestError> {
     add_on(conn, "Merged")?;
@@ -616,9 +597,10 @@ fn merged_block_that_panics(
 }
 
 // Follows Django's AtomicMergeTests.test_merged_outer_rollback, in explicit mode (rule X2).
-#[test]
-fn explicit_panic_in_savepoint_false_block_caught_inside_outer_marks_outer_for_rollback() {
-    let db = setup();
+fn explicit_panic_in_savepoint_false_block_caught_inside_outer_marks_outer_for_rollback<
+    C: Backend,
+>() {
+    let db = setup::<C>();
     let notified = Notified::default();
     let mut conn = db.default.get().unwrap();
     let outcome = Atomic::new().run_on(&mut *conn, |conn| -> Result<&'static str, TestError> {
@@ -638,9 +620,8 @@ fn explicit_panic_in_savepoint_false_block_caught_inside_outer_marks_outer_for_r
 
 // Follows Django's TestConnectionOnCommit.test_error_in_hook_doesnt_prevent_clearing_hooks,
 // in explicit mode (rule C4).
-#[test]
-fn explicit_panicking_on_commit_callback_propagates_after_the_commit() {
-    let db = setup();
+fn explicit_panicking_on_commit_callback_propagates_after_the_commit<C: Backend>() {
+    let db = setup::<C>();
     let notified = Notified::default();
     let mut conn = db.default.get().unwrap();
     let outcome = catch(|| {
@@ -663,9 +644,8 @@ fn explicit_panicking_on_commit_callback_propagates_after_the_commit() {
 // ---------------------------------------------------------------------------------------------
 
 // Rules X2, X5: after every kind of panic the pool holds only clean connections.
-#[test]
-fn panics_leave_no_pooled_connection_inside_a_transaction() {
-    let db = setup();
+fn panics_leave_no_pooled_connection_inside_a_transaction<C: Backend>() {
+    let db = setup::<C>();
     let notified = Notified::default();
 
     assert!(run_ambient_plan(3, None, &notified).is_err());
@@ -675,9 +655,9 @@ fn panics_leave_no_pooled_connection_inside_a_transaction() {
     ));
     {
         let mut conn = db.default.get().unwrap();
-        assert!(run_explicit_plan(&mut conn, 2, None, &notified).is_err());
+        assert!(run_explicit_plan(&mut *conn, 2, None, &notified).is_err());
         assert!(matches!(
-            run_explicit_plan(&mut conn, 3, Some(1), &notified),
+            run_explicit_plan(&mut *conn, 3, Some(1), &notified),
             Ok(Ok(()))
         ));
     }
@@ -701,7 +681,7 @@ fn panics_leave_no_pooled_connection_inside_a_transaction() {
     assert!(callback.is_err());
     let lent = catch(|| {
         transaction::atomic(|| -> Result<(), TestError> {
-            connection(|_: &mut SqliteConnection| -> Result<(), TestError> { boom("lent") })
+            connection(|_: &mut C| -> Result<(), TestError> { boom("lent") })
         })
     });
     assert!(lent.is_err());
@@ -713,3 +693,28 @@ fn panics_leave_no_pooled_connection_inside_a_transaction() {
     );
     assert_pool_clean(&db.default);
 }
+
+backend_tests!(
+    ambient_panic_at_depth_1_rolls_back_and_resumes_the_payload,
+    ambient_panic_at_depth_2_caught_outside_rolls_back_inner_and_outer,
+    ambient_panic_at_depth_2_caught_inside_outer_rolls_back_only_inner,
+    ambient_panic_at_depth_3_caught_outside_rolls_back_every_level,
+    ambient_panic_at_depth_3_caught_at_depth_1_rolls_back_depths_2_and_3,
+    ambient_panic_at_depth_3_caught_at_depth_2_rolls_back_only_depth_3,
+    ambient_panic_with_a_custom_payload_resumes_that_very_payload,
+    panic_inside_connection_closure_in_a_block_rolls_back_the_block,
+    panic_inside_connection_closure_outside_a_block_keeps_autocommitted_work,
+    ambient_panic_in_savepoint_false_block_caught_inside_outer_marks_outer_for_rollback,
+    ambient_panicking_on_commit_callback_propagates_after_the_commit,
+    panicking_on_commit_callback_from_an_inner_block_propagates_from_the_outermost_exit,
+    explicit_panic_at_depth_1_rolls_back_and_resumes_the_payload,
+    explicit_panic_at_depth_2_caught_outside_rolls_back_inner_and_outer,
+    explicit_panic_at_depth_2_caught_inside_outer_rolls_back_only_inner,
+    explicit_panic_at_depth_3_caught_outside_rolls_back_every_level,
+    explicit_panic_at_depth_3_caught_at_depth_1_rolls_back_depths_2_and_3,
+    explicit_panic_at_depth_3_caught_at_depth_2_rolls_back_only_depth_3,
+    explicit_panic_on_a_private_connection_needs_no_pool,
+    explicit_panic_in_savepoint_false_block_caught_inside_outer_marks_outer_for_rollback,
+    explicit_panicking_on_commit_callback_propagates_after_the_commit,
+    panics_leave_no_pooled_connection_inside_a_transaction,
+);

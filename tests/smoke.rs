@@ -1,7 +1,6 @@
 mod common;
 
 use common::*;
-use diesel::SqliteConnection;
 use diesel_atomic::{atomic, transaction};
 
 #[atomic]
@@ -12,18 +11,19 @@ fn create_two() -> Result<(), TestError> {
 }
 
 #[atomic]
-fn create_then_fail(conn: &mut SqliteConnection) -> Result<(), TestError> {
+fn create_then_fail<C: Backend>(conn: &mut C) -> Result<(), TestError> {
     insert_reporter(conn, "Haddock", "")?;
     Err(TestError::Oops)
 }
 
-#[test]
-fn ambient_block_commits_and_explicit_block_rolls_back() {
-    let db = setup();
+fn ambient_block_commits_and_explicit_block_rolls_back<C: Backend>() {
+    let db = setup::<C>();
     create_two().unwrap();
     assert_eq!(db.reporters("default"), ["Archibald", "Tintin"]);
     let mut conn = db.default.get().unwrap();
-    assert_eq!(create_then_fail(&mut conn), Err(TestError::Oops));
+    assert_eq!(create_then_fail(&mut *conn), Err(TestError::Oops));
     assert_eq!(db.reporters("default"), ["Archibald", "Tintin"]);
     assert!(!transaction::in_atomic_block());
 }
+
+backend_tests!(ambient_block_commits_and_explicit_block_rolls_back);
