@@ -7,11 +7,10 @@
 mod common;
 
 use common::*;
-use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel_atomic::atomic;
 use diesel_atomic::transaction::{self, Atomic};
-use diesel_atomic::{Error, atomic};
 
 /// The servers' features are compiled in: `scripts/test` turns them on.
 #[test]
@@ -137,8 +136,9 @@ backend_tests!(
 #[cfg(all(feature = "postgres", feature = "mysql"))]
 mod multi {
     use super::*;
+    use diesel::connection::SimpleConnection;
     use diesel::r2d2::{ConnectionManager, Pool};
-    use diesel_atomic::{Database, Databases};
+    use diesel_atomic::{Database, Databases, Error};
 
     #[derive(diesel::MultiConnection)]
     pub enum AnyConnection {

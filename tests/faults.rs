@@ -181,107 +181,6 @@ fn failed_release_marks_the_enclosing_transaction_for_rollback<C: Backend>() {
 // The server kills the connection (X5).
 // ---------------------------------------------------------------------------------------------
 
-/// The server's id of the session behind the default alias's ambient connection.
-fn ambient_session<C: Backend>() -> Result<i64, Error> {
-    diesel_atomic::connection(|conn: &mut C| conn.session_id().map_err(Error::from))
-}
-
-fn killed_connection_mid_block_fails_the_block_and_the_next_block_gets_a_fresh_one<C: Backend>() {
-    let db = setup::<C>();
-    let mut admin = db.raw("default");
-    let ran = Notified::default();
-
-    let result = transaction::atomic(|| {
-        add("Tintin")?;
-        let ran = ran.clone();
-        transaction::on_commit(move || ran.push(1))?;
-        let session = ambient_session::<C>()?;
-        admin.kill_session(session)?;
-        add("Haddock")
-    });
-
-    assert!(matches!(result, Err(TestError::Atomic(_))), "{result:?}");
-    assert!(
-        ran.get().is_empty(),
-        "no callback of the killed transaction ran"
-    );
-    assert!(!transaction::in_atomic_block());
-    assert!(db.reporters("default").is_empty(), "nothing was committed");
-    let killed = ran.clone();
-    transaction::atomic(|| {
-        add("Calculus")?;
-        transaction::on_commit(move || killed.push(2))?;
-        Ok::<_, TestError>(())
-    })
-    .expect("the next block runs on a fresh connection");
-    assert_eq!(ran.get(), [2]);
-    assert_eq!(db.reporters("default"), ["Calculus"]);
-    assert_pool_clean(&db.default);
-}
-
-#[atomic]
-fn kill_then_insert<C: Backend>(conn: &mut C, admin: &mut C) -> Result<(), TestError> {
-    add_on(conn, "Tintin")?;
-    let session = conn.session_id()?;
-    admin.kill_session(session)?;
-    add_on(conn, "Haddock")
-}
-
-fn killed_connection_in_explicit_mode_is_discarded_by_the_pool<C: Backend>() {
-    let db = setup::<C>();
-    let mut admin = db.raw("default");
-    let mut conn = db.default.get().unwrap();
-
-    let result = kill_then_insert(&mut *conn, &mut admin);
-
-    assert!(matches!(result, Err(TestError::Db(_))), "{result:?}");
-    assert!(!transaction::in_atomic_block());
-    // r2d2 asks diesel whether the connection broke when it comes back, and throws it away.
-    drop(conn);
-    assert_pool_clean(&db.default);
-    kill_then_insert_is_not_needed_again(&db);
-}
-
-/// After the killed connection, a plain block on a pooled connection commits.
-fn kill_then_insert_is_not_needed_again<C: Backend>(db: &TestDb<C>) {
-    let mut conn = db.default.get().unwrap();
-    Atomic::new()
-        .run_on(&mut *conn, |conn| add_on(conn, "Calculus"))
-        .unwrap();
-    drop(conn);
-    assert_eq!(db.reporters("default"), ["Calculus"]);
-}
-
-/// A COMMIT that fails because the connection died after the body's last statement: the
-/// error is returned and, since the server never saw a COMMIT, nothing was committed.
-fn connection_killed_before_commit_fails_the_commit<C: Backend>() {
-    let db = setup::<C>();
-    let mut admin = db.raw("default");
-    let ran = Notified::default();
-
-    let result = transaction::atomic(|| {
-        add("Tintin")?;
-        let ran = ran.clone();
-        transaction::on_commit(move || ran.push(1))?;
-        let session = ambient_session::<C>()?;
-        admin.kill_session(session)?;
-        Ok::<_, TestError>(())
-    });
-
-    assert!(
-        matches!(result, Err(TestError::Atomic(_))),
-        "the COMMIT's error: {result:?}"
-    );
-    assert!(
-        ran.get().is_empty(),
-        "no callback runs after a failed COMMIT"
-    );
-    assert!(db.reporters("default").is_empty());
-    assert_pool_clean(&db.default);
-    transaction::atomic(|| add("Calculus")).unwrap();
-    assert_eq!(db.reporters("default"), ["Calculus"]);
-}
-
 // ---------------------------------------------------------------------------------------------
 // Many threads, one pool.
 // ---------------------------------------------------------------------------------------------
@@ -513,8 +412,113 @@ backend_tests!(
     ten_thousand_random_blocks_leave_every_pooled_connection_clean,
 );
 
+/// Only the servers have sessions to kill.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
 mod server {
     use super::*;
+
+    /// The server's id of the session behind the default alias's ambient connection.
+    fn ambient_session<C: Backend>() -> Result<i64, Error> {
+        diesel_atomic::connection(|conn: &mut C| conn.session_id().map_err(Error::from))
+    }
+
+    fn killed_connection_mid_block_fails_the_block_and_the_next_block_gets_a_fresh_one<
+        C: Backend,
+    >() {
+        let db = setup::<C>();
+        let mut admin = db.raw("default");
+        let ran = Notified::default();
+
+        let result = transaction::atomic(|| {
+            add("Tintin")?;
+            let ran = ran.clone();
+            transaction::on_commit(move || ran.push(1))?;
+            let session = ambient_session::<C>()?;
+            admin.kill_session(session)?;
+            add("Haddock")
+        });
+
+        assert!(matches!(result, Err(TestError::Atomic(_))), "{result:?}");
+        assert!(
+            ran.get().is_empty(),
+            "no callback of the killed transaction ran"
+        );
+        assert!(!transaction::in_atomic_block());
+        assert!(db.reporters("default").is_empty(), "nothing was committed");
+        let killed = ran.clone();
+        transaction::atomic(|| {
+            add("Calculus")?;
+            transaction::on_commit(move || killed.push(2))?;
+            Ok::<_, TestError>(())
+        })
+        .expect("the next block runs on a fresh connection");
+        assert_eq!(ran.get(), [2]);
+        assert_eq!(db.reporters("default"), ["Calculus"]);
+        assert_pool_clean(&db.default);
+    }
+
+    #[atomic]
+    fn kill_then_insert<C: Backend>(conn: &mut C, admin: &mut C) -> Result<(), TestError> {
+        add_on(conn, "Tintin")?;
+        let session = conn.session_id()?;
+        admin.kill_session(session)?;
+        add_on(conn, "Haddock")
+    }
+
+    fn killed_connection_in_explicit_mode_is_discarded_by_the_pool<C: Backend>() {
+        let db = setup::<C>();
+        let mut admin = db.raw("default");
+        let mut conn = db.default.get().unwrap();
+
+        let result = kill_then_insert(&mut *conn, &mut admin);
+
+        assert!(matches!(result, Err(TestError::Db(_))), "{result:?}");
+        assert!(!transaction::in_atomic_block());
+        // r2d2 asks diesel whether the connection broke when it comes back, and throws it away.
+        drop(conn);
+        assert_pool_clean(&db.default);
+        next_block_commits_on_a_fresh_connection(&db);
+    }
+
+    /// After a killed connection, a block on a pooled connection commits.
+    fn next_block_commits_on_a_fresh_connection<C: Backend>(db: &TestDb<C>) {
+        let mut conn = db.default.get().unwrap();
+        Atomic::new()
+            .run_on(&mut *conn, |conn| add_on(conn, "Calculus"))
+            .unwrap();
+        drop(conn);
+        assert_eq!(db.reporters("default"), ["Calculus"]);
+    }
+
+    /// A COMMIT that fails because the connection died after the body's last statement: the
+    /// error is returned and, since the server never saw a COMMIT, nothing was committed.
+    fn connection_killed_before_commit_fails_the_commit<C: Backend>() {
+        let db = setup::<C>();
+        let mut admin = db.raw("default");
+        let ran = Notified::default();
+
+        let result = transaction::atomic(|| {
+            add("Tintin")?;
+            let ran = ran.clone();
+            transaction::on_commit(move || ran.push(1))?;
+            let session = ambient_session::<C>()?;
+            admin.kill_session(session)?;
+            Ok::<_, TestError>(())
+        });
+
+        assert!(
+            matches!(result, Err(TestError::Atomic(_))),
+            "the COMMIT's error: {result:?}"
+        );
+        assert!(
+            ran.get().is_empty(),
+            "no callback runs after a failed COMMIT"
+        );
+        assert!(db.reporters("default").is_empty());
+        assert_pool_clean(&db.default);
+        transaction::atomic(|| add("Calculus")).unwrap();
+        assert_eq!(db.reporters("default"), ["Calculus"]);
+    }
 
     server_tests!(
         killed_connection_mid_block_fails_the_block_and_the_next_block_gets_a_fresh_one,
