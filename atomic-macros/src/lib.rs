@@ -5,7 +5,9 @@
 //! (`valid`) and code generation (`expand`) work on `proc_macro2` and are unit-tested.
 
 mod args;
+mod errors;
 mod expand;
+mod suggest;
 mod valid;
 
 use proc_macro::TokenStream;
@@ -27,4 +29,12 @@ use proc_macro::TokenStream;
 #[proc_macro_attribute]
 pub fn atomic(args: TokenStream, item: TokenStream) -> TokenStream {
     expand::atomic(args.into(), item.into()).into()
+}
+
+/// Exempts the function from the per-request transaction on one alias.
+///
+/// See the `diesel_atomic::non_atomic_requests` re-export for documentation.
+#[proc_macro_attribute]
+pub fn non_atomic_requests(args: TokenStream, item: TokenStream) -> TokenStream {
+    expand::non_atomic_requests(args.into(), item.into()).into()
 }
