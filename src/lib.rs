@@ -78,5 +78,5 @@
 /// touch()?;
 /// # Ok::<(), Error>(())
 /// ```
-pub use atomic_macros::atomic;
+pub use atomic_macros::{atomic, non_atomic_requests};
 pub use atomic_runtime::*;
