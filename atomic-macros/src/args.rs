@@ -85,30 +85,29 @@ pub(crate) struct AtomicArgs {
     pub(crate) savepoint: Option<Flag>,
     pub(crate) durable: Option<Flag>,
     pub(crate) conn: Option<Ident>,
-    pub(crate) krate: Option<Path>,
+    pub(crate) krate: Option<TokenStream>,
 }
 
 /// The parsed arguments of `#[non_atomic_requests(...)]`.
 #[derive(Default)]
 pub(crate) struct NonAtomicRequestsArgs {
     pub(crate) using: Option<Alias>,
-    pub(crate) krate: Option<Path>,
+    pub(crate) krate: Option<TokenStream>,
 }
 
 impl AtomicArgs {
     pub(crate) fn parse(args: TokenStream) -> syn::Result<Self> {
         let mut parsed = AtomicArgs::default();
-        let mut errors = Errors::default();
-        for argument in arguments(args, Attribute::Atomic, &mut errors) {
-            let key = argument.key.to_string();
-            match key.as_str() {
-                "using" => parsed.using = errors.keep(alias(&argument)),
-                "savepoint" => parsed.savepoint = errors.keep(flag(&argument)),
-                "durable" => parsed.durable = errors.keep(flag(&argument)),
-                "conn" => parsed.conn = errors.keep(parameter_name(&argument)),
-                _ => parsed.krate = errors.keep(crate_path(&argument)),
+        let errors = for_each_argument(args, Attribute::Atomic, |argument| {
+            match argument.key.to_string().as_str() {
+                "using" => parsed.using = Some(alias(argument)?),
+                "savepoint" => parsed.savepoint = Some(flag(argument)?),
+                "durable" => parsed.durable = Some(flag(argument)?),
+                "conn" => parsed.conn = Some(parameter_name(argument)?),
+                _ => parsed.krate = Some(crate_path(argument)?),
             }
-        }
+            Ok(())
+        });
         errors.finish(parsed)
     }
 }
@@ -116,14 +115,14 @@ impl AtomicArgs {
 impl NonAtomicRequestsArgs {
     pub(crate) fn parse(args: TokenStream) -> syn::Result<Self> {
         let mut parsed = NonAtomicRequestsArgs::default();
-        let mut errors = Errors::default();
-        for argument in arguments(args, Attribute::NonAtomicRequests, &mut errors) {
+        let errors = for_each_argument(args, Attribute::NonAtomicRequests, |argument| {
             if argument.key == "using" {
-                parsed.using = errors.keep(alias(&argument));
+                parsed.using = Some(alias(argument)?);
             } else {
-                parsed.krate = errors.keep(crate_path(&argument));
+                parsed.krate = Some(crate_path(argument)?);
             }
-        }
+            Ok(())
+        });
         errors.finish(parsed)
     }
 }
@@ -145,11 +144,15 @@ struct Argument {
     tokens: TokenStream,
 }
 
-/// Splits the arguments at top-level commas and keeps the well-formed ones; every other
-/// argument becomes an error in `errors`.
-fn arguments(args: TokenStream, attribute: Attribute, errors: &mut Errors) -> Vec<Argument> {
+/// Splits the arguments at top-level commas and hands each well-formed one, in order, to
+/// `each`; every problem, from the shape or from `each`, is collected.
+fn for_each_argument(
+    args: TokenStream,
+    attribute: Attribute,
+    mut each: impl FnMut(&Argument) -> syn::Result<()>,
+) -> Errors {
+    let mut errors = Errors::default();
     let mut seen: Vec<String> = Vec::new();
-    let mut arguments = Vec::new();
     for segment in split_at_commas(args) {
         let Some(argument) = errors.keep(segment.and_then(|segment| argument(segment, attribute)))
         else {
@@ -163,10 +166,10 @@ fn arguments(args: TokenStream, attribute: Attribute, errors: &mut Errors) -> Ve
             ));
         } else {
             seen.push(key);
-            arguments.push(argument);
+            errors.keep(each(&argument));
         }
     }
-    arguments
+    errors
 }
 
 /// The token trees between top-level commas, in order. A trailing comma is fine; an empty
@@ -260,9 +263,9 @@ fn check_key(key: &Ident, attribute: Attribute) -> syn::Result<()> {
     }
     let message = if Attribute::Atomic.keys().contains(&name.as_str()) {
         format!(
-            "`{name}` is an argument of #[atomic], not of {}; {}",
+            "`{name}` is an argument of #[atomic], not of {}, which takes only {}",
             attribute.name(),
-            expected_keys(attribute)
+            listed_keys(attribute)
         )
     } else {
         let hint = suggest::nearest(&name, attribute.keys())
@@ -276,14 +279,23 @@ fn check_key(key: &Ident, attribute: Attribute) -> syn::Result<()> {
     Err(syn::Error::new_spanned(key, message))
 }
 
-/// "expected one of: `using`, `savepoint`, ..." for this attribute.
+/// "#[atomic] takes `using`, `savepoint`, ... and `crate`".
 fn expected_keys(attribute: Attribute) -> String {
+    format!("{} takes {}", attribute.name(), listed_keys(attribute))
+}
+
+/// "`using`, `savepoint`, ... and `crate`".
+fn listed_keys(attribute: Attribute) -> String {
     let keys: Vec<String> = attribute
         .keys()
         .iter()
         .map(|key| format!("`{key}`"))
         .collect();
-    format!("{} takes {}", attribute.name(), keys.join(", "))
+    match keys.split_last() {
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+        None => "no arguments".to_owned(),
+    }
 }
 
 /// A correct use of `key`, for messages.
@@ -355,7 +367,7 @@ fn flag(argument: &Argument) -> syn::Result<Flag> {
             };
             Err(syn::Error::new_spanned(
                 &argument.value,
-                format!("`{key}` takes `true` or `false`{quoted}"),
+                format!("`{key}` takes a bool{quoted}"),
             ))
         }
     }
@@ -378,8 +390,9 @@ fn parameter_name(argument: &Argument) -> syn::Result<Ident> {
     ))
 }
 
-/// `crate = "path"`: where the `diesel_atomic` crate is, as a string.
-fn crate_path(argument: &Argument) -> syn::Result<Path> {
+/// `crate = "path"`: where the `diesel_atomic` crate is, as a string. The path's tokens
+/// point at the string, so an unresolved path is reported there.
+fn crate_path(argument: &Argument) -> syn::Result<TokenStream> {
     let Ok(literal) = syn::parse2::<LitStr>(argument.value.clone()) else {
         let suggestion = match syn::parse2::<Path>(argument.value.clone()) {
             Ok(path) => format!("`crate = \"{}\"`", path_text(&path)),
@@ -397,7 +410,7 @@ fn crate_path(argument: &Argument) -> syn::Result<Path> {
                 .iter()
                 .all(|segment| segment.arguments.is_none()) =>
         {
-            Ok(path)
+            Ok(path.to_token_stream())
         }
         _ => Err(syn::Error::new_spanned(
             &literal,
@@ -455,7 +468,7 @@ mod tests {
         assert!(!args.savepoint.unwrap().value);
         assert!(args.durable.unwrap().value);
         assert_eq!(args.conn.unwrap().to_string(), "c");
-        assert_eq!(path_text(&args.krate.unwrap()), "x::y");
+        assert_eq!(args.krate.unwrap().to_string(), "x :: y");
     }
 
     #[test]
@@ -478,7 +491,10 @@ mod tests {
             errors[0].starts_with("unknown argument `usin`; did you mean `using`?"),
             "{errors:?}"
         );
-        assert!(errors[0].contains("`savepoint`, `durable`"), "{errors:?}");
+        assert!(
+            errors[0].ends_with("`savepoint`, `durable`, `conn` and `crate`"),
+            "{errors:?}"
+        );
     }
 
     #[test]
@@ -518,13 +534,13 @@ mod tests {
             (quote!(using = 3), "takes the database alias as a string"),
             (
                 quote!(savepoint = "no"),
-                "`savepoint` takes `true` or `false`",
+                "`savepoint` takes a bool: `savepoint = true` or",
             ),
             (
                 quote!(savepoint = "false"),
                 "without quotes: `savepoint = false`",
             ),
-            (quote!(durable = 1), "`durable` takes `true` or `false`"),
+            (quote!(durable = 1), "`durable` takes a bool"),
             (quote!(conn = "db"), "without quotes: `conn = db`"),
             (quote!(conn = 1), "`conn` takes the name"),
             (quote!(crate = renamed), "`crate = \"renamed\"`"),
@@ -589,6 +605,11 @@ mod tests {
             durable = false
         ));
         assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(
+            errors[1].starts_with("`savepoint` takes a bool"),
+            "in order: {errors:?}"
+        );
+        assert!(errors[2].starts_with("`durable` is given more than once"));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use proc_macro2::{Span, TokenStream, TokenTree};
 use quote::{ToTokens, quote, quote_spanned};
 use syn::spanned::Spanned;
-use syn::{Block, ItemFn, Path, ReturnType, Signature, Type};
+use syn::{Block, ItemFn, ReturnType, Signature, Type};
 
 use crate::args::{Alias, AtomicArgs, Attribute, NonAtomicRequestsArgs};
 use crate::errors::Errors;
@@ -140,9 +140,9 @@ fn return_span(sig: &Signature) -> Span {
 
 /// `::diesel_atomic`, or the `crate = "path"` the user gave (its tokens keep the span of the
 /// string, so an unresolved path is reported there).
-fn runtime_path(krate: Option<&Path>, span: Span) -> TokenStream {
+fn runtime_path(krate: Option<&TokenStream>, span: Span) -> TokenStream {
     match krate {
-        Some(path) => path.to_token_stream(),
+        Some(path) => path.clone(),
         None => quote_spanned!(span=> ::diesel_atomic),
     }
 }

@@ -2,7 +2,6 @@
 
 use proc_macro2::TokenStream;
 use quote::{ToTokens, quote};
-use syn::spanned::Spanned;
 use syn::{FnArg, Ident, Item, ItemFn, Meta, Pat, ReturnType, Type};
 
 use crate::args::{self, AtomicArgs, Attribute};
@@ -182,8 +181,8 @@ pub(crate) fn connection(
         Some((ident, Type::Reference(reference))) if reference.mutability.is_some() => {
             Ok(ConnectionSource::Explicit(ident))
         }
-        Some((_, ty)) => Err(syn::Error::new(
-            ty.span(),
+        Some((_, ty)) => Err(syn::Error::new_spanned(
+            ty,
             format!(
                 "the connection parameter `{name}` must be a `&mut` reference, such as \
                  `{name}: &mut SqliteConnection`: a transaction needs `&mut` access to its \
@@ -318,8 +317,14 @@ pub(crate) fn other_attributes(
             continue;
         }
         let message = if other == this {
+            let why = match this {
+                Attribute::Atomic => {
+                    " (the inner block would only be a savepoint of the outer one)"
+                }
+                Attribute::NonAtomicRequests => "",
+            };
             format!(
-                "{} is given twice for alias \"{alias}\"; keep one",
+                "{} is given twice for alias \"{alias}\"{why}; keep one",
                 this.name()
             )
         } else {
