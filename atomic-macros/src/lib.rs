@@ -7,6 +7,8 @@
 mod args;
 mod errors;
 mod expand;
+#[cfg(test)]
+mod proptests;
 mod suggest;
 mod valid;
 
