@@ -78,5 +78,114 @@
 /// touch()?;
 /// # Ok::<(), Error>(())
 /// ```
+///
+/// # Compile errors
+///
+/// Misuse is a compile error on the tokens at fault; the function is kept as written, so
+/// nothing else fails because of it. Some of them:
+///
+/// A misspelt argument (``unknown argument `usin`; did you mean `using`?``):
+///
+/// ```compile_fail
+/// #[diesel_atomic::atomic(usin = "other")]
+/// fn signup() -> Result<(), diesel_atomic::Error> { Ok(()) }
+/// ```
+///
+/// A return type that is not a `Result`:
+///
+/// ```compile_fail
+/// #[diesel_atomic::atomic]
+/// fn count_users() -> i32 { 0 }
+/// ```
+///
+/// A connection parameter that is not `&mut`:
+///
+/// ```compile_fail
+/// use diesel::prelude::*;
+///
+/// #[diesel_atomic::atomic]
+/// fn count_users(conn: &SqliteConnection) -> QueryResult<i64> { Ok(0) }
+/// ```
+///
+/// `async fn`, not supported yet:
+///
+/// ```compile_fail
+/// #[diesel_atomic::atomic]
+/// async fn signup() -> Result<(), diesel_atomic::Error> { Ok(()) }
+/// ```
+///
+/// `durable = true` with `savepoint = false`, which could have no effect:
+///
+/// ```compile_fail
+/// #[diesel_atomic::atomic(durable = true, savepoint = false)]
+/// fn signup() -> Result<(), diesel_atomic::Error> { Ok(()) }
+/// ```
+///
+/// An error type the block cannot report its own errors in (no
+/// `From<diesel_atomic::Error>`), reported by the compiler at the return type:
+///
+/// ```compile_fail,E0277
+/// struct SignupError;
+///
+/// #[diesel_atomic::atomic]
+/// fn signup() -> Result<(), SignupError> { Ok(()) }
+/// ```
+///
+/// # A renamed dependency
+///
+/// `crate = "path"` says where `diesel_atomic` is:
+///
+/// ```
+/// use diesel::connection::SimpleConnection;
+/// use diesel::prelude::*;
+/// use diesel_atomic as transactions;
+///
+/// #[transactions::atomic(crate = "transactions")]
+/// fn ping(conn: &mut SqliteConnection) -> QueryResult<()> {
+///     conn.batch_execute("SELECT 1")
+/// }
+///
+/// let mut conn = SqliteConnection::establish(":memory:").unwrap();
+/// ping(&mut conn)?;
+/// # Ok::<(), diesel::result::Error>(())
+/// ```
 pub use atomic_macros::atomic;
+
+/// Django's `@transaction.non_atomic_requests`: the view runs outside the per-request
+/// transaction of one alias (`"default"` unless `using = "alias"`). Stack the attribute to
+/// opt out on several aliases. The function may return anything.
+///
+/// An atomic block inside a non-atomic view is a separate `#[atomic]` function the view
+/// calls; both attributes on one function for the same alias are a compile error.
+///
+/// ```
+/// use diesel::connection::SimpleConnection;
+/// use diesel::prelude::*;
+/// use diesel_atomic::{atomic, non_atomic_requests};
+///
+/// #[atomic]
+/// fn save(conn: &mut SqliteConnection) -> QueryResult<()> {
+///     conn.batch_execute("CREATE TABLE t (id INTEGER PRIMARY KEY); INSERT INTO t VALUES (1)")
+/// }
+///
+/// /// Exempt on the default alias and on "replica".
+/// #[non_atomic_requests]
+/// #[non_atomic_requests(using = "replica")]
+/// fn import_view(conn: &mut SqliteConnection) -> String {
+///     match save(conn) {
+///         Ok(()) => "imported".to_owned(),
+///         Err(error) => error.to_string(),
+///     }
+/// }
+///
+/// let mut conn = SqliteConnection::establish(":memory:").unwrap();
+/// assert_eq!(import_view(&mut conn), "imported");
+/// ```
+///
+/// ```compile_fail
+/// #[diesel_atomic::atomic]
+/// #[diesel_atomic::non_atomic_requests]
+/// fn view() -> Result<(), diesel_atomic::Error> { Ok(()) }
+/// ```
+pub use atomic_macros::non_atomic_requests;
 pub use atomic_runtime::*;

@@ -1,105 +1,458 @@
-//! Parsing `#[atomic(...)]` arguments into `AtomicArgs`.
+//! Parsing the arguments of `#[atomic(...)]` and `#[non_atomic_requests(...)]`.
+//!
+//! The arguments are split at top-level commas and each one is checked on its own, so a
+//! typo in one does not hide a problem in the next: every problem is reported, each spanned
+//! on its own tokens.
 
-use proc_macro2::{Span, TokenStream};
-use syn::meta::ParseNestedMeta;
-use syn::parse::Parser;
-use syn::{Ident, LitBool, LitStr, Path};
+use proc_macro2::{Delimiter, Ident, Span, TokenStream, TokenTree};
+use quote::ToTokens;
+use syn::{Lit, LitStr, Path};
 
-/// The parsed arguments, each with the span of the tokens that set it.
-#[derive(Default)]
-pub(crate) struct AtomicArgs {
-    pub(crate) using: Option<LitStr>,
-    pub(crate) savepoint: Option<LitBool>,
-    pub(crate) durable: Option<LitBool>,
-    pub(crate) conn: Option<Ident>,
-    pub(crate) krate: Option<(Path, Span)>,
+use crate::errors::Errors;
+use crate::suggest;
+
+/// Which attribute the arguments belong to; it decides the valid keys.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Attribute {
+    Atomic,
+    NonAtomicRequests,
 }
 
-pub(crate) const VALID_KEYS: &[&str] = &["using", "savepoint", "durable", "conn", "crate"];
+impl Attribute {
+    /// How messages name the attribute.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Attribute::Atomic => "#[atomic]",
+            Attribute::NonAtomicRequests => "#[non_atomic_requests]",
+        }
+    }
+
+    fn keys(self) -> &'static [&'static str] {
+        match self {
+            Attribute::Atomic => &["using", "savepoint", "durable", "conn", "crate"],
+            Attribute::NonAtomicRequests => &["using", "crate"],
+        }
+    }
+
+    /// The attribute recognised by the last segment of an attribute path
+    /// (`#[atomic]`, `#[diesel_atomic::atomic]`).
+    pub(crate) fn from_path(path: &Path) -> Option<Attribute> {
+        let last = path.segments.last()?;
+        if last.ident == "atomic" {
+            Some(Attribute::Atomic)
+        } else if last.ident == "non_atomic_requests" {
+            Some(Attribute::NonAtomicRequests)
+        } else {
+            None
+        }
+    }
+}
+
+/// A database alias, checked to be a plausible name.
+#[derive(Clone)]
+pub(crate) struct Alias {
+    pub(crate) name: String,
+    pub(crate) span: Span,
+}
+
+impl Alias {
+    pub(crate) const DEFAULT: &'static str = "default";
+
+    /// The literal the expansion passes to the runtime (a fresh one: the user's could carry
+    /// a suffix).
+    pub(crate) fn literal(alias: Option<&Alias>) -> LitStr {
+        match alias {
+            Some(alias) => LitStr::new(&alias.name, alias.span),
+            None => LitStr::new(Alias::DEFAULT, Span::call_site()),
+        }
+    }
+
+    pub(crate) fn name_or_default(alias: Option<&Alias>) -> &str {
+        alias.map_or(Alias::DEFAULT, |alias| &alias.name)
+    }
+}
+
+/// `savepoint = ...` or `durable = ...`, with the tokens that set it for later messages.
+pub(crate) struct Flag {
+    pub(crate) value: bool,
+    pub(crate) tokens: TokenStream,
+}
+
+/// The parsed arguments of `#[atomic(...)]`.
+#[derive(Default)]
+pub(crate) struct AtomicArgs {
+    pub(crate) using: Option<Alias>,
+    pub(crate) savepoint: Option<Flag>,
+    pub(crate) durable: Option<Flag>,
+    pub(crate) conn: Option<Ident>,
+    pub(crate) krate: Option<TokenStream>,
+}
+
+/// The parsed arguments of `#[non_atomic_requests(...)]`.
+#[derive(Default)]
+pub(crate) struct NonAtomicRequestsArgs {
+    pub(crate) using: Option<Alias>,
+    pub(crate) krate: Option<TokenStream>,
+}
 
 impl AtomicArgs {
     pub(crate) fn parse(args: TokenStream) -> syn::Result<Self> {
         let mut parsed = AtomicArgs::default();
-        let mut errors: Option<syn::Error> = None;
-        let parser = syn::meta::parser(|meta| {
-            if let Err(error) = parsed.parse_one(&meta) {
-                match &mut errors {
-                    Some(all) => all.combine(error),
-                    None => errors = Some(error),
-                }
+        let errors = for_each_argument(args, Attribute::Atomic, |argument| {
+            match argument.key.to_string().as_str() {
+                "using" => parsed.using = Some(alias(argument)?),
+                "savepoint" => parsed.savepoint = Some(flag(argument)?),
+                "durable" => parsed.durable = Some(flag(argument)?),
+                "conn" => parsed.conn = Some(parameter_name(argument)?),
+                _ => parsed.krate = Some(crate_path(argument)?),
             }
             Ok(())
         });
-        parser.parse2(args)?;
-        match errors {
-            Some(error) => Err(error),
-            None => Ok(parsed),
-        }
+        errors.finish(parsed)
     }
+}
 
-    fn parse_one(&mut self, meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
-        let key = meta
-            .path
-            .get_ident()
-            .map(|ident| ident.to_string())
-            .unwrap_or_default();
-        let duplicate = || meta.error(format!("`{key}` is given more than once; keep one"));
-        match key.as_str() {
-            "using" => {
-                let value: LitStr = meta.value()?.parse()?;
-                if self.using.replace(value).is_some() {
-                    return Err(duplicate());
-                }
+impl NonAtomicRequestsArgs {
+    pub(crate) fn parse(args: TokenStream) -> syn::Result<Self> {
+        let mut parsed = NonAtomicRequestsArgs::default();
+        let errors = for_each_argument(args, Attribute::NonAtomicRequests, |argument| {
+            if argument.key == "using" {
+                parsed.using = Some(alias(argument)?);
+            } else {
+                parsed.krate = Some(crate_path(argument)?);
             }
-            "savepoint" => {
-                let value: LitBool = meta.value()?.parse()?;
-                if self.savepoint.replace(value).is_some() {
-                    return Err(duplicate());
-                }
-            }
-            "durable" => {
-                let value: LitBool = meta.value()?.parse()?;
-                if self.durable.replace(value).is_some() {
-                    return Err(duplicate());
-                }
-            }
-            "conn" => {
-                let value: Ident = meta.value()?.parse()?;
-                if self.conn.replace(value).is_some() {
-                    return Err(duplicate());
-                }
-            }
-            "crate" => {
-                let value: LitStr = meta.value()?.parse()?;
-                let path: Path = value.parse()?;
-                if self.krate.replace((path, value.span())).is_some() {
-                    return Err(duplicate());
-                }
-            }
-            _ => {
-                // Consume the value so the arguments after it are still checked.
-                if meta.input.peek(syn::Token![=]) {
-                    let _: syn::Expr = meta.value()?.parse()?;
-                }
-                let valid = VALID_KEYS
-                    .iter()
-                    .map(|key| format!("`{key}`"))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                return Err(meta.error(format!(
-                    "unknown argument `{}`; expected one of: {valid}",
-                    quote::ToTokens::to_token_stream(&meta.path)
-                )));
-            }
-        }
-        Ok(())
+            Ok(())
+        });
+        errors.finish(parsed)
     }
+}
+
+/// The alias an attribute found on the same function applies to, if its arguments parse.
+pub(crate) fn alias_of(attribute: Attribute, args: TokenStream) -> Option<String> {
+    let using = match attribute {
+        Attribute::Atomic => AtomicArgs::parse(args).ok()?.using,
+        Attribute::NonAtomicRequests => NonAtomicRequestsArgs::parse(args).ok()?.using,
+    };
+    Some(Alias::name_or_default(using.as_ref()).to_owned())
+}
+
+/// One well-formed `key = value` argument with a known key given once.
+struct Argument {
+    key: Ident,
+    value: TokenStream,
+    /// The whole `key = value`, for messages about the argument as a whole.
+    tokens: TokenStream,
+}
+
+/// Splits the arguments at top-level commas and hands each well-formed one, in order, to
+/// `each`; every problem, from the shape or from `each`, is collected.
+fn for_each_argument(
+    args: TokenStream,
+    attribute: Attribute,
+    mut each: impl FnMut(&Argument) -> syn::Result<()>,
+) -> Errors {
+    let mut errors = Errors::default();
+    let mut seen: Vec<String> = Vec::new();
+    for segment in split_at_commas(args) {
+        let Some(argument) = errors.keep(segment.and_then(|segment| argument(segment, attribute)))
+        else {
+            continue;
+        };
+        let key = argument.key.to_string();
+        if seen.contains(&key) {
+            errors.push(syn::Error::new_spanned(
+                &argument.key,
+                format!("`{key}` is given more than once; keep one"),
+            ));
+        } else {
+            seen.push(key);
+            errors.keep(each(&argument));
+        }
+    }
+    errors
+}
+
+/// The token trees between top-level commas, in order. A trailing comma is fine; an empty
+/// argument (`,,` or a leading comma) is an error on its comma.
+fn split_at_commas(args: TokenStream) -> Vec<syn::Result<Vec<TokenTree>>> {
+    let mut segments = Vec::new();
+    let mut current = Vec::new();
+    for token in args {
+        match &token {
+            TokenTree::Punct(punct) if punct.as_char() == ',' => {
+                if current.is_empty() {
+                    segments.push(Err(syn::Error::new(
+                        punct.span(),
+                        "expected an argument before this `,`",
+                    )));
+                } else {
+                    segments.push(Ok(std::mem::take(&mut current)));
+                }
+            }
+            _ => current.push(token),
+        }
+    }
+    if !current.is_empty() {
+        segments.push(Ok(current));
+    }
+    segments
+}
+
+/// Checks one argument's shape: a known key, then `=`, then a value.
+fn argument(segment: Vec<TokenTree>, attribute: Attribute) -> syn::Result<Argument> {
+    let tokens: TokenStream = segment.iter().cloned().collect();
+    let mut rest = segment.into_iter();
+    let key = match rest.next() {
+        Some(TokenTree::Ident(key)) => key,
+        _ => {
+            return Err(syn::Error::new_spanned(
+                &tokens,
+                format!(
+                    "expected an argument such as `using = \"other\"`, found `{tokens}`; {}",
+                    expected_keys(attribute)
+                ),
+            ));
+        }
+    };
+    check_key(&key, attribute)?;
+    let name = key.to_string();
+    let example = example(&name);
+    match rest.next() {
+        None => Err(syn::Error::new_spanned(
+            &key,
+            format!("`{name}` needs a value: `{example}`"),
+        )),
+        Some(TokenTree::Punct(eq))
+            if eq.as_char() == '=' && eq.spacing() == proc_macro2::Spacing::Alone =>
+        {
+            let value: TokenStream = rest.collect();
+            if value.is_empty() {
+                return Err(syn::Error::new(
+                    eq.span(),
+                    format!("`{name} =` needs a value: `{example}`"),
+                ));
+            }
+            Ok(Argument { key, value, tokens })
+        }
+        Some(TokenTree::Group(group)) if group.delimiter() == Delimiter::Parenthesis => {
+            let inner = group.stream();
+            let suggestion = if inner.is_empty() {
+                example
+            } else {
+                format!("{name} = {inner}")
+            };
+            Err(syn::Error::new_spanned(
+                &tokens,
+                format!("`{name}(...)` is not supported; write `{suggestion}`"),
+            ))
+        }
+        Some(other) => {
+            let after: TokenStream = std::iter::once(other).chain(rest).collect();
+            Err(syn::Error::new_spanned(
+                &after,
+                format!("expected `=` after `{name}`, as in `{example}`"),
+            ))
+        }
+    }
+}
+
+fn check_key(key: &Ident, attribute: Attribute) -> syn::Result<()> {
+    let name = key.to_string();
+    if attribute.keys().contains(&name.as_str()) {
+        return Ok(());
+    }
+    let message = if Attribute::Atomic.keys().contains(&name.as_str()) {
+        format!(
+            "`{name}` is an argument of #[atomic], not of {}, which takes only {}",
+            attribute.name(),
+            listed_keys(attribute)
+        )
+    } else {
+        let hint = suggest::nearest(&name, attribute.keys())
+            .map(|nearest| format!(" did you mean `{nearest}`?"))
+            .unwrap_or_default();
+        format!(
+            "unknown argument `{name}`;{hint} {}",
+            expected_keys(attribute)
+        )
+    };
+    Err(syn::Error::new_spanned(key, message))
+}
+
+/// "#[atomic] takes `using`, `savepoint`, ... and `crate`".
+fn expected_keys(attribute: Attribute) -> String {
+    format!("{} takes {}", attribute.name(), listed_keys(attribute))
+}
+
+/// "`using`, `savepoint`, ... and `crate`".
+fn listed_keys(attribute: Attribute) -> String {
+    let keys: Vec<String> = attribute
+        .keys()
+        .iter()
+        .map(|key| format!("`{key}`"))
+        .collect();
+    match keys.split_last() {
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+        None => "no arguments".to_owned(),
+    }
+}
+
+/// A correct use of `key`, for messages.
+fn example(key: &str) -> String {
+    match key {
+        "using" => "using = \"other\"".to_owned(),
+        "savepoint" => "savepoint = false".to_owned(),
+        "durable" => "durable = true".to_owned(),
+        "conn" => "conn = db".to_owned(),
+        "crate" => "crate = \"diesel_atomic\"".to_owned(),
+        other => format!("{other} = ..."),
+    }
+}
+
+/// `using = "alias"`: a non-empty name of letters, digits, `_` and `-`.
+fn alias(argument: &Argument) -> syn::Result<Alias> {
+    let literal = match syn::parse2::<Lit>(argument.value.clone()) {
+        Ok(Lit::Str(literal)) if literal.suffix().is_empty() => literal,
+        _ => {
+            let suggestion = match single_ident(&argument.value) {
+                Some(ident) => format!("`using = \"{ident}\"`"),
+                None => "`using = \"other\"`".to_owned(),
+            };
+            return Err(syn::Error::new_spanned(
+                &argument.value,
+                format!("`using` takes the database alias as a string: {suggestion}"),
+            ));
+        }
+    };
+    let name = literal.value();
+    let problem = if name.is_empty() {
+        Some("the alias is empty".to_owned())
+    } else if name.chars().any(char::is_whitespace) {
+        Some(format!("the alias {name:?} contains whitespace"))
+    } else {
+        name.chars()
+            .find(|&c| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+            .map(|c| format!("the alias {name:?} contains {c:?}"))
+    };
+    match problem {
+        Some(problem) => Err(syn::Error::new_spanned(
+            &literal,
+            format!(
+                "{problem}; an alias is the name of a configured database, made of letters, \
+                 digits, `_` and `-`, such as \"default\" or \"replica-1\""
+            ),
+        )),
+        None => Ok(Alias {
+            name,
+            span: literal.span(),
+        }),
+    }
+}
+
+/// `savepoint = false`, `durable = true`.
+fn flag(argument: &Argument) -> syn::Result<Flag> {
+    match syn::parse2::<Lit>(argument.value.clone()) {
+        Ok(Lit::Bool(value)) => Ok(Flag {
+            value: value.value,
+            tokens: argument.tokens.clone(),
+        }),
+        parsed => {
+            let key = &argument.key;
+            let quoted = match parsed {
+                Ok(Lit::Str(text)) if matches!(text.value().as_str(), "true" | "false") => {
+                    format!(", without quotes: `{key} = {}`", text.value())
+                }
+                _ => format!(": `{key} = true` or `{key} = false`"),
+            };
+            Err(syn::Error::new_spanned(
+                &argument.value,
+                format!("`{key}` takes a bool{quoted}"),
+            ))
+        }
+    }
+}
+
+/// `conn = name`: the name of a parameter, without quotes.
+fn parameter_name(argument: &Argument) -> syn::Result<Ident> {
+    if let Ok(name) = syn::parse2::<Ident>(argument.value.clone()) {
+        return Ok(name);
+    }
+    let suggestion = match syn::parse2::<LitStr>(argument.value.clone()) {
+        Ok(text) if syn::parse_str::<Ident>(&text.value()).is_ok() => {
+            format!(", without quotes: `conn = {}`", text.value())
+        }
+        _ => ", such as `conn = db`".to_owned(),
+    };
+    Err(syn::Error::new_spanned(
+        &argument.value,
+        format!("`conn` takes the name of the connection parameter{suggestion}"),
+    ))
+}
+
+/// `crate = "path"`: where the `diesel_atomic` crate is, as a string. The path's tokens
+/// point at the string, so an unresolved path is reported there.
+fn crate_path(argument: &Argument) -> syn::Result<TokenStream> {
+    let Ok(literal) = syn::parse2::<LitStr>(argument.value.clone()) else {
+        let suggestion = match syn::parse2::<Path>(argument.value.clone()) {
+            Ok(path) => format!("`crate = \"{}\"`", path_text(&path)),
+            Err(_) => "`crate = \"diesel_atomic\"`".to_owned(),
+        };
+        return Err(syn::Error::new_spanned(
+            &argument.value,
+            format!("`crate` takes a path in a string: {suggestion}"),
+        ));
+    };
+    match literal.parse::<Path>() {
+        Ok(path)
+            if path
+                .segments
+                .iter()
+                .all(|segment| segment.arguments.is_none()) =>
+        {
+            Ok(path.to_token_stream())
+        }
+        _ => Err(syn::Error::new_spanned(
+            &literal,
+            format!(
+                "`crate = {:?}` is not a path to a crate or module; write the name the \
+                 dependency has in your crate, such as `crate = \"diesel_atomic\"`",
+                literal.value()
+            ),
+        )),
+    }
+}
+
+fn single_ident(tokens: &TokenStream) -> Option<Ident> {
+    let mut trees = tokens.clone().into_iter();
+    match (trees.next(), trees.next()) {
+        (Some(TokenTree::Ident(ident)), None) => Some(ident),
+        _ => None,
+    }
+}
+
+fn path_text(path: &Path) -> String {
+    path.to_token_stream().to_string().replace(' ', "")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use quote::quote;
+
+    fn atomic_errors(args: TokenStream) -> Vec<String> {
+        match AtomicArgs::parse(args) {
+            Ok(_) => Vec::new(),
+            Err(error) => error.into_iter().map(|error| error.to_string()).collect(),
+        }
+    }
+
+    fn non_atomic_errors(args: TokenStream) -> Vec<String> {
+        match NonAtomicRequestsArgs::parse(args) {
+            Ok(_) => Vec::new(),
+            Err(error) => error.into_iter().map(|error| error.to_string()).collect(),
+        }
+    }
 
     #[test]
     fn parses_every_key() {
@@ -108,24 +461,176 @@ mod tests {
             savepoint = false,
             durable = true,
             conn = c,
-            crate = "x::y"
+            crate = "x::y",
         ))
         .unwrap();
-        assert_eq!(args.using.unwrap().value(), "other");
+        assert_eq!(args.using.unwrap().name, "other");
         assert!(!args.savepoint.unwrap().value);
         assert!(args.durable.unwrap().value);
         assert_eq!(args.conn.unwrap().to_string(), "c");
-        assert!(args.krate.is_some());
+        assert_eq!(args.krate.unwrap().to_string(), "x :: y");
     }
 
     #[test]
-    fn rejects_unknown_and_duplicate_keys_together() {
-        let error = AtomicArgs::parse(quote!(usin = "x", durable = true, durable = false))
-            .err()
-            .unwrap();
-        let messages: Vec<String> = error.into_iter().map(|e| e.to_string()).collect();
-        assert_eq!(messages.len(), 2, "{messages:?}");
-        assert!(messages[0].contains("unknown argument `usin`"));
-        assert!(messages[1].contains("`durable` is given more than once"));
+    fn no_arguments_is_the_default() {
+        let args = AtomicArgs::parse(quote!()).unwrap();
+        assert!(args.using.is_none() && args.savepoint.is_none() && args.krate.is_none());
+        assert!(
+            NonAtomicRequestsArgs::parse(quote!())
+                .unwrap()
+                .using
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn unknown_key_suggests_the_nearest() {
+        let errors = atomic_errors(quote!(usin = "x"));
+        assert_eq!(errors.len(), 1);
+        assert!(
+            errors[0].starts_with("unknown argument `usin`; did you mean `using`?"),
+            "{errors:?}"
+        );
+        assert!(
+            errors[0].ends_with("`savepoint`, `durable`, `conn` and `crate`"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn unknown_key_far_from_any_lists_the_keys() {
+        let errors = atomic_errors(quote!(isolation = "serializable"));
+        assert!(!errors[0].contains("did you mean"), "{errors:?}");
+        assert!(errors[0].contains("#[atomic] takes `using`"), "{errors:?}");
+    }
+
+    #[test]
+    fn atomic_keys_on_non_atomic_requests_say_where_they_belong() {
+        let errors = non_atomic_errors(quote!(savepoint = false));
+        assert!(
+            errors[0].starts_with("`savepoint` is an argument of #[atomic]"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused() {
+        let errors = atomic_errors(quote!(durable = true, durable = false));
+        assert_eq!(
+            errors,
+            ["`durable` is given more than once; keep one".to_owned()]
+        );
+        let errors = non_atomic_errors(quote!(using = "a", using = "a"));
+        assert_eq!(
+            errors,
+            ["`using` is given more than once; keep one".to_owned()]
+        );
+    }
+
+    #[test]
+    fn values_of_the_wrong_kind_are_refused() {
+        for (args, expected) in [
+            (quote!(using = other), "`using = \"other\"`"),
+            (quote!(using = 3), "takes the database alias as a string"),
+            (
+                quote!(savepoint = "no"),
+                "`savepoint` takes a bool: `savepoint = true` or",
+            ),
+            (
+                quote!(savepoint = "false"),
+                "without quotes: `savepoint = false`",
+            ),
+            (quote!(durable = 1), "`durable` takes a bool"),
+            (quote!(conn = "db"), "without quotes: `conn = db`"),
+            (quote!(conn = 1), "`conn` takes the name"),
+            (quote!(crate = renamed), "`crate = \"renamed\"`"),
+            (quote!(crate = "not a path"), "is not a path"),
+            (quote!(crate = "a::<T>"), "is not a path"),
+        ] {
+            let errors = atomic_errors(args.clone());
+            assert_eq!(errors.len(), 1, "{args}: {errors:?}");
+            assert!(errors[0].contains(expected), "{args}: {errors:?}");
+        }
+    }
+
+    #[test]
+    fn list_bare_and_valueless_forms_are_refused() {
+        assert_eq!(
+            atomic_errors(quote!(using("x"))),
+            ["`using(...)` is not supported; write `using = \"x\"`".to_owned()]
+        );
+        assert_eq!(
+            atomic_errors(quote!(durable)),
+            ["`durable` needs a value: `durable = true`".to_owned()]
+        );
+        assert_eq!(
+            atomic_errors(quote!(using =)),
+            ["`using =` needs a value: `using = \"other\"`".to_owned()]
+        );
+        assert!(atomic_errors(quote!(using: "x"))[0].starts_with("expected `=` after `using`"));
+        assert!(atomic_errors(quote!(using == "x"))[0].starts_with("expected `=` after `using`"));
+    }
+
+    #[test]
+    fn malformed_aliases_are_refused() {
+        for (alias, expected) in [
+            ("", "the alias is empty"),
+            (" other", "contains whitespace"),
+            ("a\tb", "contains whitespace"),
+            ("replica.1", "contains '.'"),
+            ("é", "contains 'é'"),
+        ] {
+            let errors = atomic_errors(quote!(using = #alias));
+            assert_eq!(errors.len(), 1, "{alias:?}: {errors:?}");
+            assert!(errors[0].contains(expected), "{alias:?}: {errors:?}");
+        }
+        assert!(atomic_errors(quote!(using = "replica-1_b")).is_empty());
+    }
+
+    #[test]
+    fn token_soup_reports_every_problem() {
+        let errors = atomic_errors(quote!(= = ,, 3));
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(errors[0].starts_with("expected an argument such as"));
+        assert_eq!(errors[1], "expected an argument before this `,`");
+        assert!(errors[2].starts_with("expected an argument such as"));
+    }
+
+    #[test]
+    fn independent_problems_are_reported_together() {
+        let errors = atomic_errors(quote!(
+            usin = "x",
+            savepoint = "no",
+            durable = true,
+            durable = false
+        ));
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(
+            errors[1].starts_with("`savepoint` takes a bool"),
+            "in order: {errors:?}"
+        );
+        assert!(errors[2].starts_with("`durable` is given more than once"));
+    }
+
+    #[test]
+    fn trailing_comma_is_fine_but_a_leading_one_is_not() {
+        assert!(atomic_errors(quote!(using = "x",)).is_empty());
+        assert_eq!(
+            atomic_errors(quote!(, using = "x")),
+            ["expected an argument before this `,`".to_owned()]
+        );
+    }
+
+    #[test]
+    fn alias_of_reads_sibling_attributes() {
+        assert_eq!(
+            alias_of(Attribute::Atomic, quote!()).as_deref(),
+            Some("default")
+        );
+        assert_eq!(
+            alias_of(Attribute::NonAtomicRequests, quote!(using = "b")).as_deref(),
+            Some("b")
+        );
+        assert_eq!(alias_of(Attribute::Atomic, quote!(usin = "b")), None);
     }
 }

@@ -1,17 +1,28 @@
-//! Code generation: the function keeps its signature; its body runs inside a block.
+//! Code generation: the function keeps its signature; only its body is wrapped.
 
-use proc_macro2::TokenStream;
+use proc_macro2::{Span, TokenStream, TokenTree};
 use quote::{ToTokens, quote, quote_spanned};
 use syn::spanned::Spanned;
-use syn::{ItemFn, ReturnType};
+use syn::{Block, ItemFn, ReturnType, Signature, Type};
 
-use crate::args::AtomicArgs;
+use crate::args::{Alias, AtomicArgs, Attribute, NonAtomicRequestsArgs};
+use crate::errors::Errors;
 use crate::valid::{self, ConnectionSource};
 
-/// `#[atomic(args)] item`: on any error, the item unchanged plus the error, so the user sees
-/// one precise message and no cascade.
+/// `#[atomic(args)] item`.
 pub(crate) fn atomic(args: TokenStream, item: TokenStream) -> TokenStream {
-    match try_atomic(args, item.clone()) {
+    with_fallback(item.clone(), try_atomic(args, item))
+}
+
+/// `#[non_atomic_requests(args)] item`.
+pub(crate) fn non_atomic_requests(args: TokenStream, item: TokenStream) -> TokenStream {
+    with_fallback(item.clone(), try_non_atomic_requests(args, item))
+}
+
+/// On any error: the item unchanged plus the errors, so the user sees the precise messages
+/// and nothing else (callers of the function still type-check against its signature).
+fn with_fallback(item: TokenStream, expanded: syn::Result<TokenStream>) -> TokenStream {
+    match expanded {
         Ok(expanded) => expanded,
         Err(error) => {
             let mut fallback = item;
@@ -22,62 +33,63 @@ pub(crate) fn atomic(args: TokenStream, item: TokenStream) -> TokenStream {
 }
 
 fn try_atomic(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
-    let args = AtomicArgs::parse(args);
-    let function = syn::parse2::<ItemFn>(item).map_err(|error| {
-        syn::Error::new(
-            error.span(),
-            format!("#[atomic] applies to functions with a body: {error}"),
-        )
-    });
-    let (args, function) = match (args, function) {
-        (Ok(args), Ok(function)) => (args, function),
-        (Err(mut first), Err(second)) => {
-            first.combine(second);
-            return Err(first);
-        }
-        (Err(error), _) | (_, Err(error)) => return Err(error),
+    let mut errors = Errors::default();
+    let args = errors.keep(AtomicArgs::parse(args));
+    let Some(function) = errors.keep(valid::function(item.clone(), Attribute::Atomic)) else {
+        return errors.finish(item);
     };
-    let source = valid::check(&function, args.conn.as_ref())?;
-    Ok(generate(&args, function, source))
+    // Checks on the signature alone are made even when the arguments are wrong.
+    valid::runs_at_run_time(&function, Attribute::Atomic, &mut errors);
+    errors.keep(valid::returns_result(&function));
+    let Some(args) = args else {
+        return errors.finish(item);
+    };
+    errors.keep(valid::options(&args));
+    let alias = Alias::name_or_default(args.using.as_ref());
+    valid::other_attributes(&function, Attribute::Atomic, alias, &mut errors);
+    let source = errors.keep(valid::connection(&function, args.conn.as_ref()));
+    match source {
+        Some(source) if errors.is_empty() => Ok(generate_atomic(&args, function, source)),
+        _ => errors.finish(item),
+    }
 }
 
-fn generate(args: &AtomicArgs, mut function: ItemFn, source: ConnectionSource) -> TokenStream {
-    let krate = match &args.krate {
-        Some((path, _)) => path.to_token_stream(),
-        None => quote!(::diesel_atomic),
+fn try_non_atomic_requests(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
+    let mut errors = Errors::default();
+    let args = errors.keep(NonAtomicRequestsArgs::parse(args));
+    let Some(function) = errors.keep(valid::function(item.clone(), Attribute::NonAtomicRequests))
+    else {
+        return errors.finish(item);
     };
-    let using = args
-        .using
-        .as_ref()
-        .map_or_else(|| quote!("default"), ToTokens::to_token_stream);
-    let savepoint = args.savepoint.as_ref().is_none_or(|lit| lit.value);
-    let durable = args.durable.as_ref().is_some_and(|lit| lit.value);
-
-    // syn puts the body's inner attributes (`#![allow(..)]`) in `attrs`; they become outer
-    // attributes of the function, where they mean the same.
-    for attr in &mut function.attrs {
-        attr.style = syn::AttrStyle::Outer;
+    valid::runs_at_run_time(&function, Attribute::NonAtomicRequests, &mut errors);
+    let Some(args) = args else {
+        return errors.finish(item);
+    };
+    let alias = Alias::name_or_default(args.using.as_ref());
+    valid::other_attributes(&function, Attribute::NonAtomicRequests, alias, &mut errors);
+    if !errors.is_empty() {
+        return errors.finish(item);
     }
-    let ItemFn {
-        attrs,
-        vis,
-        sig,
-        block,
-    } = function;
-    let stmts = &block.stmts;
-    let return_span = match &sig.output {
-        ReturnType::Type(_, ty) => ty.span(),
-        ReturnType::Default => sig.ident.span(),
-    };
-    let options = quote! {
+    Ok(generate_non_atomic_requests(&args, function))
+}
+
+fn generate_atomic(args: &AtomicArgs, function: ItemFn, source: ConnectionSource) -> TokenStream {
+    let (attrs, vis, sig, block) = split(function);
+    let span = return_span(&sig);
+    let krate = runtime_path(args.krate.as_ref(), span);
+    let using = Alias::literal(args.using.as_ref());
+    let savepoint = args.savepoint.as_ref().is_none_or(|flag| flag.value);
+    let durable = args.durable.as_ref().is_some_and(|flag| flag.value);
+    let body = body_with_fake_return(&sig, block);
+    let options = quote_spanned! {span=>
         &#krate::__private::Options { using: #using, savepoint: #savepoint, durable: #durable }
     };
     let call = match source {
-        ConnectionSource::Ambient => quote_spanned! {return_span=>
-            #krate::__private::run_ambient(#options, move || { #(#stmts)* })
+        ConnectionSource::Ambient => quote_spanned! {span=>
+            #krate::__private::run_ambient(#options, move || #body)
         },
-        ConnectionSource::Explicit(conn) => quote_spanned! {return_span=>
-            #krate::__private::run_explicit(#options, #conn, move |#conn| { #(#stmts)* })
+        ConnectionSource::Explicit(conn) => quote_spanned! {span=>
+            #krate::__private::run_explicit(#options, #conn, move |#conn| #body)
         },
     };
     quote! {
@@ -88,17 +100,110 @@ fn generate(args: &AtomicArgs, mut function: ItemFn, source: ConnectionSource) -
     }
 }
 
+fn generate_non_atomic_requests(args: &NonAtomicRequestsArgs, function: ItemFn) -> TokenStream {
+    let (attrs, vis, sig, block) = split(function);
+    let span = return_span(&sig);
+    let krate = runtime_path(args.krate.as_ref(), span);
+    let using = Alias::literal(args.using.as_ref());
+    let body = body_with_fake_return(&sig, block);
+    quote! {
+        #(#attrs)*
+        #vis #sig {
+            #krate::__private::non_atomic_requests(#using, move || #body)
+        }
+    }
+}
+
+/// The function's parts. syn puts the body's inner attributes (`#![allow(..)]`) among the
+/// function's attributes; they become outer attributes, where they mean the same.
+fn split(function: ItemFn) -> (Vec<syn::Attribute>, syn::Visibility, Signature, Block) {
+    let ItemFn {
+        mut attrs,
+        vis,
+        sig,
+        block,
+    } = function;
+    for attr in &mut attrs {
+        attr.style = syn::AttrStyle::Outer;
+    }
+    (attrs, vis, sig, *block)
+}
+
+/// Where errors about the generated call belong: the declared return type (or the function's
+/// name when there is none), never the attribute.
+fn return_span(sig: &Signature) -> Span {
+    match &sig.output {
+        ReturnType::Type(_, ty) => ty.span(),
+        ReturnType::Default => sig.ident.span(),
+    }
+}
+
+/// `::diesel_atomic`, or the `crate = "path"` the user gave (its tokens keep the span of the
+/// string, so an unresolved path is reported there).
+fn runtime_path(krate: Option<&TokenStream>, span: Span) -> TokenStream {
+    match krate {
+        Some(path) => path.clone(),
+        None => quote_spanned!(span=> ::diesel_atomic),
+    }
+}
+
+/// The body, in its own braces, preceded by tracing-attributes' "fake return edge": a
+/// never-taken `return` of a value of the declared return type. It makes the closure's return
+/// type the function's, so the body is type-checked against the declared type exactly as
+/// without the attribute, and a mismatch is reported at the user's code, not in ours.
+fn body_with_fake_return(sig: &Signature, block: Block) -> TokenStream {
+    let fake_return = match &sig.output {
+        ReturnType::Type(_, ty) if can_annotate_let(ty) => quote_spanned! {ty.span()=>
+            #[allow(
+                unknown_lints,
+                unreachable_code,
+                clippy::diverging_sub_expression,
+                clippy::empty_loop,
+                clippy::let_unit_value,
+                clippy::let_with_type_underscore,
+                clippy::needless_return,
+                clippy::unreachable
+            )]
+            if false {
+                let __atomic_fake_return: #ty = loop {};
+                return __atomic_fake_return;
+            }
+        },
+        _ => TokenStream::new(),
+    };
+    let mut body = TokenStream::new();
+    block.brace_token.surround(&mut body, |body| {
+        body.extend(fake_return);
+        for stmt in &block.stmts {
+            stmt.to_tokens(body);
+        }
+    });
+    body
+}
+
+/// Whether `let x: ty` is allowed: not for `impl Trait` anywhere in it, nor for `!`.
+fn can_annotate_let(ty: &Type) -> bool {
+    fn mentions_impl(tokens: TokenStream) -> bool {
+        tokens.into_iter().any(|token| match token {
+            TokenTree::Ident(ident) => ident == "impl",
+            TokenTree::Group(group) => mentions_impl(group.stream()),
+            _ => false,
+        })
+    }
+    !matches!(ty, Type::Never(_)) && !mentions_impl(ty.to_token_stream())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn expand(args: TokenStream, item: TokenStream) -> String {
+    fn expand_atomic(args: TokenStream, item: TokenStream) -> String {
         atomic(args, item).to_string()
     }
 
     #[test]
     fn ambient_function_runs_its_body_in_a_block() {
-        let out = expand(
+        let out = expand_atomic(
             quote!(),
             quote!(
                 fn f() -> Result<(), E> {
@@ -106,13 +211,17 @@ mod tests {
                 }
             ),
         );
-        assert!(out.contains("run_ambient"), "{out}");
+        assert!(
+            out.contains(":: diesel_atomic :: __private :: run_ambient"),
+            "{out}"
+        );
         assert!(out.contains("using : \"default\""), "{out}");
+        assert!(out.contains("__atomic_fake_return"), "{out}");
     }
 
     #[test]
     fn conn_parameter_selects_explicit_mode() {
-        let out = expand(
+        let out = expand_atomic(
             quote!(using = "other"),
             quote!(
                 fn f(conn: &mut C) -> QueryResult<()> {
@@ -125,8 +234,22 @@ mod tests {
     }
 
     #[test]
+    fn crate_path_replaces_the_runtime_path() {
+        let out = expand_atomic(
+            quote!(crate = "renamed"),
+            quote!(
+                fn f() -> Result<(), E> {
+                    Ok(())
+                }
+            ),
+        );
+        assert!(out.contains("renamed :: __private :: run_ambient"), "{out}");
+        assert!(!out.contains("diesel_atomic"), "{out}");
+    }
+
+    #[test]
     fn errors_keep_the_function() {
-        let out = expand(
+        let out = expand_atomic(
             quote!(usin = "x"),
             quote!(
                 fn f() -> Result<(), E> {
@@ -135,19 +258,66 @@ mod tests {
             ),
         );
         assert!(out.contains("compile_error"), "{out}");
-        assert!(out.contains("fn f"), "{out}");
+        assert!(out.starts_with("fn f"), "{out}");
+        assert!(!out.contains("run_ambient"), "{out}");
     }
 
     #[test]
-    fn async_fn_is_refused() {
-        let out = expand(
-            quote!(),
+    fn argument_and_signature_problems_are_reported_together() {
+        let out = expand_atomic(
+            quote!(usin = "x"),
             quote!(
-                async fn f() -> Result<(), E> {
-                    Ok(())
+                async fn f() -> i32 {
+                    1
                 }
             ),
         );
+        assert_eq!(out.matches("compile_error").count(), 3, "{out}");
+    }
+
+    #[test]
+    fn impl_trait_return_types_get_no_fake_return() {
+        let out = non_atomic_requests(
+            quote!(),
+            quote!(
+                fn view() -> impl Sized {
+                    1
+                }
+            ),
+        )
+        .to_string();
+        assert!(out.contains("non_atomic_requests (\"default\""), "{out}");
+        assert!(!out.contains("__atomic_fake_return"), "{out}");
+    }
+
+    #[test]
+    fn non_atomic_requests_wraps_any_function() {
+        let out = non_atomic_requests(
+            quote!(using = "other"),
+            quote!(
+                fn view(&self) -> i32 {
+                    1
+                }
+            ),
+        )
+        .to_string();
+        assert!(
+            out.contains(
+                ":: diesel_atomic :: __private :: non_atomic_requests (\"other\" , move ||"
+            ),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn non_atomic_requests_refuses_async() {
+        let out = non_atomic_requests(
+            quote!(),
+            quote!(
+                async fn view() {}
+            ),
+        )
+        .to_string();
         assert!(out.contains("does not support `async fn`"), "{out}");
     }
 }

@@ -27,3 +27,11 @@ where
 {
     crate::atomic::run_explicit(options, conn, body)
 }
+
+/// `#[non_atomic_requests(using = alias)]`: the body runs exempt from the per-request
+/// transaction on `alias`. Outside `request()` there is none, so this only runs the body.
+#[inline]
+pub fn non_atomic_requests<R>(alias: &'static str, body: impl FnOnce() -> R) -> R {
+    let _ = alias;
+    body()
+}

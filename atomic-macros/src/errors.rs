@@ -1,0 +1,39 @@
+//! Collecting independent problems so that one compile reports all of them.
+
+/// Problems found so far; reported together through `syn::Error::combine`.
+#[derive(Default)]
+pub(crate) struct Errors {
+    combined: Option<syn::Error>,
+}
+
+impl Errors {
+    pub(crate) fn push(&mut self, error: syn::Error) {
+        match &mut self.combined {
+            Some(combined) => combined.combine(error),
+            None => self.combined = Some(error),
+        }
+    }
+
+    /// Keeps the error of `result`, if any, and returns its value.
+    pub(crate) fn keep<T>(&mut self, result: syn::Result<T>) -> Option<T> {
+        match result {
+            Ok(value) => Some(value),
+            Err(error) => {
+                self.push(error);
+                None
+            }
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.combined.is_none()
+    }
+
+    /// `value` if nothing went wrong, else every problem at once.
+    pub(crate) fn finish<T>(self, value: T) -> syn::Result<T> {
+        match self.combined {
+            Some(error) => Err(error),
+            None => Ok(value),
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! "Did you mean ...?" for misspelt names.
+
+/// The candidate nearest to `wrong`, if it is near enough to be a likely typo.
+///
+/// Near enough: at most a third of the longer name's letters differ (at least one may, but not
+/// all of the shorter name's), so `usin` finds `using` and `durabel` finds `durable`, but
+/// `isolation` finds nothing and `db` does not find `b`; or one
+/// name is a prefix of the other (`connection` finds `conn`), as people abbreviate both ways.
+pub(crate) fn nearest<'a>(wrong: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    let wrong = wrong.trim_start_matches("r#").to_lowercase();
+    candidates
+        .iter()
+        .filter_map(|&candidate| {
+            let distance = strsim::damerau_levenshtein(&wrong, candidate);
+            let (wrong_len, candidate_len) = (wrong.chars().count(), candidate.chars().count());
+            let close = distance <= (wrong_len.max(candidate_len) / 3).max(1)
+                && distance < wrong_len.min(candidate_len);
+            let abbreviated = (wrong.len() >= 3 && candidate.starts_with(&wrong))
+                || (candidate.len() >= 4 && wrong.starts_with(candidate));
+            (close || abbreviated).then_some((distance, candidate))
+        })
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, candidate)| candidate)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEYS: &[&str] = &["using", "savepoint", "durable", "conn", "crate"];
+
+    #[test]
+    fn typos_find_the_intended_key() {
+        assert_eq!(nearest("usin", KEYS), Some("using"));
+        assert_eq!(nearest("save_point", KEYS), Some("savepoint"));
+        assert_eq!(nearest("durabel", KEYS), Some("durable"));
+        assert_eq!(nearest("Using", KEYS), Some("using"));
+        assert_eq!(nearest("con", KEYS), Some("conn"));
+        assert_eq!(nearest("connection", KEYS), Some("conn"));
+        assert_eq!(nearest("dur", KEYS), Some("durable"));
+    }
+
+    #[test]
+    fn unrelated_names_find_nothing() {
+        assert_eq!(nearest("isolation", KEYS), None);
+        assert_eq!(nearest("x", KEYS), None);
+        assert_eq!(nearest("", KEYS), None);
+        assert_eq!(nearest("db", &["b"]), None);
+    }
+}

@@ -1,0 +1,14 @@
+use diesel_atomic::atomic;
+
+struct Accounts;
+
+#[atomic]
+impl Accounts {
+    fn open(&self) -> Result<(), diesel_atomic::Error> {
+        Ok(())
+    }
+}
+
+fn main() {
+    let _ = Accounts.open();
+}

@@ -1,0 +1,8 @@
+use diesel_atomic::atomic;
+
+#[atomic]
+fn signup() -> () {}
+
+fn main() {
+    signup();
+}
