@@ -32,6 +32,5 @@ where
 /// transaction on `alias`. Outside `request()` there is none, so this only runs the body.
 #[inline]
 pub fn non_atomic_requests<R>(alias: &'static str, body: impl FnOnce() -> R) -> R {
-    let _ = alias;
-    body()
+    crate::request::non_atomic(alias, body)
 }

@@ -7,6 +7,7 @@ use crate::connection::PooledConn;
 use crate::databases::{self, DEFAULT_DB_ALIAS};
 use crate::error::Error;
 use crate::hooks;
+use crate::request;
 use crate::savepoint::{self, SavepointId};
 use crate::state::{self, Slot};
 
@@ -135,6 +136,7 @@ impl Db<'_> {
     /// # Ok::<(), diesel_atomic::Error>(())
     /// ```
     pub fn on_commit(&self, f: impl FnOnce() + 'static) -> Result<(), Error> {
+        request::touch(self.alias)?;
         hooks::on_commit(self.alias, f, false);
         Ok(())
     }
@@ -149,6 +151,7 @@ impl Db<'_> {
     /// # Ok::<(), diesel_atomic::Error>(())
     /// ```
     pub fn on_commit_robust(&self, f: impl FnOnce() + 'static) -> Result<(), Error> {
+        request::touch(self.alias)?;
         hooks::on_commit(self.alias, f, true);
         Ok(())
     }
@@ -163,6 +166,7 @@ impl Db<'_> {
     /// assert!(matches!(db("default").set_rollback(true), Err(Error::NotInAtomicBlock { .. })));
     /// ```
     pub fn set_rollback(&self, rollback: bool) -> Result<(), Error> {
+        request::touch(self.alias)?;
         state::with(self.alias, |st| {
             if !st.in_atomic_block() {
                 return Err(self.not_in_atomic_block("set_rollback"));
@@ -179,6 +183,10 @@ impl Db<'_> {
     /// assert!(diesel_atomic::db("default").get_rollback().is_err(), "only inside a block");
     /// ```
     pub fn get_rollback(&self) -> Result<bool, Error> {
+        if request::pending(self.alias) {
+            // The request's transaction is due but not begun: fresh, so not marked.
+            return Ok(false);
+        }
         state::peek(self.alias, |st| match st {
             Some(st) if st.in_atomic_block() => Ok(st.needs_rollback),
             _ => Err(self.not_in_atomic_block("get_rollback")),
@@ -192,7 +200,8 @@ impl Db<'_> {
     /// assert!(!diesel_atomic::db("default").in_atomic_block());
     /// ```
     pub fn in_atomic_block(&self) -> bool {
-        state::peek(self.alias, |st| st.is_some_and(|st| st.in_atomic_block()))
+        request::pending(self.alias)
+            || state::peek(self.alias, |st| st.is_some_and(|st| st.in_atomic_block()))
     }
 
     /// Creates a manual savepoint inside a block; outside one the id is a no-op.
@@ -206,6 +215,7 @@ impl Db<'_> {
     /// # Ok::<(), diesel_atomic::Error>(())
     /// ```
     pub fn savepoint(&self) -> Result<SavepointId, Error> {
+        request::touch(self.alias)?;
         if !self.in_atomic_block() {
             return Ok(SavepointId::NONE);
         }
@@ -270,6 +280,7 @@ struct Lent<'a> {
 
 impl<'a> Lent<'a> {
     fn take(alias: &'a str) -> Result<Self, Error> {
+        request::touch(alias)?;
         let taken = state::with(alias, |st| -> Result<Option<Box<dyn PooledConn>>, Error> {
             match &st.slot {
                 Slot::Explicit { .. } => Err(Error::AliasBoundToExplicitConnection {

@@ -12,6 +12,7 @@ use crate::connection::{PooledConn, TxConnection, release_rolled_back_savepoint}
 use crate::databases;
 use crate::error::Error;
 use crate::hooks;
+use crate::request;
 use crate::state::{self, Block, BlockKind, Callback, Foreign, Slot};
 
 /// The options of one block: what `#[atomic(...)]` and `transaction::Atomic` carry (rule S2).
@@ -120,6 +121,7 @@ pub(crate) fn enter(
     mut explicit: Option<&mut dyn TxConnection>,
 ) -> Result<Entered, Error> {
     let alias = options.using;
+    request::touch(alias)?;
     let explicit_connection = match explicit.as_deref_mut() {
         Some(conn) => {
             let (depth, foreign) = open_transaction(conn)?;

@@ -75,7 +75,9 @@ pub enum Error {
     /// An explicit-mode block on a connection other than the one the alias's open block uses.
     #[error(
         "database alias '{alias}' already has an open atomic block on another connection; \
-         run this block on that connection (pass it on), or give it another alias"
+         run this block on that connection (pass it on), or give it another alias (inside \
+         request(), the alias's open block is the request's transaction: use the ambient \
+         connection, or exempt the view with #[non_atomic_requests])"
     )]
     AliasInUse {
         /// The alias that already has an open block.

@@ -1,0 +1,275 @@
+//! Per-request transactions (Django's `ATOMIC_REQUESTS`): rules Q1–Q3.
+//!
+//! `request(view)` records which aliases want a request transaction; each one begins lazily,
+//! at the view's first use of the alias (an ambient connection, a block, `on_commit`,
+//! `set_rollback`, a manual savepoint), as an ordinary outermost ambient block. So the view
+//! itself decides to opt out: `#[non_atomic_requests]` marks its aliases exempt when its body
+//! starts, before any use, and routers need no registration step. When the view returns, the
+//! begun aliases commit (Ok) or roll back (Err, panic) in the order they were added to
+//! `Databases`.
+
+use std::cell::{Cell, RefCell};
+use std::panic::{self, AssertUnwindSafe};
+
+use crate::atomic::{self, BlockOptions, Entered};
+use crate::databases;
+use crate::error::Error;
+use crate::hooks;
+
+thread_local! {
+    /// Whether a `request()` runs on this thread: the one check every use of an alias pays.
+    static ACTIVE: Cell<bool> = const { Cell::new(false) };
+    static SCOPE: RefCell<Scope> = const { RefCell::new(Scope::new()) };
+}
+
+/// The running request on this thread.
+struct Scope {
+    /// The aliases with `atomic_requests(true)`, in registration order.
+    aliases: Vec<AliasRequest>,
+    /// Aliases exempted by the `#[non_atomic_requests]` functions running now (a stack).
+    exempt: Vec<&'static str>,
+}
+
+impl Scope {
+    const fn new() -> Self {
+        Scope {
+            aliases: Vec::new(),
+            exempt: Vec::new(),
+        }
+    }
+}
+
+struct AliasRequest {
+    alias: String,
+    transaction: Transaction,
+}
+
+enum Transaction {
+    /// Not used by the view yet.
+    Pending,
+    /// Its BEGIN is under way (the block's own entry must not begin it again).
+    Beginning,
+    Begun(Entered),
+}
+
+/// Runs `view` as Django runs a view under `ATOMIC_REQUESTS`.
+///
+/// For every alias whose [`Database`](crate::Database) has `atomic_requests(true)`, the view's
+/// work on that alias is one transaction: committed when the view returns `Ok`, rolled back
+/// when it returns `Err` or panics (the panic then resumes). The transaction begins at the
+/// view's first use of the alias, so inside the view [`in_atomic_block`] is true, its own
+/// `#[atomic]` blocks are savepoints, `durable = true` blocks fail with
+/// [`Error::DurableNested`], and `on_commit` callbacks run after the request commits. Only the
+/// view is wrapped: middleware that runs before or after it works in autocommit mode.
+///
+/// A view function marked `#[non_atomic_requests]` (or `#[non_atomic_requests(using =
+/// "other")]`) runs in autocommit mode on that alias instead; its own `#[atomic]` blocks are
+/// outermost transactions.
+///
+/// **Several aliases are independent transactions**, committed one after the other in the
+/// order they were added to [`Databases`](crate::Databases); there is no two-phase commit. If
+/// a COMMIT fails, the aliases committed before it stay committed, the ones after it roll
+/// back, and `request` returns the COMMIT's error. Keep a request's writes on one alias when
+/// they must be all-or-nothing together.
+///
+/// Explicit-mode blocks (a `conn: &mut C` of your own) cannot join the request's transaction,
+/// which runs on the alias's pooled connection: on an alias with a request transaction they
+/// fail with [`Error::AliasInUse`]. Use the ambient connection in views, or exempt the view.
+///
+/// [`in_atomic_block`]: crate::transaction::in_atomic_block
+///
+/// ```
+/// # extern crate atomic_runtime as diesel_atomic;
+/// use diesel::prelude::*;
+/// use diesel::r2d2::{ConnectionManager, Pool};
+/// use diesel_atomic::{transaction, Database, Databases, Error};
+///
+/// # let pool = Pool::builder().max_size(1)
+/// #     .build(ConnectionManager::<SqliteConnection>::new(":memory:")).unwrap();
+/// let _registry = Databases::new()
+///     .add("default", Database::new(pool).atomic_requests(true))
+///     .enter();
+///
+/// let answer = diesel_atomic::request(|| {
+///     // The request's transaction begins here, at the view's first use of "default".
+///     diesel_atomic::connection(|conn: &mut SqliteConnection| {
+///         diesel::sql_query("CREATE TABLE hits (n INTEGER)").execute(conn)?;
+///         diesel::sql_query("INSERT INTO hits VALUES (1)").execute(conn)
+///     })?;
+///     assert!(transaction::in_atomic_block());
+///     Ok::<_, Error>("ok")
+/// })?;
+/// assert_eq!(answer, "ok");
+/// assert!(!transaction::in_atomic_block());
+/// # Ok::<(), Error>(())
+/// ```
+pub fn request<T, E: From<Error>>(view: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
+    if ACTIVE.with(Cell::get) {
+        return Err(Error::TransactionManagement(
+            "request() is already running on this thread; a view cannot run another request \
+             inside itself (call the inner view function directly)"
+                .to_owned(),
+        )
+        .into());
+    }
+    let aliases: Vec<AliasRequest> = databases::current()
+        .map(|databases| {
+            databases
+                .aliases()
+                .filter(|alias| {
+                    databases
+                        .get(alias)
+                        .is_ok_and(|db| db.has_atomic_requests())
+                })
+                .map(|alias| AliasRequest {
+                    alias: alias.to_owned(),
+                    transaction: Transaction::Pending,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if aliases.is_empty() {
+        return view();
+    }
+
+    SCOPE.with_borrow_mut(|scope| {
+        scope.aliases = aliases;
+        scope.exempt.clear();
+    });
+    ACTIVE.with(|active| active.set(true));
+    let outcome = panic::catch_unwind(AssertUnwindSafe(view));
+    // The request is over before its transactions end: callbacks that run after a commit
+    // work in autocommit mode, as after any outermost block.
+    ACTIVE.with(|active| active.set(false));
+    let begun: Vec<(String, Entered)> = SCOPE.with_borrow_mut(|scope| {
+        scope.exempt.clear();
+        std::mem::take(&mut scope.aliases)
+            .into_iter()
+            .filter_map(|request| match request.transaction {
+                Transaction::Begun(entered) => Some((request.alias, entered)),
+                Transaction::Pending | Transaction::Beginning => None,
+            })
+            .collect()
+    });
+
+    let mut commit = matches!(outcome, Ok(Ok(_)));
+    let mut commit_error = None;
+    for (alias, entered) in begun {
+        let exit = atomic::leave(&alias, entered, None, commit);
+        match exit.error {
+            None => hooks::run_after_commit(&alias, exit.callbacks),
+            Some(error) if commit => {
+                // Q3: no two-phase commit. The aliases before this one stay committed; the
+                // ones after it roll back, as Django's nested wrappers do.
+                tracing::error!(alias, %error, "the request's COMMIT failed");
+                commit = false;
+                commit_error = Some(error);
+            }
+            Some(error) => {
+                tracing::error!(alias, %error, "rolling back the request's transaction failed");
+            }
+        }
+    }
+
+    match outcome {
+        Err(payload) => panic::resume_unwind(payload),
+        Ok(Err(error)) => Err(error),
+        Ok(Ok(value)) => match commit_error {
+            Some(error) => Err(error.into()),
+            None => Ok(value),
+        },
+    }
+}
+
+/// Called by every use of `alias`: begins the request's transaction on it if one is due.
+#[inline]
+pub(crate) fn touch(alias: &str) -> Result<(), Error> {
+    if ACTIVE.with(Cell::get) {
+        begin_if_due(alias)
+    } else {
+        Ok(())
+    }
+}
+
+fn begin_if_due(alias: &str) -> Result<(), Error> {
+    let due = SCOPE.with_borrow_mut(|scope| {
+        if scope.exempt.contains(&alias) {
+            return false;
+        }
+        match scope
+            .aliases
+            .iter_mut()
+            .find(|request| request.alias == alias)
+        {
+            Some(request) if matches!(request.transaction, Transaction::Pending) => {
+                request.transaction = Transaction::Beginning;
+                true
+            }
+            _ => false,
+        }
+    });
+    if !due {
+        return Ok(());
+    }
+    let options = BlockOptions {
+        using: alias,
+        savepoint: true,
+        durable: false,
+    };
+    let (transaction, result) = match atomic::enter(&options, None) {
+        Ok(entered) => (Transaction::Begun(entered), Ok(())),
+        // Not begun: the next use tries again.
+        Err(error) => (Transaction::Pending, Err(error)),
+    };
+    SCOPE.with_borrow_mut(|scope| {
+        if let Some(request) = scope.aliases.iter_mut().find(|r| r.alias == alias) {
+            request.transaction = transaction;
+        }
+    });
+    result
+}
+
+/// Whether `alias`'s request transaction is due but not begun: the view already counts as
+/// inside an atomic block there (`in_atomic_block`, `get_rollback`).
+pub(crate) fn pending(alias: &str) -> bool {
+    ACTIVE.with(Cell::get)
+        && SCOPE.with_borrow(|scope| {
+            !scope.exempt.contains(&alias)
+                && scope.aliases.iter().any(|request| {
+                    request.alias == alias && matches!(request.transaction, Transaction::Pending)
+                })
+        })
+}
+
+/// `#[non_atomic_requests(using = alias)]`: runs `body` with `alias` exempt from the request's
+/// transaction (rule Q2).
+pub(crate) fn non_atomic<R>(alias: &'static str, body: impl FnOnce() -> R) -> R {
+    if !ACTIVE.with(Cell::get) {
+        return body();
+    }
+    SCOPE.with_borrow_mut(|scope| {
+        let begun = scope.aliases.iter().any(|request| {
+            request.alias == alias && !matches!(request.transaction, Transaction::Pending)
+        });
+        if begun {
+            tracing::warn!(
+                alias,
+                "#[non_atomic_requests]: the request already began its transaction on this \
+                 alias before the view ran, so the view runs inside it; exempt the function \
+                 that request() calls"
+            );
+        }
+        scope.exempt.push(alias);
+    });
+    // Popped also when the body panics.
+    struct Exempt;
+    impl Drop for Exempt {
+        fn drop(&mut self) {
+            SCOPE.with_borrow_mut(|scope| {
+                scope.exempt.pop();
+            });
+        }
+    }
+    let _exempt = Exempt;
+    body()
+}
