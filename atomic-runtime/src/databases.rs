@@ -66,7 +66,20 @@ impl Database {
         }
     }
 
-    /// Django's `ATOMIC_REQUESTS` for this alias (default off): see `request`.
+    /// Django's `ATOMIC_REQUESTS` for this alias (default off): inside
+    /// [`request`](crate::request), a view's work on this alias is one transaction.
+    ///
+    /// ```
+    /// # extern crate atomic_runtime as diesel_atomic;
+    /// # use diesel::r2d2::{ConnectionManager, Pool};
+    /// # use diesel::SqliteConnection;
+    /// use diesel_atomic::Database;
+    ///
+    /// # let pool = Pool::builder().max_size(1)
+    /// #     .build(ConnectionManager::<SqliteConnection>::new(":memory:")).unwrap();
+    /// let database = Database::new(pool).atomic_requests(true);
+    /// assert!(database.has_atomic_requests());
+    /// ```
     pub fn atomic_requests(mut self, on: bool) -> Database {
         self.atomic_requests = on;
         self
