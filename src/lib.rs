@@ -155,6 +155,13 @@ pub use atomic_macros::atomic;
 /// transaction of one alias (`"default"` unless `using = "alias"`). Stack the attribute to
 /// opt out on several aliases. The function may return anything.
 ///
+/// While the function runs inside [`request()`], the exempt alias is in autocommit mode:
+/// `in_atomic_block()` is false there, and the function's own `#[atomic]` blocks are outermost
+/// transactions that commit at their own end (`durable = true` is allowed). The request's
+/// transaction begins at the view's first use of an alias, so put the attribute on the function
+/// `request()` runs (or call it before anything else touches the alias); outside `request()`
+/// it does nothing.
+///
 /// An atomic block inside a non-atomic view is a separate `#[atomic]` function the view
 /// calls; both attributes on one function for the same alias are a compile error.
 ///
@@ -189,3 +196,6 @@ pub use atomic_macros::atomic;
 /// ```
 pub use atomic_macros::non_atomic_requests;
 pub use atomic_runtime::*;
+
+#[cfg(feature = "axum")]
+pub mod axum;
