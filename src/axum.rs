@@ -65,8 +65,8 @@
 //! - **The registry must be installed** with [`Databases::install`](crate::Databases::install).
 //!   A view runs on one of tokio's blocking threads, so a registry entered with
 //!   [`Databases::enter`](crate::Databases::enter) on the thread that calls `run_view` does not
-//!   reach it. The view runs on that one thread from start to end, as the request's
-//!   transactions (thread-local state) require.
+//!   reach it; or pass the registry along with [`run_view_in`]. The view runs on that one
+//!   thread from start to end, as the request's transactions (thread-local state) require.
 //! - **Do the database work inside the view, never in the async handler.** Outside the view a
 //!   query would block one of the runtime's workers, and it would run outside the request's
 //!   transaction, in autocommit mode. A view is synchronous, so it cannot hold the ambient
@@ -192,7 +192,53 @@ where
     T: Send + 'static,
     E: From<Error> + Send + 'static,
 {
-    match tokio::task::spawn_blocking(move || crate::request(view)).await {
+    run(None, view).await
+}
+
+/// [`run_view`] with a registry of its own instead of the installed one: for an app that
+/// keeps its [`Databases`](crate::Databases) in its state, or tests that run several services
+/// side by side. The registry is entered on the blocking thread for the view's duration.
+///
+/// ```
+/// use diesel::r2d2::{ConnectionManager, Pool};
+/// use diesel::SqliteConnection;
+/// use diesel_atomic::axum::run_view_in;
+/// use diesel_atomic::{transaction, Database, Databases, Error};
+///
+/// let pool = Pool::builder().max_size(1)
+///     .build(ConnectionManager::<SqliteConnection>::new(":memory:"))
+///     .unwrap();
+/// let databases = Databases::new().add("default", Database::new(pool).atomic_requests(true));
+/// # let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+/// let inside = runtime
+///     .block_on(run_view_in(&databases, || Ok::<_, Error>(transaction::in_atomic_block())))
+///     .unwrap();
+/// assert!(inside, "the view ran inside the request's transaction");
+/// ```
+pub async fn run_view_in<T, E>(
+    databases: &crate::Databases,
+    view: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, ViewError<E>>
+where
+    T: Send + 'static,
+    E: From<Error> + Send + 'static,
+{
+    run(Some(databases.clone()), view).await
+}
+
+async fn run<T, E>(
+    databases: Option<crate::Databases>,
+    view: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, ViewError<E>>
+where
+    T: Send + 'static,
+    E: From<Error> + Send + 'static,
+{
+    let blocking = move || {
+        let _registry = databases.as_ref().map(crate::Databases::enter);
+        crate::request(view)
+    };
+    match tokio::task::spawn_blocking(blocking).await {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(error)) => Err(ViewError::View(error)),
         Err(join_error) if join_error.is_panic() => {
