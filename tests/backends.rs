@@ -125,8 +125,41 @@ fn a_joined_block_that_failed_blocks_queries_on_every_backend<C: Backend>() {
     assert_pool_clean(&db.default);
 }
 
+/// X4 on PostgreSQL: a savepoint block whose body swallowed a database error cannot RELEASE
+/// (the transaction is aborted); it rolls back to its savepoint, returns the RELEASE error, and
+/// leaves the enclosing transaction usable and unmarked. Elsewhere the RELEASE just works.
+/// (Found by the model test in tests/model.rs.)
+fn a_savepoint_that_swallowed_an_error_fails_alone<C: Backend>() {
+    let db = setup::<C>();
+    transaction::atomic(|| {
+        insert_thing(1)?;
+        let inner = transaction::atomic(|| {
+            let duplicate = insert_thing(1);
+            assert!(matches!(duplicate, Err(TestError::Db(_))), "{duplicate:?}");
+            Ok::<_, TestError>(())
+        });
+        match C::KIND {
+            Kind::Postgres => assert!(
+                matches!(&inner, Err(TestError::Atomic(message)) if message.contains("aborted")),
+                "the RELEASE error: {inner:?}"
+            ),
+            Kind::Sqlite | Kind::Mysql => assert_eq!(inner, Ok(())),
+        }
+        assert!(
+            !transaction::get_rollback()?,
+            "the outer block is not marked"
+        );
+        insert_thing(2)?;
+        Ok::<_, TestError>(())
+    })
+    .unwrap();
+    assert_eq!(db.things("default"), [1, 2]);
+    assert_pool_clean(&db.default);
+}
+
 backend_tests!(
     a_failed_statement_aborts_the_transaction_on_postgresql_only,
+    a_savepoint_that_swallowed_an_error_fails_alone,
     an_atomic_block_around_the_failing_statement_keeps_the_transaction_usable,
     a_joined_block_that_failed_blocks_queries_on_every_backend,
 );

@@ -563,11 +563,40 @@ fn release_savepoint(
         }
         Err(error) => {
             tracing::error!(alias, %error, "RELEASE SAVEPOINT failed");
-            // diesel leaves its depth alone when a plain RELEASE fails, but rolls back itself
-            // when the backend flagged the transaction (PostgreSQL); only roll back if needed.
-            let still_inside = conn.depth().is_ok_and(|depth| depth > depth_before);
-            let recovered = still_inside && rollback_savepoint(alias, conn, depth_before);
+            // X4: ROLLBACK TO + RELEASE. diesel leaves its depth alone when a plain RELEASE
+            // fails, but when the backend flagged the transaction (PostgreSQL after an error)
+            // it has already rolled back to the savepoint itself: then only RELEASE is left.
+            let recovered = match conn.depth() {
+                Ok(depth) if depth > depth_before => rollback_savepoint(alias, conn, depth_before),
+                Ok(depth) if depth == depth_before => {
+                    release_after_diesels_rollback(alias, conn, depth_before)
+                }
+                // diesel's manager broke (or the depth is not ours): the transaction is lost.
+                _ => false,
+            };
             (Some(error), !recovered)
+        }
+    }
+}
+
+/// The RELEASE half of X4 after diesel rolled back to the savepoint itself.
+fn release_after_diesels_rollback(
+    alias: &str,
+    conn: &mut dyn TxConnection,
+    depth_before: u32,
+) -> bool {
+    match release_rolled_back_savepoint(conn, depth_before) {
+        Ok(()) => {
+            tracing::trace!(
+                alias,
+                depth = depth_before + 1,
+                "ROLLBACK TO SAVEPOINT (by diesel)"
+            );
+            true
+        }
+        Err(error) => {
+            tracing::error!(alias, %error, "RELEASE SAVEPOINT after diesel's ROLLBACK TO failed; marking the transaction for rollback");
+            false
         }
     }
 }
