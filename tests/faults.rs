@@ -107,37 +107,10 @@ fn failed_commit_in_ambient_mode_returns_the_error_and_the_pool_stays_clean<C: B
 mod deferred_constraints {
     use super::*;
 
-    #[test]
-    fn sqlite_failed_commit_in_explicit_mode() {
-        run::<SqliteConnection>(
-            failed_commit_in_explicit_mode_returns_the_error_and_commits_nothing::<SqliteConnection>,
-        );
-    }
-
-    #[test]
-    fn sqlite_failed_commit_in_ambient_mode() {
-        run::<SqliteConnection>(
-            failed_commit_in_ambient_mode_returns_the_error_and_the_pool_stays_clean::<
-                SqliteConnection,
-            >,
-        );
-    }
-
-    #[cfg(feature = "postgres")]
-    #[test]
-    fn postgres_failed_commit_in_explicit_mode() {
-        run::<PgConnection>(
-            failed_commit_in_explicit_mode_returns_the_error_and_commits_nothing::<PgConnection>,
-        );
-    }
-
-    #[cfg(feature = "postgres")]
-    #[test]
-    fn postgres_failed_commit_in_ambient_mode() {
-        run::<PgConnection>(
-            failed_commit_in_ambient_mode_returns_the_error_and_the_pool_stays_clean::<PgConnection>,
-        );
-    }
+    backend_tests!(on [sqlite, postgres]:
+        failed_commit_in_explicit_mode_returns_the_error_and_commits_nothing,
+        failed_commit_in_ambient_mode_returns_the_error_and_the_pool_stays_clean,
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -520,7 +493,7 @@ mod server {
         assert_eq!(db.reporters("default"), ["Calculus"]);
     }
 
-    server_tests!(
+    backend_tests!(on [postgres, mysql]:
         killed_connection_mid_block_fails_the_block_and_the_next_block_gets_a_fresh_one,
         killed_connection_in_explicit_mode_is_discarded_by_the_pool,
         connection_killed_before_commit_fails_the_commit,

@@ -320,20 +320,7 @@ fn a_failed_commit_rolls_back_the_aliases_after_it<C: Backend>() {
 mod deferred_constraints {
     use super::*;
 
-    #[test]
-    fn sqlite_a_failed_commit_rolls_back_the_aliases_after_it() {
-        run::<diesel::SqliteConnection>(
-            a_failed_commit_rolls_back_the_aliases_after_it::<diesel::SqliteConnection>,
-        );
-    }
-
-    #[cfg(feature = "postgres")]
-    #[test]
-    fn postgres_a_failed_commit_rolls_back_the_aliases_after_it() {
-        run::<diesel::PgConnection>(
-            a_failed_commit_rolls_back_the_aliases_after_it::<diesel::PgConnection>,
-        );
-    }
+    backend_tests!(on [sqlite, postgres]: a_failed_commit_rolls_back_the_aliases_after_it);
 }
 
 /// The request's transaction runs on the alias's pooled connection; a block on a connection

@@ -39,49 +39,41 @@ diesel::table! {
     }
 }
 
-/// Instantiates generic test bodies `fn name<C: Backend>()` once per backend.
+/// Instantiates generic test bodies `fn name<C: Backend>()` once per backend, as modules
+/// `sqlite`, `postgres` and `mysql`: `backend_tests!(a, b)` on all three, or
+/// `backend_tests!(on [postgres, mysql]: a, b)` on the ones listed (for a test that needs what
+/// only those backends have, such as a server session to kill).
 #[macro_export]
 macro_rules! backend_tests {
-    ($($test:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[test]
-            fn $test() {
-                $crate::common::run::<diesel::SqliteConnection>(super::$test::<diesel::SqliteConnection>);
-            })*
-        }
-        #[cfg(feature = "postgres")]
-        mod postgres {
-            $(#[test]
-            fn $test() {
-                $crate::common::run::<diesel::PgConnection>(super::$test::<diesel::PgConnection>);
-            })*
-        }
-        #[cfg(feature = "mysql")]
-        mod mysql {
-            $(#[test]
-            fn $test() {
-                $crate::common::run::<diesel::MysqlConnection>(super::$test::<diesel::MysqlConnection>);
-            })*
-        }
+    (on [$($backend:ident),* $(,)?]: $($test:ident),* $(,)?) => {
+        $crate::backend_tests!(@each [$($backend),*] [$($test),*]);
     };
-}
-
-/// Like [`backend_tests!`], for tests that need a server (PostgreSQL and MariaDB only).
-#[macro_export]
-macro_rules! server_tests {
+    // One backend at a time: the test list is carried as one token tree, because it cannot
+    // repeat inside the repetition over the backends.
+    (@each [] $tests:tt) => {};
+    (@each [$backend:ident $(, $rest:ident)*] $tests:tt) => {
+        $crate::backend_tests!(@module $backend $tests);
+        $crate::backend_tests!(@each [$($rest),*] $tests);
+    };
     ($($test:ident),* $(,)?) => {
+        $crate::backend_tests!(on [sqlite, postgres, mysql]: $($test),*);
+    };
+    (@module sqlite [$($test:ident),*]) => {
+        $crate::backend_tests!(@tests sqlite, diesel::SqliteConnection, [$($test),*]);
+    };
+    (@module postgres [$($test:ident),*]) => {
         #[cfg(feature = "postgres")]
-        mod postgres {
-            $(#[test]
-            fn $test() {
-                $crate::common::run::<diesel::PgConnection>(super::$test::<diesel::PgConnection>);
-            })*
-        }
+        $crate::backend_tests!(@tests postgres, diesel::PgConnection, [$($test),*]);
+    };
+    (@module mysql [$($test:ident),*]) => {
         #[cfg(feature = "mysql")]
-        mod mysql {
+        $crate::backend_tests!(@tests mysql, diesel::MysqlConnection, [$($test),*]);
+    };
+    (@tests $module:ident, $conn:ty, [$($test:ident),*]) => {
+        mod $module {
             $(#[test]
             fn $test() {
-                $crate::common::run::<diesel::MysqlConnection>(super::$test::<diesel::MysqlConnection>);
+                $crate::common::run::<$conn>(super::$test::<$conn>);
             })*
         }
     };
