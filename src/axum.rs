@@ -259,6 +259,17 @@ where
 /// As a response: `View(e)` is `e`'s response, `Panicked` is `500 Internal Server Error` and
 /// `Cancelled` is `503 Service Unavailable`, each with a short plain-text body that reveals
 /// nothing of the panic.
+///
+/// ```
+/// use axum::http::StatusCode;
+/// use axum::response::IntoResponse;
+/// use diesel_atomic::axum::ViewError;
+///
+/// let panicked: ViewError<StatusCode> = ViewError::Panicked { message: "boom".into() };
+/// assert_eq!(panicked.into_response().status(), StatusCode::INTERNAL_SERVER_ERROR);
+/// let refused = ViewError::View(StatusCode::CONFLICT);
+/// assert_eq!(refused.into_response().status(), StatusCode::CONFLICT);
+/// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum ViewError<E> {
