@@ -82,7 +82,12 @@ fn generate_atomic(args: &AtomicArgs, function: ItemFn, source: ConnectionSource
     let durable = args.durable.as_ref().is_some_and(|flag| flag.value);
     let body = body_with_fake_return(&sig, block);
     let options = quote_spanned! {span=>
-        &#krate::__private::Options { using: #using, savepoint: #savepoint, durable: #durable }
+        &#krate::__private::Options {
+            using: #using,
+            savepoint: #savepoint,
+            durable: #durable,
+            begin: #krate::__private::BeginOptions::DEFAULT,
+        }
     };
     let call = match source {
         ConnectionSource::Ambient => quote_spanned! {span=>

@@ -3,7 +3,9 @@
 use diesel::Connection;
 
 pub use crate::atomic::BlockOptions as Options;
+pub use crate::begin::BeginOptions;
 use crate::error::Error;
+use crate::retry::{AsDieselError, RetryPolicy};
 
 /// `#[atomic]` in ambient mode.
 #[inline]
@@ -26,6 +28,34 @@ where
     E: From<Error>,
 {
     crate::atomic::run_explicit(options, conn, body)
+}
+
+/// `#[atomic(durable = true, retry = n)]` in ambient mode.
+#[inline]
+pub fn run_ambient_retry<T, E>(
+    options: &Options<'_>,
+    policy: RetryPolicy,
+    body: impl FnMut() -> Result<T, E>,
+) -> Result<T, E>
+where
+    E: From<Error> + AsDieselError,
+{
+    crate::retry::run_ambient(options, policy, body)
+}
+
+/// `#[atomic(durable = true, retry = n)]` in explicit mode.
+#[inline]
+pub fn run_explicit_retry<C, T, E>(
+    options: &Options<'_>,
+    policy: RetryPolicy,
+    conn: &mut C,
+    body: impl FnMut(&mut C) -> Result<T, E>,
+) -> Result<T, E>
+where
+    C: Connection,
+    E: From<Error> + AsDieselError,
+{
+    crate::retry::run_explicit(options, policy, conn, body)
 }
 
 /// `#[non_atomic_requests(using = alias)]`: the body runs exempt from the per-request

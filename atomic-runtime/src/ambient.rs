@@ -3,6 +3,7 @@
 use diesel::Connection;
 
 use crate::atomic::{self, BlockOptions};
+use crate::begin::BeginOptions;
 use crate::connection::PooledConn;
 use crate::databases::{self, DEFAULT_DB_ALIAS};
 use crate::error::Error;
@@ -115,6 +116,7 @@ impl Db<'_> {
             using: self.alias,
             savepoint: true,
             durable: false,
+            begin: BeginOptions::DEFAULT,
         };
         atomic::run_ambient(&options, f)
     }

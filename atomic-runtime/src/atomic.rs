@@ -8,6 +8,7 @@ use std::panic::{self, AssertUnwindSafe};
 
 use diesel::Connection;
 
+use crate::begin::BeginOptions;
 use crate::connection::{PooledConn, TxConnection, release_rolled_back_savepoint};
 use crate::databases;
 use crate::error::Error;
@@ -24,6 +25,8 @@ pub struct BlockOptions<'a> {
     pub savepoint: bool,
     /// The block must be outermost.
     pub durable: bool,
+    /// Isolation, read-only and lock mode for the BEGIN of an outermost block.
+    pub begin: BeginOptions,
 }
 
 /// Runs `body` as a block on the alias's ambient connection.
@@ -56,12 +59,12 @@ where
     finish(options.using, outcome, exit)
 }
 
-fn succeeded<T, E>(outcome: &std::thread::Result<Result<T, E>>) -> bool {
+pub(crate) fn succeeded<T, E>(outcome: &std::thread::Result<Result<T, E>>) -> bool {
     matches!(outcome, Ok(Ok(_)))
 }
 
 /// Turns the body's outcome and the exit's result into what the block returns.
-fn finish<T, E: From<Error>>(
+pub(crate) fn finish<T, E: From<Error>>(
     alias: &str,
     outcome: std::thread::Result<Result<T, E>>,
     exit: Exit,
@@ -97,8 +100,9 @@ pub(crate) struct Entered {
 enum EnterPlan {
     /// Begin a transaction on a connection checked out of the alias's pool.
     CheckOut,
-    /// The block is pushed; begin its transaction or savepoint on the caller's connection.
-    BeginExplicit(Entered),
+    /// The block is pushed; begin its transaction or savepoint on the caller's connection
+    /// (with the block's begin options when it begins the transaction).
+    BeginExplicit(Entered, bool),
     /// Create a savepoint on the ambient block's connection, carried out of the state.
     AmbientSavepoint(Box<dyn PooledConn>),
     /// Already pushed (a merged block needs no SQL).
@@ -143,6 +147,7 @@ pub(crate) fn enter(
                     if options.durable && conn.foreign == Foreign::User {
                         return Err(durable_nested(alias));
                     }
+                    let apply_begin = applies_begin(options, conn.foreign)?;
                     let restore_lent = match slot {
                         Slot::Lent { address } => Some(*address),
                         _ => None,
@@ -153,7 +158,7 @@ pub(crate) fn enter(
                     st.block_connection = conn.address;
                     let entered =
                         push_outermost(st, false, true, restore_lent, conn.depth, conn.foreign);
-                    Ok(EnterPlan::BeginExplicit(entered))
+                    Ok(EnterPlan::BeginExplicit(entered, apply_begin))
                 }
                 (None, Slot::Empty) => Ok(EnterPlan::CheckOut),
                 (None, Slot::Explicit { .. }) => Err(Error::AliasBoundToExplicitConnection {
@@ -163,6 +168,9 @@ pub(crate) fn enter(
                     alias: alias.to_owned(),
                 }),
             };
+        }
+        if !options.begin.is_default() && st.refuses_durable() {
+            return Err(begin_nested(alias, &options.begin));
         }
         match (&explicit_connection, &st.slot) {
             (Some(conn), _) if conn.address != st.block_connection => Err(Error::AliasInUse {
@@ -179,10 +187,10 @@ pub(crate) fn enter(
             }
             (Some(conn), _) => {
                 let depth_before = conn.depth;
-                Ok(EnterPlan::BeginExplicit(push(
-                    st,
-                    BlockKind::Savepoint { depth_before },
-                )))
+                Ok(EnterPlan::BeginExplicit(
+                    push(st, BlockKind::Savepoint { depth_before }),
+                    false,
+                ))
             }
             (None, _) => Ok(EnterPlan::AmbientSavepoint(take_held(st))),
         }
@@ -190,16 +198,21 @@ pub(crate) fn enter(
 
     match plan {
         EnterPlan::Done(entered) => Ok(entered),
-        EnterPlan::BeginExplicit(entered) => {
+        EnterPlan::BeginExplicit(entered, apply_begin) => {
             let conn = explicit.expect("explicit plans come with a connection");
-            match conn.begin() {
+            let begun = if apply_begin {
+                conn.begin_with(alias, &options.begin)
+            } else {
+                conn.begin().map_err(Error::from)
+            };
+            match begun {
                 Ok(()) => {
                     trace_begin(alias, &explicit_connection);
                     Ok(entered)
                 }
                 Err(error) => {
                     unpush(alias, entered);
-                    Err(error.into())
+                    Err(error)
                 }
             }
         }
@@ -210,7 +223,11 @@ pub(crate) fn enter(
             if options.durable && foreign == Foreign::User {
                 return Err(durable_nested(alias));
             }
-            conn.begin()?;
+            if applies_begin(options, foreign)? {
+                conn.begin_with(alias, &options.begin)?;
+            } else {
+                conn.begin()?;
+            }
             tracing::debug!(alias, depth = depth_before + 1, "BEGIN");
             let address = pooled.inner_address();
             Ok(state::with(alias, |st| {
@@ -242,6 +259,34 @@ fn trace_begin(alias: &str, conn: &Option<ExplicitConnection>) {
         depth,
         "BEGIN (depth 1) or SAVEPOINT on the caller's connection"
     );
+}
+
+/// Whether an outermost block's BEGIN carries its begin options: not inside a test
+/// transaction (whose BEGIN already ran; the options are ignored there, as `durable` is),
+/// and an error inside the caller's own `conn.transaction(..)`.
+fn applies_begin(options: &BlockOptions<'_>, foreign: Foreign) -> Result<bool, Error> {
+    if options.begin.is_default() {
+        return Ok(false);
+    }
+    match foreign {
+        Foreign::None => Ok(true),
+        Foreign::Test => {
+            tracing::debug!(
+                alias = options.using,
+                options = %options.begin.describe(),
+                "begin options ignored inside a test transaction"
+            );
+            Ok(false)
+        }
+        Foreign::User => Err(begin_nested(options.using, &options.begin)),
+    }
+}
+
+fn begin_nested(alias: &str, begin: &BeginOptions) -> Error {
+    Error::TransactionManagement(format!(
+        "alias '{alias}': {} can only be set by the block that begins the transaction, and          this block is nested in an open transaction (another atomic block, request()'s          transaction or the caller's conn.transaction); make it the outermost block and mark          it `durable = true` so that is checked",
+        begin.describe()
+    ))
 }
 
 fn durable_nested(alias: &str) -> Error {

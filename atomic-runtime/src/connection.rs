@@ -12,12 +12,17 @@ use diesel::connection::{Connection, TransactionManager, TransactionManagerStatu
 use diesel::r2d2::{ConnectionManager, PooledConnection, R2D2Connection};
 use diesel::result::QueryResult;
 
+use crate::begin::{self, BeginOptions};
+use crate::error::Error;
+
 /// What the block engine does with a connection, object-safe.
 pub(crate) trait TxConnection {
     /// diesel's transaction depth (0 = no transaction); `Err` when diesel's manager is broken.
     fn depth(&mut self) -> QueryResult<u32>;
     /// BEGIN at depth 0, SAVEPOINT otherwise.
     fn begin(&mut self) -> QueryResult<()>;
+    /// BEGIN at depth 0 with an isolation level, read-only or SQLite lock mode.
+    fn begin_with(&mut self, alias: &str, options: &BeginOptions) -> Result<(), Error>;
     /// COMMIT at depth 1, RELEASE SAVEPOINT otherwise.
     fn commit(&mut self) -> QueryResult<()>;
     /// ROLLBACK at depth 1, ROLLBACK TO SAVEPOINT otherwise.
@@ -38,6 +43,10 @@ impl<C: Connection> TxConnection for C {
 
     fn begin(&mut self) -> QueryResult<()> {
         C::TransactionManager::begin_transaction(self)
+    }
+
+    fn begin_with(&mut self, alias: &str, options: &BeginOptions) -> Result<(), Error> {
+        begin::begin_with(self, alias, options)
     }
 
     fn commit(&mut self) -> QueryResult<()> {

@@ -6,11 +6,13 @@
 
 mod ambient;
 mod atomic;
+mod begin;
 mod connection;
 mod databases;
 mod error;
 mod hooks;
 mod request;
+mod retry;
 mod savepoint;
 mod state;
 pub mod testing;
@@ -20,7 +22,9 @@ pub mod transaction;
 pub mod __private;
 
 pub use ambient::{Db, connection, db};
+pub use begin::{BeginMode, Isolation};
 pub use databases::{DEFAULT_DB_ALIAS, Database, Databases, DatabasesGuard};
 pub use error::Error;
 pub use request::request;
+pub use retry::{AsDieselError, RetryPolicy};
 pub use savepoint::SavepointId;

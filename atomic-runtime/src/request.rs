@@ -12,6 +12,7 @@ use std::cell::{Cell, RefCell};
 use std::panic::{self, AssertUnwindSafe};
 
 use crate::atomic::{self, BlockOptions, Entered};
+use crate::begin::BeginOptions;
 use crate::databases;
 use crate::error::Error;
 use crate::hooks;
@@ -215,6 +216,7 @@ fn begin_if_due(alias: &str) -> Result<(), Error> {
         using: alias,
         savepoint: true,
         durable: false,
+        begin: BeginOptions::DEFAULT,
     };
     let (transaction, result) = match atomic::enter(&options, None) {
         Ok(entered) => (Transaction::Begun(entered), Ok(())),

@@ -21,8 +21,10 @@ use diesel::Connection;
 
 use crate::ambient::db;
 use crate::atomic::{self, BlockOptions};
+use crate::begin::{BeginMode, BeginOptions, Isolation};
 use crate::databases::DEFAULT_DB_ALIAS;
 use crate::error::Error;
+use crate::retry::{self, AsDieselError, RetryPolicy};
 use crate::savepoint::SavepointId;
 
 /// Runs `f` as an atomic block on the default alias: all of it commits, or none of it.
@@ -47,8 +49,8 @@ pub fn atomic<T, E: From<Error>>(f: impl FnOnce() -> Result<T, E>) -> Result<T, 
     db(DEFAULT_DB_ALIAS).atomic(f)
 }
 
-/// The builder form of `#[atomic(...)]`: holds only `using`, `savepoint` and `durable`, and
-/// can be reused and nested (rule S2).
+/// The builder form of `#[atomic(...)]`: holds the block's options only, so it can be reused
+/// and nested (rule S2).
 ///
 /// ```
 /// # extern crate atomic_runtime as diesel_atomic;
@@ -66,6 +68,7 @@ pub struct Atomic {
     using: String,
     savepoint: bool,
     durable: bool,
+    begin: BeginOptions,
 }
 
 impl Default for Atomic {
@@ -81,6 +84,7 @@ impl Atomic {
             using: DEFAULT_DB_ALIAS.to_owned(),
             savepoint: true,
             durable: false,
+            begin: BeginOptions::DEFAULT,
         }
     }
 
@@ -103,11 +107,77 @@ impl Atomic {
         self
     }
 
+    /// The isolation level the block's transaction begins with (PostgreSQL and MySQL/MariaDB;
+    /// SQLite only has `Serializable`). Only the block that begins the transaction may set it:
+    /// on a nested block it is `Error::TransactionManagement`, so pair it with `durable(true)`.
+    ///
+    /// ```
+    /// # extern crate atomic_runtime as diesel_atomic;
+    /// use diesel_atomic::{transaction::Atomic, Isolation};
+    /// let block = Atomic::new().durable(true).isolation(Isolation::RepeatableRead);
+    /// # drop(block);
+    /// ```
+    pub fn isolation(mut self, level: Isolation) -> Atomic {
+        self.begin.isolation = Some(level);
+        self
+    }
+
+    /// Begins the transaction `READ ONLY` (PostgreSQL and MySQL/MariaDB): writes fail with
+    /// diesel's `ReadOnlyTransaction` error. Outermost blocks only, as [`Atomic::isolation`].
+    ///
+    /// ```
+    /// # extern crate atomic_runtime as diesel_atomic;
+    /// let block = diesel_atomic::transaction::Atomic::new().durable(true).read_only(true);
+    /// # drop(block);
+    /// ```
+    pub fn read_only(mut self, on: bool) -> Atomic {
+        self.begin.read_only = on;
+        self
+    }
+
+    /// SQLite's lock mode at BEGIN (an error on other backends). Outermost blocks only, as
+    /// [`Atomic::isolation`].
+    ///
+    /// ```
+    /// # extern crate atomic_runtime as diesel_atomic;
+    /// use diesel_atomic::{transaction::Atomic, BeginMode};
+    /// let block = Atomic::new().begin(BeginMode::Immediate);
+    /// # drop(block);
+    /// ```
+    pub fn begin(mut self, mode: BeginMode) -> Atomic {
+        self.begin.mode = Some(mode);
+        self
+    }
+
+    /// Reruns the whole block after a serialization failure, deadlock or `SQLITE_BUSY`, per
+    /// `policy`. A retried block is outermost by definition, so this also sets `durable`.
+    /// The closure runs once per attempt: side effects outside the database belong in
+    /// `on_commit`, which runs once, after the attempt that committed.
+    ///
+    /// ```
+    /// # extern crate atomic_runtime as diesel_atomic;
+    /// use diesel::{Connection, SqliteConnection};
+    /// use diesel::connection::SimpleConnection;
+    /// use diesel_atomic::{transaction::Atomic, RetryPolicy};
+    ///
+    /// let mut conn = SqliteConnection::establish(":memory:").unwrap();
+    /// let block = Atomic::new().retry(RetryPolicy::new(5));
+    /// block.run_on(&mut conn, |conn| conn.batch_execute("CREATE TABLE t (id INTEGER)"))?;
+    /// # Ok::<(), diesel::result::Error>(())
+    /// ```
+    pub fn retry(self, policy: RetryPolicy) -> Retrying {
+        Retrying {
+            block: self.durable(true),
+            policy,
+        }
+    }
+
     fn options(&self) -> BlockOptions<'_> {
         BlockOptions {
             using: &self.using,
             savepoint: self.savepoint,
             durable: self.durable,
+            begin: self.begin,
         }
     }
 
@@ -217,4 +287,52 @@ pub fn savepoint_commit(id: SavepointId) -> Result<(), Error> {
 /// ```
 pub fn savepoint_rollback(id: SavepointId) -> Result<(), Error> {
     db(DEFAULT_DB_ALIAS).savepoint_rollback(id)
+}
+
+/// A durable [`Atomic`] block that is rerun after transient failures: see [`Atomic::retry`].
+///
+/// ```
+/// # extern crate atomic_runtime as diesel_atomic;
+/// # use diesel::r2d2::{ConnectionManager, Pool};
+/// # use diesel::SqliteConnection;
+/// use diesel_atomic::{transaction::Atomic, Database, Databases, Error, RetryPolicy};
+///
+/// # let pool = Pool::builder().max_size(1)
+/// #     .build(ConnectionManager::<SqliteConnection>::new(":memory:")).unwrap();
+/// let _registry = Databases::new().add("default", Database::new(pool)).enter();
+/// let mut attempts = 0;
+/// Atomic::new().retry(RetryPolicy::new(3)).run(|| {
+///     attempts += 1;
+///     Ok::<_, Error>(())
+/// })?;
+/// assert_eq!(attempts, 1);
+/// # Ok::<(), Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Retrying {
+    block: Atomic,
+    policy: RetryPolicy,
+}
+
+impl Retrying {
+    /// Runs `f` as a block on the alias's ambient connection, once per attempt.
+    pub fn run<T, E>(&self, f: impl FnMut() -> Result<T, E>) -> Result<T, E>
+    where
+        E: From<Error> + AsDieselError,
+    {
+        retry::run_ambient(&self.block.options(), self.policy, f)
+    }
+
+    /// Runs `f` as a block on `conn` (explicit mode), once per attempt.
+    pub fn run_on<C, T, E>(
+        &self,
+        conn: &mut C,
+        f: impl FnMut(&mut C) -> Result<T, E>,
+    ) -> Result<T, E>
+    where
+        C: Connection,
+        E: From<Error> + AsDieselError,
+    {
+        retry::run_explicit(&self.block.options(), self.policy, conn, f)
+    }
 }

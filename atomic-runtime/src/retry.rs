@@ -1,0 +1,362 @@
+//! Rerunning a whole durable block after a transient failure: a serialization failure
+//! (SQLSTATE 40001), a deadlock (PostgreSQL 40P01, MySQL/MariaDB 1213) or `SQLITE_BUSY`.
+//!
+//! Only the outermost block is retried: after such a failure the database has rolled the
+//! transaction back (or will at our ROLLBACK), so rerunning an inner block would run it in a
+//! transaction that is already lost. A COMMIT whose outcome is unknown (the connection broke
+//! during it, SQLSTATE 40003) is never retried: it may have committed.
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::panic::{self, AssertUnwindSafe};
+use std::time::Duration;
+
+use diesel::Connection;
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+
+use crate::atomic::{self, BlockOptions};
+use crate::error::Error;
+
+/// How often and how patiently a durable block is rerun after a transient failure.
+///
+/// `RetryPolicy::new(5)` reruns the block up to 5 more times (6 attempts in all), waiting
+/// between attempts with capped exponential backoff and jitter: before retry `n` (from 1) a
+/// random time between half and all of `min(cap, base · 2ⁿ⁻¹)`. The defaults are a 2 ms base
+/// and a 200 ms cap.
+///
+/// ```
+/// # extern crate atomic_runtime as diesel_atomic;
+/// use std::time::Duration;
+/// use diesel_atomic::RetryPolicy;
+///
+/// let policy = RetryPolicy::new(5).backoff(Duration::from_millis(1), Duration::from_millis(50));
+/// assert_eq!(policy.retries(), 5);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    retries: u32,
+    base: Duration,
+    cap: Duration,
+}
+
+impl RetryPolicy {
+    /// Up to `retries` reruns, with the default backoff.
+    ///
+    /// ```
+    /// # extern crate atomic_runtime as diesel_atomic;
+    /// assert_eq!(diesel_atomic::RetryPolicy::new(3).retries(), 3);
+    /// ```
+    pub const fn new(retries: u32) -> RetryPolicy {
+        RetryPolicy {
+            retries,
+            base: Duration::from_millis(2),
+            cap: Duration::from_millis(200),
+        }
+    }
+
+    /// The backoff before the first retry (`base`, doubled before each further one) and its
+    /// ceiling (`cap`).
+    ///
+    /// ```
+    /// # extern crate atomic_runtime as diesel_atomic;
+    /// use std::time::Duration;
+    /// let policy = diesel_atomic::RetryPolicy::new(3).backoff(Duration::ZERO, Duration::ZERO);
+    /// # drop(policy);
+    /// ```
+    pub const fn backoff(mut self, base: Duration, cap: Duration) -> RetryPolicy {
+        self.base = base;
+        self.cap = cap;
+        self
+    }
+
+    /// How many reruns the policy allows.
+    ///
+    /// ```
+    /// # extern crate atomic_runtime as diesel_atomic;
+    /// assert_eq!(diesel_atomic::RetryPolicy::new(0).retries(), 0);
+    /// ```
+    pub const fn retries(&self) -> u32 {
+        self.retries
+    }
+
+    /// The wait before retry number `retry` (1 for the first).
+    fn delay(&self, retry: u32, jitter: &mut Jitter) -> Duration {
+        let doubled = self.base.saturating_mul(
+            1u32.checked_shl(retry.saturating_sub(1))
+                .unwrap_or(u32::MAX),
+        );
+        let ceiling = doubled.min(self.cap);
+        let half = ceiling / 2;
+        half + half.mul_f64(jitter.next_unit())
+    }
+}
+
+/// What the retry loop reads from a block's error type: the diesel error inside, if any.
+///
+/// Implemented for [`diesel::result::Error`] and [`crate::Error`]. An application error type
+/// used with `retry` implements it by handing out the diesel error it wraps:
+///
+/// ```
+/// # extern crate atomic_runtime as diesel_atomic;
+/// use diesel_atomic::AsDieselError;
+///
+/// enum AppError {
+///     Db(diesel::result::Error),
+///     Runtime(diesel_atomic::Error),
+///     NotFound,
+/// }
+///
+/// impl AsDieselError for AppError {
+///     fn as_diesel_error(&self) -> Option<&diesel::result::Error> {
+///         match self {
+///             AppError::Db(error) => Some(error),
+///             AppError::Runtime(error) => error.as_diesel_error(),
+///             AppError::NotFound => None,
+///         }
+///     }
+/// }
+/// ```
+pub trait AsDieselError {
+    /// The diesel error this error carries, if any.
+    fn as_diesel_error(&self) -> Option<&DieselError>;
+}
+
+impl AsDieselError for DieselError {
+    fn as_diesel_error(&self) -> Option<&DieselError> {
+        Some(self)
+    }
+}
+
+impl AsDieselError for Error {
+    fn as_diesel_error(&self) -> Option<&DieselError> {
+        match self {
+            Error::Database(error) => Some(error),
+            _ => None,
+        }
+    }
+}
+
+/// A failure worth rerunning the transaction for, named as the database names it.
+pub(crate) fn transient_code(error: &DieselError) -> Option<&'static str> {
+    let DieselError::DatabaseError(kind, info) = error else {
+        return None;
+    };
+    let message = info.message();
+    match kind {
+        // diesel maps MySQL's 1213 (deadlock) to SerializationFailure too.
+        DatabaseErrorKind::SerializationFailure if message.starts_with("Deadlock found") => {
+            Some("1213")
+        }
+        DatabaseErrorKind::SerializationFailure => Some("40001"),
+        // diesel reports PostgreSQL's 40P01 and SQLite's SQLITE_BUSY as Unknown; their
+        // messages are fixed by the servers (PostgreSQL's with lc_messages in English).
+        DatabaseErrorKind::Unknown if message.starts_with("deadlock detected") => Some("40P01"),
+        DatabaseErrorKind::Unknown
+            if message == "database is locked" || message == "database table is locked" =>
+        {
+            Some("SQLITE_BUSY")
+        }
+        _ => None,
+    }
+}
+
+/// Why an attempt failed, when that is worth another attempt.
+fn retry_reason<T, E: AsDieselError>(
+    outcome: &std::thread::Result<Result<T, E>>,
+    exit_error: Option<&Error>,
+) -> Option<&'static str> {
+    match outcome {
+        // Panics are never retried.
+        Err(_) => None,
+        Ok(Err(error)) => error.as_diesel_error().and_then(transient_code),
+        // COMMIT failed: retried only when the database says it rolled back (a serialization
+        // failure at COMMIT, SQLite busy); a broken connection (outcome unknown) never is.
+        Ok(Ok(_)) => exit_error
+            .and_then(AsDieselError::as_diesel_error)
+            .and_then(transient_code),
+    }
+}
+
+/// Runs a durable block on the alias's ambient connection, rerunning it per `policy`.
+pub(crate) fn run_ambient<T, E>(
+    options: &BlockOptions<'_>,
+    policy: RetryPolicy,
+    mut body: impl FnMut() -> Result<T, E>,
+) -> Result<T, E>
+where
+    E: From<Error> + AsDieselError,
+{
+    attempts(options, policy, |options| {
+        let entered = atomic::enter(options, None)?;
+        let outcome = panic::catch_unwind(AssertUnwindSafe(&mut body));
+        let exit = atomic::leave(options.using, entered, None, atomic::succeeded(&outcome));
+        Ok((outcome, exit))
+    })
+}
+
+/// Runs a durable block on `conn`, rerunning it per `policy`.
+pub(crate) fn run_explicit<C, T, E>(
+    options: &BlockOptions<'_>,
+    policy: RetryPolicy,
+    conn: &mut C,
+    mut body: impl FnMut(&mut C) -> Result<T, E>,
+) -> Result<T, E>
+where
+    C: Connection,
+    E: From<Error> + AsDieselError,
+{
+    attempts(options, policy, |options| {
+        let entered = atomic::enter(options, Some(&mut *conn))?;
+        let outcome = panic::catch_unwind(AssertUnwindSafe(|| body(&mut *conn)));
+        let exit = atomic::leave(
+            options.using,
+            entered,
+            Some(&mut *conn),
+            atomic::succeeded(&outcome),
+        );
+        Ok((outcome, exit))
+    })
+}
+
+type Attempt<T, E> = Result<(std::thread::Result<Result<T, E>>, atomic::Exit), Error>;
+
+/// The retry loop around one attempt (enter, body, leave).
+fn attempts<T, E>(
+    options: &BlockOptions<'_>,
+    policy: RetryPolicy,
+    mut attempt: impl FnMut(&BlockOptions<'_>) -> Attempt<T, E>,
+) -> Result<T, E>
+where
+    E: From<Error> + AsDieselError,
+{
+    let alias = options.using;
+    if !options.durable {
+        return Err(Error::TransactionManagement(format!(
+            "alias '{alias}': `retry` reruns the whole transaction, so the block must be \
+             outermost: add `durable = true`"
+        ))
+        .into());
+    }
+    let mut jitter = Jitter::new();
+    let mut retry = 0;
+    loop {
+        let reason = match attempt(options) {
+            // BEGIN failed (SQLite's BEGIN IMMEDIATE busy, say): nothing ran yet.
+            Err(error) => match error.as_diesel_error().and_then(transient_code) {
+                Some(code) if retry < policy.retries => code,
+                _ => return Err(error.into()),
+            },
+            Ok((outcome, exit)) => match retry_reason(&outcome, exit.error.as_ref()) {
+                Some(code) if retry < policy.retries => code,
+                Some(code) => {
+                    tracing::warn!(
+                        alias,
+                        attempts = retry + 1,
+                        sqlstate = code,
+                        "atomic block failed with a transient error; no retries left"
+                    );
+                    return atomic::finish(alias, outcome, exit);
+                }
+                None => return atomic::finish(alias, outcome, exit),
+            },
+        };
+        retry += 1;
+        let backoff = policy.delay(retry, &mut jitter);
+        tracing::warn!(
+            alias,
+            attempt = retry + 1,
+            sqlstate = reason,
+            backoff_us = u64::try_from(backoff.as_micros()).unwrap_or(u64::MAX),
+            "retrying atomic block after a transient failure"
+        );
+        std::thread::sleep(backoff);
+    }
+}
+
+/// xorshift64*, seeded from the standard library's per-process random keys: jitter needs to
+/// differ between threads and processes, not to be unpredictable.
+struct Jitter(u64);
+
+impl Jitter {
+    fn new() -> Jitter {
+        let mut hasher = RandomState::new().build_hasher();
+        hasher.write_usize(&hasher as *const _ as usize);
+        Jitter(hasher.finish() | 1)
+    }
+
+    /// A number in [0, 1).
+    fn next_unit(&mut self) -> f64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        let value = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        (value >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_with_jitter_in_the_upper_half() {
+        let policy =
+            RetryPolicy::new(10).backoff(Duration::from_millis(2), Duration::from_millis(20));
+        let mut jitter = Jitter::new();
+        for (retry, ceiling_ms) in [(1, 2), (2, 4), (3, 8), (4, 16), (5, 20), (9, 20), (40, 20)] {
+            let ceiling = Duration::from_millis(ceiling_ms);
+            for _ in 0..100 {
+                let delay = policy.delay(retry, &mut jitter);
+                assert!(
+                    delay >= ceiling / 2 && delay <= ceiling,
+                    "{retry}: {delay:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn classifies_only_transient_failures() {
+        let database =
+            |kind, message: &str| DieselError::DatabaseError(kind, Box::new(message.to_owned()));
+        let cases = [
+            (
+                database(
+                    DatabaseErrorKind::SerializationFailure,
+                    "could not serialize access",
+                ),
+                Some("40001"),
+            ),
+            (
+                database(
+                    DatabaseErrorKind::SerializationFailure,
+                    "Deadlock found when trying to get lock; try restarting transaction",
+                ),
+                Some("1213"),
+            ),
+            (
+                database(DatabaseErrorKind::Unknown, "deadlock detected"),
+                Some("40P01"),
+            ),
+            (
+                database(DatabaseErrorKind::Unknown, "database is locked"),
+                Some("SQLITE_BUSY"),
+            ),
+            (
+                database(DatabaseErrorKind::UniqueViolation, "duplicate key"),
+                None,
+            ),
+            (
+                database(
+                    DatabaseErrorKind::ClosedConnection,
+                    "server closed the connection",
+                ),
+                None,
+            ),
+            (DieselError::NotFound, None),
+        ];
+        for (error, expected) in cases {
+            assert_eq!(transient_code(&error), expected, "{error}");
+        }
+    }
+}
