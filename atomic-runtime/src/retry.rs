@@ -16,6 +16,7 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 
 use crate::atomic::{self, BlockOptions};
 use crate::error::Error;
+use crate::state;
 
 /// How often and how patiently a durable block is rerun after a transient failure.
 ///
@@ -177,6 +178,18 @@ fn retry_reason<T, E: AsDieselError>(
     }
 }
 
+/// Records that the current transaction on `alias` failed on a row its snapshot cannot see
+/// (`get_or_create` lost a race under REPEATABLE READ or SERIALIZABLE): rerunning the whole
+/// transaction, with a new snapshot, succeeds, so a retrying block around it reruns.
+#[allow(dead_code)] // get_or_create (issue 6) calls it
+pub(crate) fn note_hidden_conflict(alias: &str) {
+    state::with(alias, |st| st.hidden_conflict = true);
+}
+
+fn take_hidden_conflict(alias: &str) -> bool {
+    state::with(alias, |st| std::mem::take(&mut st.hidden_conflict))
+}
+
 /// Runs a durable block on the alias's ambient connection, rerunning it per `policy`.
 pub(crate) fn run_ambient<T, E>(
     options: &BlockOptions<'_>,
@@ -240,13 +253,18 @@ where
     let mut jitter = Jitter::new();
     let mut retry = 0;
     loop {
-        let reason = match attempt(options) {
+        take_hidden_conflict(alias);
+        let attempted = attempt(options);
+        let hidden_conflict = take_hidden_conflict(alias).then_some("snapshot conflict");
+        let reason = match attempted {
             // BEGIN failed (SQLite's BEGIN IMMEDIATE busy, say): nothing ran yet.
             Err(error) => match error.as_diesel_error().and_then(transient_code) {
                 Some(code) if retry < policy.retries => code,
                 _ => return Err(error.into()),
             },
-            Ok((outcome, exit)) => match retry_reason(&outcome, exit.error.as_ref()) {
+            Ok((outcome, exit)) => match retry_reason(&outcome, exit.error.as_ref())
+                .or(hidden_conflict.filter(|_| !atomic::succeeded(&outcome)))
+            {
                 Some(code) if retry < policy.retries => code,
                 Some(code) => {
                     tracing::warn!(

@@ -87,6 +87,9 @@ pub(crate) struct AliasState {
     pub(crate) block_connection: usize,
     /// Source of block tokens; unique within this alias's stack is all they need.
     next_token: u64,
+    /// Set when work in the current transaction failed because of a row its snapshot cannot
+    /// see (a lost `get_or_create` race under REPEATABLE READ): a retrying block reruns then.
+    pub(crate) hidden_conflict: bool,
 }
 
 impl AliasState {
@@ -99,6 +102,7 @@ impl AliasState {
             slot: Slot::Empty,
             block_connection: 0,
             next_token: 1,
+            hidden_conflict: false,
         }
     }
 
@@ -164,5 +168,21 @@ pub(crate) fn peek<R>(alias: &str, f: impl FnOnce(Option<&AliasState>) -> R) -> 
     STATES.with(|states| {
         let states = states.borrow();
         f(states.iter().find(|state| &*state.alias == alias))
+    })
+}
+
+/// The alias whose open block runs on (or whose `connection()` call lent) the connection at
+/// `address`, if any.
+#[allow(dead_code)] // get_or_create (issue 6) calls it
+pub(crate) fn alias_of_connection(address: usize) -> Option<String> {
+    STATES.with(|states| {
+        let states = states.borrow();
+        states
+            .iter()
+            .find(|state| {
+                (state.in_atomic_block() && state.block_connection == address)
+                    || state.slot.address() == Some(address)
+            })
+            .map(|state| state.alias.to_string())
     })
 }
