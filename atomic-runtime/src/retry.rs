@@ -144,8 +144,11 @@ pub(crate) fn transient_code(error: &DieselError) -> Option<&'static str> {
     };
     let message = info.message();
     match kind {
-        // diesel maps MySQL's 1213 (deadlock) to SerializationFailure too.
-        DatabaseErrorKind::SerializationFailure if message.starts_with("Deadlock found") => {
+        // diesel maps MySQL's 1213 (deadlock) to SerializationFailure for prepared statements
+        // and to Unknown for `batch_execute`; the server's message is the same for both.
+        DatabaseErrorKind::SerializationFailure | DatabaseErrorKind::Unknown
+            if message.starts_with("Deadlock found") =>
+        {
             Some("1213")
         }
         DatabaseErrorKind::SerializationFailure => Some("40001"),
