@@ -59,6 +59,7 @@ where
     finish(options.using, outcome, exit)
 }
 
+#[inline]
 pub(crate) fn succeeded<T, E>(outcome: &std::thread::Result<Result<T, E>>) -> bool {
     matches!(outcome, Ok(Ok(_)))
 }
@@ -264,10 +265,16 @@ fn trace_begin(alias: &str, conn: &Option<ExplicitConnection>) {
 /// Whether an outermost block's BEGIN carries its begin options: not inside a test
 /// transaction (whose BEGIN already ran; the options are ignored there, as `durable` is),
 /// and an error inside the caller's own `conn.transaction(..)`.
+#[inline]
 fn applies_begin(options: &BlockOptions<'_>, foreign: Foreign) -> Result<bool, Error> {
     if options.begin.is_default() {
         return Ok(false);
     }
+    begin_in_foreign(options, foreign)
+}
+
+#[inline(never)]
+fn begin_in_foreign(options: &BlockOptions<'_>, foreign: Foreign) -> Result<bool, Error> {
     match foreign {
         Foreign::None => Ok(true),
         Foreign::Test => {
@@ -296,6 +303,7 @@ fn durable_nested(alias: &str) -> Error {
 }
 
 /// diesel's depth before an outermost block, and whose transaction is open at that depth.
+#[inline]
 fn open_transaction(conn: &mut dyn TxConnection) -> Result<(u32, Foreign), Error> {
     let depth = conn.depth()?;
     let foreign = match depth {
@@ -352,6 +360,7 @@ pub(crate) fn enter_test_block(alias: &str) -> Result<Entered, Error> {
     }))
 }
 
+#[inline]
 fn push(st: &mut state::AliasState, kind: BlockKind) -> Entered {
     let token = st.next_token();
     st.blocks.push(Block {
@@ -362,6 +371,7 @@ fn push(st: &mut state::AliasState, kind: BlockKind) -> Entered {
     Entered { token }
 }
 
+#[inline]
 fn push_outermost(
     st: &mut state::AliasState,
     from_test: bool,
