@@ -511,49 +511,13 @@ pub(crate) fn leave(
 
     match plan {
         LeavePlan::Done => Exit::clean(),
-        LeavePlan::Lost => Exit::failed(Error::TransactionManagement(format!(
-            "the atomic block on alias '{alias}' was ended from inside (a TestTransaction \
-             dropped inside it?); its work is rolled back"
-        ))),
+        LeavePlan::Lost => lost_block(alias),
         LeavePlan::Savepoint {
             depth_before,
             success,
-            mut held,
+            held,
             callbacks_mark,
-        } => {
-            let conn: &mut dyn TxConnection = match (&mut held, explicit) {
-                (Some(pooled), _) => pooled.inner(),
-                (None, Some(conn)) => conn,
-                (None, None) => {
-                    return Exit::failed(Error::TransactionManagement(format!(
-                        "the connection of alias '{alias}' was not back in place when its \
-                         atomic block ended"
-                    )));
-                }
-            };
-            let (error, mark_for_rollback) = if success {
-                release_savepoint(alias, conn, depth_before)
-            } else {
-                (None, !rollback_savepoint(alias, conn, depth_before))
-            };
-            if held.is_some() || error.is_some() || mark_for_rollback {
-                state::with(alias, |st| {
-                    if let Some(pooled) = held {
-                        st.slot = Slot::Held(pooled);
-                    }
-                    if error.is_some() {
-                        st.callbacks.truncate(callbacks_mark);
-                    }
-                    if mark_for_rollback {
-                        st.needs_rollback = true;
-                    }
-                });
-            }
-            Exit {
-                error: error.map(Error::from),
-                callbacks: Vec::new(),
-            }
-        }
+        } => leave_savepoint(alias, explicit, depth_before, success, held, callbacks_mark),
         LeavePlan::Outermost {
             success,
             mut held,
@@ -572,12 +536,7 @@ pub(crate) fn leave(
             let error = match (&mut held, explicit) {
                 (Some(pooled), _) => end(pooled.inner()),
                 (None, Some(conn)) => end(conn),
-                (None, None) => {
-                    return Exit::failed(Error::TransactionManagement(format!(
-                        "the connection of alias '{alias}' was not back in place when its \
-                         outermost atomic block ended"
-                    )));
-                }
+                (None, None) => return connection_missing(alias, "outermost atomic block"),
             };
             // Back to the pool before the callbacks run (C3); r2d2 discards it if diesel
             // reports it broken or still inside a transaction (X4, X5).
@@ -585,13 +544,7 @@ pub(crate) fn leave(
             let callbacks = match (error.is_none() && success, foreign) {
                 (true, Foreign::None) => callbacks,
                 (true, Foreign::User) if !callbacks.is_empty() => {
-                    tracing::warn!(
-                        alias,
-                        dropped = callbacks.len(),
-                        "on_commit callbacks dropped: the outermost atomic block ran inside a \
-                         transaction diesel-atomic did not open (conn.transaction), which \
-                         commits out of its sight"
-                    );
+                    warn_callbacks_dropped(alias, callbacks.len());
                     Vec::new()
                 }
                 _ => Vec::new(),
@@ -601,6 +554,70 @@ pub(crate) fn leave(
                 callbacks,
             }
         }
+    }
+}
+
+#[cold]
+fn lost_block(alias: &str) -> Exit {
+    Exit::failed(Error::TransactionManagement(format!(
+        "the atomic block on alias '{alias}' was ended from inside (a TestTransaction \
+         dropped inside it?); its work is rolled back"
+    )))
+}
+
+#[cold]
+fn connection_missing(alias: &str, block: &str) -> Exit {
+    Exit::failed(Error::TransactionManagement(format!(
+        "the connection of alias '{alias}' was not back in place when its {block} ended"
+    )))
+}
+
+#[cold]
+fn warn_callbacks_dropped(alias: &str, dropped: usize) {
+    tracing::warn!(
+        alias,
+        dropped,
+        "on_commit callbacks dropped: the outermost atomic block ran inside a transaction \
+         diesel-atomic did not open (conn.transaction), which commits out of its sight"
+    );
+}
+
+/// Leaves a nested block with a savepoint: RELEASE on success, else ROLLBACK TO (X1, X2, X4).
+#[inline(never)]
+fn leave_savepoint(
+    alias: &str,
+    explicit: Option<&mut dyn TxConnection>,
+    depth_before: u32,
+    success: bool,
+    mut held: Option<Box<dyn PooledConn>>,
+    callbacks_mark: usize,
+) -> Exit {
+    let conn: &mut dyn TxConnection = match (&mut held, explicit) {
+        (Some(pooled), _) => pooled.inner(),
+        (None, Some(conn)) => conn,
+        (None, None) => return connection_missing(alias, "atomic block"),
+    };
+    let (error, mark_for_rollback) = if success {
+        release_savepoint(alias, conn, depth_before)
+    } else {
+        (None, !rollback_savepoint(alias, conn, depth_before))
+    };
+    if held.is_some() || error.is_some() || mark_for_rollback {
+        state::with(alias, |st| {
+            if let Some(pooled) = held {
+                st.slot = Slot::Held(pooled);
+            }
+            if error.is_some() {
+                st.callbacks.truncate(callbacks_mark);
+            }
+            if mark_for_rollback {
+                st.needs_rollback = true;
+            }
+        });
+    }
+    Exit {
+        error: error.map(Error::from),
+        callbacks: Vec::new(),
     }
 }
 
