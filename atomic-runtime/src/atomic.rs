@@ -96,6 +96,8 @@ pub(crate) fn finish<T, E: From<Error>>(
 /// Identifies the block at its exit.
 pub(crate) struct Entered {
     token: u64,
+    /// The alias's state index (`state::with_at`).
+    index: usize,
 }
 
 enum EnterPlan {
@@ -368,7 +370,10 @@ fn push(st: &mut state::AliasState, kind: BlockKind) -> Entered {
         kind,
         callbacks_mark: st.callbacks.len(),
     });
-    Entered { token }
+    Entered {
+        token,
+        index: st.index,
+    }
 }
 
 #[inline]
@@ -451,7 +456,7 @@ pub(crate) fn leave(
     explicit: Option<&mut dyn TxConnection>,
     body_succeeded: bool,
 ) -> Exit {
-    let plan = state::with(alias, |st| {
+    let plan = state::with_at(entered.index, alias, |st| {
         if st.blocks.last().map(|block| block.token) != Some(entered.token) {
             return LeavePlan::Lost;
         }
