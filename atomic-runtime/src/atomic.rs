@@ -293,7 +293,10 @@ fn begin_in_foreign(options: &BlockOptions<'_>, foreign: Foreign) -> Result<bool
 
 fn begin_nested(alias: &str, begin: &BeginOptions) -> Error {
     Error::TransactionManagement(format!(
-        "alias '{alias}': {} can only be set by the block that begins the transaction, and          this block is nested in an open transaction (another atomic block, request()'s          transaction or the caller's conn.transaction); make it the outermost block and mark          it `durable = true` so that is checked",
+        "alias '{alias}': {} can only be set by the block that begins the transaction, and \
+         this block is nested in an open transaction (another atomic block, request()'s \
+         transaction or the caller's conn.transaction); make it the outermost block and mark \
+         it `durable = true` so that is checked",
         begin.describe()
     ))
 }
