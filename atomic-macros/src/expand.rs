@@ -97,9 +97,9 @@ fn generate_atomic(args: &AtomicArgs, function: ItemFn, source: ConnectionSource
         (ConnectionSource::Explicit(conn), None) => quote_spanned! {span=>
             #krate::__private::run_explicit(#options, #conn, move |#conn| #body)
         },
-        // The body runs once per attempt, so it is an `FnMut` closure. Its `move` is spanned
-        // on the `retry` key: when the body moves a captured argument out, rustc's "captured
-        // by this `FnMut` closure" then points at the argument that made it one.
+        // The body runs once per attempt, so it is an `FnMut` closure. The closure's tokens are
+        // spanned on the `retry` key: when the body moves a captured parameter out, rustc's
+        // "captured by this `FnMut` closure" points at the `retry` that made it `FnMut`.
         (ConnectionSource::Ambient, Some(retry)) => {
             let retries = &retry.retries;
             let closure = quote_spanned!(retry.key.span()=> move ||);
