@@ -203,7 +203,10 @@ fn begin_options_on_a_nested_block_are_an_error_naming_the_alias<C: Backend>() {
     assert!(message.contains("alias 'other'"), "{message}");
     assert!(message.contains(&format!("isolation {level}")), "{message}");
     assert!(message.contains("durable = true"), "{message}");
-    assert!(!message.contains("  "), "one space between words: {message}");
+    assert!(
+        !message.contains("  "),
+        "one space between words: {message}"
+    );
     // The outer block returned the error, so it rolled back.
     assert!(db.reporters("other").is_empty());
 
