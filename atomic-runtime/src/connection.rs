@@ -8,7 +8,12 @@
 
 use std::any::Any;
 
-use diesel::connection::{Connection, TransactionManager, TransactionManagerStatus};
+use diesel::RunQueryDsl;
+use diesel::backend::Backend;
+use diesel::connection::{
+    Connection, TransactionDepthChange, TransactionManager, TransactionManagerStatus,
+};
+use diesel::query_builder::{AstPass, QueryFragment, QueryId};
 use diesel::r2d2::{ConnectionManager, PooledConnection, R2D2Connection};
 use diesel::result::QueryResult;
 
@@ -42,6 +47,9 @@ impl<C: Connection> TxConnection for C {
     }
 
     fn begin(&mut self) -> QueryResult<()> {
+        if is_sqlite::<C>() && transaction_depth(self)? == 0 {
+            return begin_prepared(self);
+        }
         C::TransactionManager::begin_transaction(self)
     }
 
@@ -69,6 +77,46 @@ impl<C: Connection> TxConnection for C {
 
     fn address(&self) -> usize {
         connection_address(self)
+    }
+}
+
+/// Whether `C` is diesel's `SqliteConnection` (whose manager is `AnsiTransactionManager`).
+///
+/// `C` may be generic and not `'static`, so `TypeId` is not available; its type name is, and a
+/// unit test pins it.
+#[inline]
+fn is_sqlite<C>() -> bool {
+    std::any::type_name::<C>() == "diesel::sqlite::connection::SqliteConnection"
+}
+
+/// `BEGIN` as a query with a static id, so diesel prepares it once per connection and keeps it
+/// in the connection's statement cache.
+#[derive(Debug, Clone, Copy, QueryId)]
+struct BeginStatement;
+
+impl<DB: Backend> QueryFragment<DB> for BeginStatement {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        out.push_sql("BEGIN");
+        Ok(())
+    }
+}
+
+impl<C> RunQueryDsl<C> for BeginStatement {}
+
+/// SQLite's outermost BEGIN through a cached prepared statement, then diesel's depth, as
+/// `AnsiTransactionManager::begin_transaction` does after its `batch_execute("BEGIN")`.
+///
+/// diesel parses and compiles "BEGIN" anew for every transaction (`sqlite3_exec`); the cached
+/// statement skips that, about 1,200 instructions a block (BENCHMARKS.md). Instrumentation
+/// sees the BEGIN as a query rather than as a `BeginTransaction` event, which diesel only lets
+/// itself construct.
+fn begin_prepared<C: Connection>(conn: &mut C) -> QueryResult<()> {
+    RunQueryDsl::execute(BeginStatement, conn)?;
+    match C::TransactionManager::transaction_manager_status_mut(conn) {
+        TransactionManagerStatus::Valid(status) => {
+            status.change_transaction_depth(TransactionDepthChange::IncreaseDepth)
+        }
+        TransactionManagerStatus::InError => Err(diesel::result::Error::BrokenTransactionManager),
     }
 }
 
@@ -130,5 +178,15 @@ impl<C: R2D2Connection + 'static> PooledConn for PooledConnection<ConnectionMana
 
     fn type_name(&self) -> &'static str {
         std::any::type_name::<C>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(feature = "sqlite")]
+    #[test]
+    fn knows_sqlite_by_name() {
+        assert!(super::is_sqlite::<diesel::SqliteConnection>());
+        assert!(!super::is_sqlite::<String>());
     }
 }
