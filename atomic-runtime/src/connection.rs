@@ -2,23 +2,20 @@
 //!
 //! `TxConnection` is what the block engine needs from any connection (explicit `&mut C` or the
 //! inner connection of a pooled one); `PooledConn` adds typed access for a pooled connection.
-//! All transaction SQL goes through `C::TransactionManager`, so diesel's own depth stays
+//! All transaction SQL goes through `C::TransactionManager` (on SQLite, BEGIN/SAVEPOINT and
+//! COMMIT/RELEASE through `prepared`, which keeps the same books), so diesel's own depth stays
 //! truthful: a user's `conn.transaction(..)` nests inside our blocks and r2d2's check on return
 //! (`is_broken`: in error, or still inside a transaction → discarded) stays right.
 
 use std::any::Any;
 
-use diesel::RunQueryDsl;
-use diesel::backend::Backend;
-use diesel::connection::{
-    Connection, TransactionDepthChange, TransactionManager, TransactionManagerStatus,
-};
-use diesel::query_builder::{AstPass, QueryFragment, QueryId};
+use diesel::connection::{Connection, TransactionManager, TransactionManagerStatus};
 use diesel::r2d2::{ConnectionManager, PooledConnection, R2D2Connection};
 use diesel::result::QueryResult;
 
 use crate::begin::{self, BeginOptions};
 use crate::error::Error;
+use crate::prepared;
 
 /// What the block engine does with a connection, object-safe.
 pub(crate) trait TxConnection {
@@ -47,8 +44,11 @@ impl<C: Connection> TxConnection for C {
     }
 
     fn begin(&mut self) -> QueryResult<()> {
-        if is_sqlite::<C>() && transaction_depth(self)? == 0 {
-            return begin_prepared(self);
+        if prepared::is_sqlite::<C>() {
+            let depth = transaction_depth(self)?;
+            if let Some(begun) = prepared::begin(self, depth) {
+                return begun;
+            }
         }
         C::TransactionManager::begin_transaction(self)
     }
@@ -58,6 +58,12 @@ impl<C: Connection> TxConnection for C {
     }
 
     fn commit(&mut self) -> QueryResult<()> {
+        if prepared::is_sqlite::<C>() {
+            let depth = transaction_depth(self)?;
+            if let Some(committed) = prepared::commit(self, depth) {
+                return committed;
+            }
+        }
         C::TransactionManager::commit_transaction(self)
     }
 
@@ -77,46 +83,6 @@ impl<C: Connection> TxConnection for C {
 
     fn address(&self) -> usize {
         connection_address(self)
-    }
-}
-
-/// Whether `C` is diesel's `SqliteConnection` (whose manager is `AnsiTransactionManager`).
-///
-/// `C` may be generic and not `'static`, so `TypeId` is not available; its type name is, and a
-/// unit test pins it.
-#[inline]
-fn is_sqlite<C>() -> bool {
-    std::any::type_name::<C>() == "diesel::sqlite::connection::SqliteConnection"
-}
-
-/// `BEGIN` as a query with a static id, so diesel prepares it once per connection and keeps it
-/// in the connection's statement cache.
-#[derive(Debug, Clone, Copy, QueryId)]
-struct BeginStatement;
-
-impl<DB: Backend> QueryFragment<DB> for BeginStatement {
-    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
-        out.push_sql("BEGIN");
-        Ok(())
-    }
-}
-
-impl<C> RunQueryDsl<C> for BeginStatement {}
-
-/// SQLite's outermost BEGIN through a cached prepared statement, then diesel's depth, as
-/// `AnsiTransactionManager::begin_transaction` does after its `batch_execute("BEGIN")`.
-///
-/// diesel parses and compiles "BEGIN" anew for every transaction (`sqlite3_exec`); the cached
-/// statement skips that, about 1,200 instructions a block (BENCHMARKS.md). Instrumentation
-/// sees the BEGIN as a query rather than as a `BeginTransaction` event, which diesel only lets
-/// itself construct.
-fn begin_prepared<C: Connection>(conn: &mut C) -> QueryResult<()> {
-    RunQueryDsl::execute(BeginStatement, conn)?;
-    match C::TransactionManager::transaction_manager_status_mut(conn) {
-        TransactionManagerStatus::Valid(status) => {
-            status.change_transaction_depth(TransactionDepthChange::IncreaseDepth)
-        }
-        TransactionManagerStatus::InError => Err(diesel::result::Error::BrokenTransactionManager),
     }
 }
 
@@ -178,15 +144,5 @@ impl<C: R2D2Connection + 'static> PooledConn for PooledConnection<ConnectionMana
 
     fn type_name(&self) -> &'static str {
         std::any::type_name::<C>()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[cfg(feature = "sqlite")]
-    #[test]
-    fn knows_sqlite_by_name() {
-        assert!(super::is_sqlite::<diesel::SqliteConnection>());
-        assert!(!super::is_sqlite::<String>());
     }
 }

@@ -11,6 +11,7 @@ mod connection;
 mod databases;
 mod error;
 mod hooks;
+mod prepared;
 mod request;
 mod retry;
 mod savepoint;
