@@ -5,6 +5,7 @@
 
 use std::cell::RefCell;
 
+use crate::begin::Isolation;
 use crate::connection::PooledConn;
 
 /// Where the alias's connection is right now.
@@ -90,6 +91,11 @@ pub(crate) struct AliasState {
     /// Set when work in the current transaction failed because of a row its snapshot cannot
     /// see (a lost `get_or_create` race under REPEATABLE READ): a retrying block reruns then.
     pub(crate) hidden_conflict: bool,
+    /// The isolation level the outermost block's BEGIN asked for (`None`: the connection's
+    /// default). Meaningful while `blocks` is not empty. `get_or_create` reads it before asking
+    /// the server, because MariaDB's `@@tx_isolation` keeps showing the session's level inside
+    /// a transaction begun after a one-shot `SET TRANSACTION ISOLATION LEVEL`.
+    pub(crate) begun_isolation: Option<Isolation>,
 }
 
 impl AliasState {
@@ -103,6 +109,7 @@ impl AliasState {
             block_connection: 0,
             next_token: 1,
             hidden_conflict: false,
+            begun_isolation: None,
         }
     }
 
