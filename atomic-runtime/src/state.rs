@@ -180,7 +180,6 @@ pub(crate) fn peek<R>(alias: &str, f: impl FnOnce(Option<&AliasState>) -> R) -> 
 
 /// The alias whose open block runs on (or whose `connection()` call lent) the connection at
 /// `address`, if any.
-#[allow(dead_code)] // get_or_create (issue 6) calls it
 pub(crate) fn alias_of_connection(address: usize) -> Option<String> {
     STATES.with(|states| {
         let states = states.borrow();
