@@ -79,6 +79,106 @@
 /// # Ok::<(), Error>(())
 /// ```
 ///
+/// # How the transaction begins: `isolation`, `read_only`, `begin`
+///
+/// They set up the `BEGIN` of the outermost block, so pair them with `durable = true`: on a
+/// block nested in another they are an [`Error::TransactionManagement`] at run time, and
+/// `durable = true` turns that into the clearer [`Error::DurableNested`]. A backend that cannot
+/// honour a request refuses it at run time rather than silently running something weaker.
+///
+/// - `isolation = "serializable"`, `"repeatable_read"`, `"read_committed"` or
+///   `"read_uncommitted"`: the isolation level (PostgreSQL: `BEGIN ISOLATION LEVEL ...`;
+///   MySQL/MariaDB: `SET TRANSACTION ISOLATION LEVEL ...` before `START TRANSACTION`). SQLite
+///   runs every transaction serializable and accepts only `"serializable"`.
+/// - `read_only = true`: PostgreSQL's `BEGIN READ ONLY`, MySQL/MariaDB's `START TRANSACTION
+///   READ ONLY`; writes then fail. SQLite has no read-only transactions and refuses it.
+/// - `begin = "deferred"`, `"immediate"` or `"exclusive"`: SQLite's lock mode (`BEGIN
+///   IMMEDIATE` takes the write lock at once, so a transaction that reads and then writes waits
+///   for other writers instead of failing with `SQLITE_BUSY` midway); other backends refuse it.
+///
+/// ```
+/// use diesel::connection::SimpleConnection;
+/// use diesel::prelude::*;
+/// use diesel::sql_types::{BigInt, Integer};
+/// use diesel_atomic::atomic;
+///
+/// #[atomic(durable = true, isolation = "serializable", begin = "immediate")]
+/// fn next_invoice_number(conn: &mut SqliteConnection) -> QueryResult<i32> {
+///     let last: i32 = diesel::dsl::sql::<Integer>("SELECT MAX(n) FROM invoices").get_result(conn)?;
+///     conn.batch_execute(&format!("INSERT INTO invoices (n) VALUES ({})", last + 1))?;
+///     Ok(last + 1)
+/// }
+///
+/// #[atomic(durable = true, read_only = true)]
+/// fn count_invoices(conn: &mut SqliteConnection) -> QueryResult<i64> {
+///     diesel::dsl::sql::<BigInt>("SELECT COUNT(*) FROM invoices").get_result(conn)
+/// }
+///
+/// #[atomic]
+/// fn nested(conn: &mut SqliteConnection) -> QueryResult<i32> {
+///     next_invoice_number(conn)
+/// }
+///
+/// let mut conn = SqliteConnection::establish(":memory:").unwrap();
+/// conn.batch_execute("CREATE TABLE invoices (n INTEGER NOT NULL); INSERT INTO invoices VALUES (7)")?;
+/// assert_eq!(next_invoice_number(&mut conn)?, 8);
+///
+/// // On PostgreSQL and MySQL/MariaDB this would be a READ ONLY transaction.
+/// let refused = count_invoices(&mut conn).unwrap_err().to_string();
+/// assert!(refused.contains("SQLite has no read-only transactions"), "{refused}");
+///
+/// // Only the outermost block begins the transaction.
+/// let refused = nested(&mut conn).unwrap_err().to_string();
+/// assert!(refused.contains("cannot be nested"), "{refused}");
+/// # Ok::<(), diesel::result::Error>(())
+/// ```
+///
+/// # Rerunning after a transient failure: `retry`
+///
+/// `retry = n` (with `durable = true`) reruns the whole block, up to `n` more times with a
+/// short randomised backoff ([`RetryPolicy::new`]`(n)`), when an attempt fails with a
+/// serialization failure (SQLSTATE 40001), a deadlock (PostgreSQL 40P01, MySQL/MariaDB 1213)
+/// or `SQLITE_BUSY`, from the body or from the `COMMIT`. Each failed attempt is rolled back
+/// first. A `COMMIT` whose outcome is unknown (the connection broke during it) is never
+/// retried, since it may have committed; panics and other errors are returned at once.
+///
+/// The body runs once per attempt: work outside the database belongs in
+/// [`transaction::on_commit`], which runs once, after the attempt that committed. The error
+/// type must implement [`AsDieselError`] (as `diesel::result::Error` and [`Error`] do) so
+/// that the block can find the database error inside it.
+///
+/// ```
+/// use std::sync::atomic::{AtomicU32, Ordering};
+///
+/// use diesel::connection::SimpleConnection;
+/// use diesel::prelude::*;
+/// use diesel_atomic::{atomic, transaction};
+///
+/// static RECEIPTS_SENT: AtomicU32 = AtomicU32::new(0);
+///
+/// #[atomic(durable = true, retry = 5)]
+/// fn transfer(conn: &mut SqliteConnection, from: i32, to: i32, amount: i64) -> QueryResult<()> {
+///     conn.batch_execute(&format!(
+///         "UPDATE accounts SET balance = balance - {amount} WHERE id = {from};
+///          UPDATE accounts SET balance = balance + {amount} WHERE id = {to};"
+///     ))?;
+///     // Not sent by an attempt that is rolled back and rerun.
+///     transaction::on_commit(|| {
+///         RECEIPTS_SENT.fetch_add(1, Ordering::SeqCst);
+///     })?;
+///     Ok(())
+/// }
+///
+/// let mut conn = SqliteConnection::establish(":memory:").unwrap();
+/// conn.batch_execute(
+///     "CREATE TABLE accounts (id INTEGER PRIMARY KEY, balance INTEGER NOT NULL);
+///      INSERT INTO accounts VALUES (1, 100), (2, 0);",
+/// )?;
+/// transfer(&mut conn, 1, 2, 30)?;
+/// assert_eq!(RECEIPTS_SENT.load(Ordering::SeqCst), 1);
+/// # Ok::<(), diesel::result::Error>(())
+/// ```
+///
 /// # Compile errors
 ///
 /// Misuse is a compile error on the tokens at fault; the function is kept as written, so
@@ -119,6 +219,14 @@
 /// ```compile_fail
 /// #[diesel_atomic::atomic(durable = true, savepoint = false)]
 /// fn signup() -> Result<(), diesel_atomic::Error> { Ok(()) }
+/// ```
+///
+/// `retry` without `durable = true`: only the outermost block can be rerun, since a transient
+/// failure loses the whole transaction:
+///
+/// ```compile_fail
+/// #[diesel_atomic::atomic(retry = 3)]
+/// fn transfer() -> Result<(), diesel_atomic::Error> { Ok(()) }
 /// ```
 ///
 /// An error type the block cannot report its own errors in (no

@@ -29,7 +29,17 @@ impl Attribute {
 
     fn keys(self) -> &'static [&'static str] {
         match self {
-            Attribute::Atomic => &["using", "savepoint", "durable", "conn", "crate"],
+            Attribute::Atomic => &[
+                "using",
+                "savepoint",
+                "durable",
+                "isolation",
+                "read_only",
+                "begin",
+                "retry",
+                "conn",
+                "crate",
+            ],
             Attribute::NonAtomicRequests => &["using", "crate"],
         }
     }
@@ -72,10 +82,41 @@ impl Alias {
     }
 }
 
-/// `savepoint = ...` or `durable = ...`, with the tokens that set it for later messages.
+/// `savepoint = ...`, `durable = ...` or `read_only = ...`, with the tokens that set it for
+/// later messages.
 pub(crate) struct Flag {
     pub(crate) value: bool,
     pub(crate) tokens: TokenStream,
+}
+
+/// One of a fixed set of names given as a string (`isolation = "serializable"`), as the name
+/// of the runtime's enum variant, spanned on the user's string.
+pub(crate) struct Choice {
+    pub(crate) variant: Ident,
+}
+
+/// `isolation = "..."`: the names users write, and the `Isolation` variant each stands for.
+const ISOLATION_LEVELS: &[(&str, &str)] = &[
+    ("serializable", "Serializable"),
+    ("repeatable_read", "RepeatableRead"),
+    ("read_committed", "ReadCommitted"),
+    ("read_uncommitted", "ReadUncommitted"),
+];
+
+/// `begin = "..."`: SQLite's lock modes, and the `BeginMode` variant each stands for.
+const BEGIN_MODES: &[(&str, &str)] = &[
+    ("deferred", "Deferred"),
+    ("immediate", "Immediate"),
+    ("exclusive", "Exclusive"),
+];
+
+/// `retry = n`: how many times, at most, the block is rerun after a transient failure (1 or
+/// more).
+pub(crate) struct Retry {
+    /// The number, as a fresh unsuffixed literal spanned on the user's.
+    pub(crate) retries: proc_macro2::Literal,
+    /// The `retry` key, for messages about the argument as a whole.
+    pub(crate) key: Ident,
 }
 
 /// The parsed arguments of `#[atomic(...)]`.
@@ -84,6 +125,10 @@ pub(crate) struct AtomicArgs {
     pub(crate) using: Option<Alias>,
     pub(crate) savepoint: Option<Flag>,
     pub(crate) durable: Option<Flag>,
+    pub(crate) isolation: Option<Choice>,
+    pub(crate) read_only: Option<Flag>,
+    pub(crate) begin: Option<Choice>,
+    pub(crate) retry: Option<Retry>,
     pub(crate) conn: Option<Ident>,
     pub(crate) krate: Option<TokenStream>,
 }
@@ -103,6 +148,10 @@ impl AtomicArgs {
                 "using" => parsed.using = Some(alias(argument)?),
                 "savepoint" => parsed.savepoint = Some(flag(argument)?),
                 "durable" => parsed.durable = Some(flag(argument)?),
+                "isolation" => parsed.isolation = Some(choice(argument, &ISOLATION)?),
+                "read_only" => parsed.read_only = Some(flag(argument)?),
+                "begin" => parsed.begin = Some(choice(argument, &BEGIN)?),
+                "retry" => parsed.retry = Some(retry(argument)?),
                 "conn" => parsed.conn = Some(parameter_name(argument)?),
                 _ => parsed.krate = Some(crate_path(argument)?),
             }
@@ -238,6 +287,12 @@ fn argument(segment: Vec<TokenTree>, attribute: Attribute) -> syn::Result<Argume
             let inner = group.stream();
             let suggestion = if inner.is_empty() {
                 example
+            } else if matches!(name.as_str(), "isolation" | "begin")
+                && single_ident(&inner).is_some()
+            {
+                // Their values are strings: `isolation(serializable)` is
+                // `isolation = "serializable"`.
+                format!("{name} = \"{inner}\"")
             } else {
                 format!("{name} = {inner}")
             };
@@ -304,6 +359,10 @@ fn example(key: &str) -> String {
         "using" => "using = \"other\"".to_owned(),
         "savepoint" => "savepoint = false".to_owned(),
         "durable" => "durable = true".to_owned(),
+        "isolation" => "isolation = \"serializable\"".to_owned(),
+        "read_only" => "read_only = true".to_owned(),
+        "begin" => "begin = \"immediate\"".to_owned(),
+        "retry" => "retry = 5".to_owned(),
         "conn" => "conn = db".to_owned(),
         "crate" => "crate = \"diesel_atomic\"".to_owned(),
         other => format!("{other} = ..."),
@@ -373,6 +432,143 @@ fn flag(argument: &Argument) -> syn::Result<Flag> {
     }
 }
 
+/// What a string-valued argument with a fixed set of names is called in messages.
+struct Choices {
+    key: &'static str,
+    /// "isolation level", for "unknown isolation level ...".
+    what: &'static str,
+    /// "the isolation level", for "`isolation` takes the isolation level as a string".
+    takes: &'static str,
+    /// The names users write and the variants they stand for.
+    names: &'static [(&'static str, &'static str)],
+    /// The name to suggest when nothing the user wrote is close to one.
+    example: &'static str,
+}
+
+const ISOLATION: Choices = Choices {
+    key: "isolation",
+    what: "isolation level",
+    takes: "the isolation level",
+    names: ISOLATION_LEVELS,
+    example: "serializable",
+};
+
+const BEGIN: Choices = Choices {
+    key: "begin",
+    what: "SQLite lock mode",
+    takes: "SQLite's lock mode",
+    names: BEGIN_MODES,
+    example: "immediate",
+};
+
+impl Choices {
+    fn names(&self) -> Vec<&'static str> {
+        self.names.iter().map(|(name, _)| *name).collect()
+    }
+
+    /// "\"deferred\", \"immediate\" or \"exclusive\"".
+    fn listed(&self) -> String {
+        let names: Vec<String> = self
+            .names()
+            .iter()
+            .map(|name| format!("{name:?}"))
+            .collect();
+        match names.split_last() {
+            Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+            _ => names.concat(),
+        }
+    }
+}
+
+/// `isolation = "serializable"`, `begin = "immediate"`: one of `choices`' names, as a string.
+fn choice(argument: &Argument, choices: &Choices) -> syn::Result<Choice> {
+    let key = choices.key;
+    let names = choices.names();
+    let literal = match syn::parse2::<Lit>(argument.value.clone()) {
+        Ok(Lit::Str(literal)) if literal.suffix().is_empty() => literal,
+        _ => {
+            // `isolation = serializable`, `isolation = Isolation::RepeatableRead`: the name
+            // the user meant, in a string.
+            let meant = last_ident(&argument.value)
+                .and_then(|ident| suggest::nearest(&ident.to_string(), &names))
+                .unwrap_or(choices.example);
+            return Err(syn::Error::new_spanned(
+                &argument.value,
+                format!(
+                    "`{key}` takes {} as a string: `{key} = \"{meant}\"`",
+                    choices.takes
+                ),
+            ));
+        }
+    };
+    let name = literal.value();
+    match choices.names.iter().find(|(known, _)| *known == name) {
+        Some((_, variant)) => Ok(Choice {
+            variant: Ident::new(variant, literal.span()),
+        }),
+        None => {
+            let hint = suggest::nearest(&name, &names)
+                .map(|nearest| format!(" did you mean \"{nearest}\"?"))
+                .unwrap_or_default();
+            Err(syn::Error::new_spanned(
+                &literal,
+                format!(
+                    "unknown {} {name:?};{hint} `{key}` takes {}",
+                    choices.what,
+                    choices.listed()
+                ),
+            ))
+        }
+    }
+}
+
+/// `retry = 5`: the number of reruns, an unsuffixed (or `u32`) integer of at least 1.
+fn retry(argument: &Argument) -> syn::Result<Retry> {
+    const EXAMPLE: &str = "`retry = 5`";
+    let value = &argument.value;
+    let problem = match syn::parse2::<Lit>(value.clone()) {
+        Ok(Lit::Int(number)) => {
+            let digits = number.base10_digits();
+            if let Some(magnitude) = digits.strip_prefix('-') {
+                let example = match magnitude.parse::<u32>() {
+                    Ok(1..) => format!("`retry = {magnitude}`"),
+                    _ => EXAMPLE.to_owned(),
+                };
+                format!("`retry` takes the number of reruns, which cannot be negative: {example}")
+            } else if !matches!(number.suffix(), "" | "u32") {
+                format!("`retry` takes the number of reruns without a suffix: `retry = {digits}`")
+            } else {
+                match number.base10_parse::<u32>() {
+                    Ok(0) => format!(
+                        "`retry = 0` never reruns the block; remove `retry`, or give the number \
+                         of reruns such as {EXAMPLE}"
+                    ),
+                    Ok(retries) => {
+                        let mut literal = proc_macro2::Literal::u32_unsuffixed(retries);
+                        literal.set_span(number.span());
+                        return Ok(Retry {
+                            retries: literal,
+                            key: argument.key.clone(),
+                        });
+                    }
+                    Err(_) => format!(
+                        "`retry = {digits}` is more reruns than a `u32` holds; a few are \
+                         enough, such as {EXAMPLE}"
+                    ),
+                }
+            }
+        }
+        Ok(Lit::Str(text)) if text.value().trim().parse::<u32>().is_ok_and(|n| n > 0) => {
+            format!(
+                "`retry` takes the number of reruns, without quotes: `retry = {}`",
+                text.value().trim()
+            )
+        }
+        _ => format!("`retry` takes the number of reruns as an integer: {EXAMPLE}"),
+    };
+    Err(syn::Error::new_spanned(value, problem))
+}
+
 /// `conn = name`: the name of a parameter, without quotes.
 fn parameter_name(argument: &Argument) -> syn::Result<Ident> {
     if let Ok(name) = syn::parse2::<Ident>(argument.value.clone()) {
@@ -431,6 +627,15 @@ fn single_ident(tokens: &TokenStream) -> Option<Ident> {
     }
 }
 
+/// The last identifier of a path (`Isolation::Serializable` gives `Serializable`), or the one
+/// identifier (`true` is an identifier too).
+fn last_ident(tokens: &TokenStream) -> Option<Ident> {
+    match syn::parse2::<Path>(tokens.clone()) {
+        Ok(path) => path.segments.last().map(|segment| segment.ident.clone()),
+        Err(_) => single_ident(tokens),
+    }
+}
+
 fn path_text(path: &Path) -> String {
     path.to_token_stream().to_string().replace(' ', "")
 }
@@ -460,10 +665,23 @@ mod tests {
             using = "other",
             savepoint = false,
             durable = true,
+            isolation = "repeatable_read",
+            read_only = true,
+            begin = "exclusive",
+            retry = 4,
             conn = c,
             crate = "x::y",
         ))
         .unwrap();
+        assert_eq!(
+            args.isolation.unwrap().variant.to_string(),
+            "RepeatableRead"
+        );
+        assert!(args.read_only.unwrap().value);
+        assert_eq!(args.begin.unwrap().variant.to_string(), "Exclusive");
+        let retry = args.retry.unwrap();
+        assert_eq!(retry.retries.to_string(), "4");
+        assert_eq!(retry.key.to_string(), "retry");
         assert_eq!(args.using.unwrap().name, "other");
         assert!(!args.savepoint.unwrap().value);
         assert!(args.durable.unwrap().value);
@@ -492,24 +710,245 @@ mod tests {
             "{errors:?}"
         );
         assert!(
-            errors[0].ends_with("`savepoint`, `durable`, `conn` and `crate`"),
+            errors[0].ends_with(
+                "`savepoint`, `durable`, `isolation`, `read_only`, `begin`, `retry`, `conn` and \
+                 `crate`"
+            ),
             "{errors:?}"
         );
     }
 
     #[test]
     fn unknown_key_far_from_any_lists_the_keys() {
-        let errors = atomic_errors(quote!(isolation = "serializable"));
+        let errors = atomic_errors(quote!(timeout = 30));
         assert!(!errors[0].contains("did you mean"), "{errors:?}");
         assert!(errors[0].contains("#[atomic] takes `using`"), "{errors:?}");
     }
 
     #[test]
+    fn new_keys_are_suggested_for_typos() {
+        for (typo, key) in [
+            ("isolaton", "isolation"),
+            ("isolation_level", "isolation"),
+            ("readonly", "read_only"),
+            ("read_onyl", "read_only"),
+            ("begn", "begin"),
+            ("retyr", "retry"),
+        ] {
+            let typo = Ident::new(typo, Span::call_site());
+            let errors = atomic_errors(quote!(#typo = 1));
+            assert!(
+                errors[0].contains(&format!("did you mean `{key}`?")),
+                "{typo}: {errors:?}"
+            );
+        }
+    }
+
+    #[test]
     fn atomic_keys_on_non_atomic_requests_say_where_they_belong() {
-        let errors = non_atomic_errors(quote!(savepoint = false));
+        for key in [
+            "savepoint",
+            "durable",
+            "isolation",
+            "read_only",
+            "begin",
+            "retry",
+            "conn",
+        ] {
+            let key = Ident::new(key, Span::call_site());
+            let errors = non_atomic_errors(quote!(#key = 1));
+            assert_eq!(
+                errors,
+                [format!(
+                    "`{key}` is an argument of #[atomic], not of #[non_atomic_requests], which \
+                     takes only `using` and `crate`"
+                )]
+            );
+        }
+    }
+
+    #[test]
+    fn every_isolation_level_and_lock_mode_is_known() {
+        for (name, variant) in ISOLATION_LEVELS {
+            let args = AtomicArgs::parse(quote!(isolation = #name)).unwrap();
+            assert_eq!(args.isolation.unwrap().variant, variant);
+        }
+        for (name, variant) in BEGIN_MODES {
+            let args = AtomicArgs::parse(quote!(begin = #name)).unwrap();
+            assert_eq!(args.begin.unwrap().variant, variant);
+        }
+    }
+
+    #[test]
+    fn unknown_isolation_levels_suggest_the_nearest() {
+        for (level, nearest) in [
+            ("serialisable", "serializable"),
+            ("SERIALIZABLE", "serializable"),
+            ("repeatable read", "repeatable_read"),
+            ("repeatable-read", "repeatable_read"),
+            ("READ COMMITTED", "read_committed"),
+            ("read_uncomitted", "read_uncommitted"),
+        ] {
+            let errors = atomic_errors(quote!(isolation = #level));
+            assert_eq!(
+                errors,
+                [format!(
+                    "unknown isolation level {level:?}; did you mean {nearest:?}? `isolation` \
+                     takes \"serializable\", \"repeatable_read\", \"read_committed\" or \
+                     \"read_uncommitted\""
+                )]
+            );
+        }
+        let errors = atomic_errors(quote!(isolation = "snapshot"));
+        assert!(!errors[0].contains("did you mean"), "{errors:?}");
+        assert!(errors[0].contains("\"read_uncommitted\""), "{errors:?}");
+    }
+
+    #[test]
+    fn unknown_lock_modes_suggest_the_nearest() {
+        assert_eq!(
+            atomic_errors(quote!(begin = "immedate")),
+            [
+                "unknown SQLite lock mode \"immedate\"; did you mean \"immediate\"? `begin` takes \
+              \"deferred\", \"immediate\" or \"exclusive\""
+                    .to_owned()
+            ]
+        );
         assert!(
-            errors[0].starts_with("`savepoint` is an argument of #[atomic]"),
-            "{errors:?}"
+            atomic_errors(quote!(begin = "EXCLUSIVE"))[0].contains("did you mean \"exclusive\"?")
+        );
+    }
+
+    #[test]
+    fn isolation_and_begin_take_strings() {
+        for (args, expected) in [
+            (
+                quote!(isolation = serializable),
+                "`isolation` takes the isolation level as a string: `isolation = \"serializable\"`",
+            ),
+            (
+                quote!(isolation = Isolation::RepeatableRead),
+                "`isolation` takes the isolation level as a string: `isolation = \"repeatable_read\"`",
+            ),
+            (
+                quote!(isolation = true),
+                "`isolation` takes the isolation level as a string: `isolation = \"serializable\"`",
+            ),
+            (
+                quote!(isolation = 4),
+                "`isolation` takes the isolation level as a string: `isolation = \"serializable\"`",
+            ),
+            (
+                quote!(begin = Immediate),
+                "`begin` takes SQLite's lock mode as a string: `begin = \"immediate\"`",
+            ),
+            (
+                quote!(begin = 1),
+                "`begin` takes SQLite's lock mode as a string: `begin = \"immediate\"`",
+            ),
+        ] {
+            assert_eq!(atomic_errors(args.clone()), [expected.to_owned()], "{args}");
+        }
+    }
+
+    #[test]
+    fn read_only_takes_a_bool() {
+        assert!(
+            !AtomicArgs::parse(quote!(read_only = false))
+                .unwrap()
+                .read_only
+                .unwrap()
+                .value
+        );
+        assert_eq!(
+            atomic_errors(quote!(read_only = "true")),
+            ["`read_only` takes a bool, without quotes: `read_only = true`".to_owned()]
+        );
+        assert_eq!(
+            atomic_errors(quote!(read_only = 1)),
+            ["`read_only` takes a bool: `read_only = true` or `read_only = false`".to_owned()]
+        );
+    }
+
+    #[test]
+    fn retry_takes_a_positive_u32() {
+        for (args, retries) in [
+            (quote!(retry = 1), "1"),
+            (quote!(retry = 5u32), "5"),
+            (quote!(retry = 1_000), "1000"),
+            (quote!(retry = 4294967295), "4294967295"),
+        ] {
+            let parsed = AtomicArgs::parse(args.clone()).unwrap();
+            assert_eq!(parsed.retry.unwrap().retries.to_string(), retries, "{args}");
+        }
+    }
+
+    #[test]
+    fn retry_values_of_the_wrong_kind_are_refused() {
+        for (args, expected) in [
+            (
+                quote!(retry = 0),
+                "`retry = 0` never reruns the block; remove `retry`, or give the number of reruns \
+                 such as `retry = 5`",
+            ),
+            (
+                quote!(retry = -3),
+                "`retry` takes the number of reruns, which cannot be negative: `retry = 3`",
+            ),
+            (
+                quote!(retry = -0),
+                "`retry` takes the number of reruns, which cannot be negative: `retry = 5`",
+            ),
+            (
+                quote!(retry = 3u8),
+                "`retry` takes the number of reruns without a suffix: `retry = 3`",
+            ),
+            (
+                quote!(retry = 4294967296),
+                "`retry = 4294967296` is more reruns than a `u32` holds; a few are enough, such \
+                 as `retry = 5`",
+            ),
+            (
+                quote!(retry = "3"),
+                "`retry` takes the number of reruns, without quotes: `retry = 3`",
+            ),
+            (
+                quote!(retry = "0"),
+                "`retry` takes the number of reruns as an integer: `retry = 5`",
+            ),
+            (
+                quote!(retry = true),
+                "`retry` takes the number of reruns as an integer: `retry = 5`",
+            ),
+            (
+                quote!(retry = 2.5),
+                "`retry` takes the number of reruns as an integer: `retry = 5`",
+            ),
+            (
+                quote!(retry = five),
+                "`retry` takes the number of reruns as an integer: `retry = 5`",
+            ),
+        ] {
+            assert_eq!(atomic_errors(args.clone()), [expected.to_owned()], "{args}");
+        }
+    }
+
+    #[test]
+    fn new_keys_need_values() {
+        assert_eq!(
+            atomic_errors(quote!(retry)),
+            ["`retry` needs a value: `retry = 5`".to_owned()]
+        );
+        assert_eq!(
+            atomic_errors(quote!(isolation(serializable))),
+            [
+                "`isolation(...)` is not supported; write `isolation = \"serializable\"`"
+                    .to_owned()
+            ]
+        );
+        assert_eq!(
+            atomic_errors(quote!(begin =)),
+            ["`begin =` needs a value: `begin = \"immediate\"`".to_owned()]
         );
     }
 

@@ -44,7 +44,7 @@ fn try_atomic(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
     let Some(args) = args else {
         return errors.finish(item);
     };
-    errors.keep(valid::options(&args));
+    valid::options(&args, &mut errors);
     let alias = Alias::name_or_default(args.using.as_ref());
     valid::other_attributes(&function, Attribute::Atomic, alias, &mut errors);
     let source = errors.keep(valid::connection(&function, args.conn.as_ref()));
@@ -81,26 +81,81 @@ fn generate_atomic(args: &AtomicArgs, function: ItemFn, source: ConnectionSource
     let savepoint = args.savepoint.as_ref().is_none_or(|flag| flag.value);
     let durable = args.durable.as_ref().is_some_and(|flag| flag.value);
     let body = body_with_fake_return(&sig, block);
+    let begin = begin_options(args, &krate, span);
     let options = quote_spanned! {span=>
         &#krate::__private::Options {
             using: #using,
             savepoint: #savepoint,
             durable: #durable,
-            begin: #krate::__private::BeginOptions::DEFAULT,
+            begin: #begin,
         }
     };
-    let call = match source {
-        ConnectionSource::Ambient => quote_spanned! {span=>
+    let call = match (source, &args.retry) {
+        (ConnectionSource::Ambient, None) => quote_spanned! {span=>
             #krate::__private::run_ambient(#options, move || #body)
         },
-        ConnectionSource::Explicit(conn) => quote_spanned! {span=>
+        (ConnectionSource::Explicit(conn), None) => quote_spanned! {span=>
             #krate::__private::run_explicit(#options, #conn, move |#conn| #body)
         },
+        // The body runs once per attempt, so it is an `FnMut` closure. The closure's tokens are
+        // spanned on the `retry` key: when the body moves a captured parameter out, rustc's
+        // "captured by this `FnMut` closure" points at the `retry` that made it `FnMut`.
+        (ConnectionSource::Ambient, Some(retry)) => {
+            let retries = &retry.retries;
+            let closure = quote_spanned!(retry.key.span()=> move ||);
+            quote_spanned! {span=>
+                #krate::__private::run_ambient_retry(
+                    #options,
+                    #krate::RetryPolicy::new(#retries),
+                    #closure #body,
+                )
+            }
+        }
+        (ConnectionSource::Explicit(conn), Some(retry)) => {
+            let retries = &retry.retries;
+            let closure = quote_spanned!(retry.key.span()=> move |#conn|);
+            quote_spanned! {span=>
+                #krate::__private::run_explicit_retry(
+                    #options,
+                    #krate::RetryPolicy::new(#retries),
+                    #conn,
+                    #closure #body,
+                )
+            }
+        }
     };
     quote! {
         #(#attrs)*
         #vis #sig {
             #call
+        }
+    }
+}
+
+/// What the block asks of its `BEGIN`: the runtime's constant for a plain `BEGIN` (nearly
+/// every block), else the isolation level, read-only flag and SQLite lock mode given.
+fn begin_options(args: &AtomicArgs, krate: &TokenStream, span: Span) -> TokenStream {
+    let read_only = args.read_only.as_ref().is_some_and(|flag| flag.value);
+    if args.isolation.is_none() && args.begin.is_none() && !read_only {
+        return quote_spanned!(span=> #krate::__private::BeginOptions::DEFAULT);
+    }
+    let some_or_none = |variant: Option<TokenStream>| match variant {
+        Some(variant) => quote_spanned!(span=> ::core::option::Option::Some(#variant)),
+        None => quote_spanned!(span=> ::core::option::Option::None),
+    };
+    let isolation = some_or_none(args.isolation.as_ref().map(|isolation| {
+        let variant = &isolation.variant;
+        quote_spanned!(span=> #krate::Isolation::#variant)
+    }));
+    let mode = some_or_none(args.begin.as_ref().map(|mode| {
+        let variant = &mode.variant;
+        quote_spanned!(span=> #krate::BeginMode::#variant)
+    }));
+    quote_spanned! {span=>
+        #krate::__private::BeginOptions {
+            isolation: #isolation,
+            read_only: #read_only,
+            mode: #mode,
         }
     }
 }
@@ -236,6 +291,117 @@ mod tests {
         );
         assert!(out.contains("run_explicit"), "{out}");
         assert!(out.contains("\"other\""), "{out}");
+    }
+
+    #[test]
+    fn without_begin_options_the_block_begins_plainly() {
+        for args in [
+            quote!(),
+            quote!(durable = true, retry = 2),
+            quote!(read_only = false),
+        ] {
+            let out = expand_atomic(
+                args.clone(),
+                quote!(
+                    fn f() -> Result<(), E> {
+                        Ok(())
+                    }
+                ),
+            );
+            assert!(
+                out.contains("begin : :: diesel_atomic :: __private :: BeginOptions :: DEFAULT"),
+                "{args}: {out}"
+            );
+        }
+    }
+
+    #[test]
+    fn begin_options_reach_the_runtime() {
+        let out = expand_atomic(
+            quote!(
+                durable = true,
+                isolation = "serializable",
+                begin = "immediate"
+            ),
+            quote!(
+                fn f(conn: &mut C) -> QueryResult<()> {
+                    Ok(())
+                }
+            ),
+        );
+        assert!(
+            out.contains(
+                "begin : :: diesel_atomic :: __private :: BeginOptions { isolation : :: core :: \
+                 option :: Option :: Some (:: diesel_atomic :: Isolation :: Serializable) , \
+                 read_only : false , mode : :: core :: option :: Option :: Some (:: \
+                 diesel_atomic :: BeginMode :: Immediate) , }"
+            ),
+            "{out}"
+        );
+        let out = expand_atomic(
+            quote!(read_only = true, crate = "renamed"),
+            quote!(
+                fn f() -> Result<(), E> {
+                    Ok(())
+                }
+            ),
+        );
+        assert!(
+            out.contains(
+                "renamed :: __private :: BeginOptions { isolation : :: core :: option :: Option \
+                 :: None , read_only : true , mode : :: core :: option :: Option :: None , }"
+            ),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn retry_reruns_the_body_through_the_retrying_entry_points() {
+        let item = quote!(
+            fn f() -> Result<(), E> {
+                Ok(())
+            }
+        );
+        let out = expand_atomic(quote!(durable = true, retry = 3), item);
+        assert!(
+            out.contains(
+                ":: diesel_atomic :: __private :: run_ambient_retry (& :: diesel_atomic :: \
+                 __private :: Options"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains(":: diesel_atomic :: RetryPolicy :: new (3) , move ||"),
+            "{out}"
+        );
+        let out = expand_atomic(
+            quote!(retry = 1u32, durable = true),
+            quote!(
+                fn f(conn: &mut C) -> QueryResult<()> {
+                    Ok(())
+                }
+            ),
+        );
+        assert!(out.contains("run_explicit_retry"), "{out}");
+        assert!(
+            out.contains("RetryPolicy :: new (1) , conn , move | conn |"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn retry_without_durable_keeps_the_function() {
+        let out = expand_atomic(
+            quote!(retry = 3),
+            quote!(
+                fn f() -> Result<(), E> {
+                    Ok(())
+                }
+            ),
+        );
+        assert!(out.starts_with("fn f"), "{out}");
+        assert_eq!(out.matches("compile_error").count(), 1, "{out}");
+        assert!(!out.contains("run_ambient"), "{out}");
     }
 
     #[test]

@@ -25,6 +25,10 @@ use proc_macro::TokenStream;
 /// | `using = "alias"` | `"default"` | The database alias. An alias is letters, digits, `_` and `-`. |
 /// | `savepoint = false` | `true` | A nested block joins its parent instead of opening a savepoint; its error marks the parent for rollback. |
 /// | `durable = true` | `false` | The block must be the outermost one of its alias (`Error::DurableNested` otherwise). |
+/// | `isolation = "serializable"` | the connection's | The isolation level the transaction begins with: `"serializable"`, `"repeatable_read"`, `"read_committed"` or `"read_uncommitted"`. |
+/// | `read_only = true` | `false` | The transaction begins `READ ONLY` (PostgreSQL, MySQL/MariaDB). |
+/// | `begin = "immediate"` | `"deferred"` | SQLite's lock mode at `BEGIN`: `"deferred"`, `"immediate"` or `"exclusive"`. |
+/// | `retry = 5` | no retries | Rerun the whole block up to this many times after a transient failure; needs `durable = true`. |
 /// | `conn = name` | `conn` | The parameter that holds the connection (explicit mode). A parameter named `conn` is used without saying so. |
 /// | `crate = "path"` | `"diesel_atomic"` | Where the `diesel_atomic` crate is, for a renamed dependency. |
 ///
@@ -32,6 +36,39 @@ use proc_macro::TokenStream;
 /// outermost block and `savepoint` only applies to nested ones, so the pair could only ever
 /// change anything directly inside a test transaction, where it would make the test behave
 /// unlike production.
+///
+/// ## How the transaction begins: `isolation`, `read_only`, `begin`
+///
+/// `#[atomic(durable = true, isolation = "serializable")]`,
+/// `#[atomic(durable = true, read_only = true)]`, `#[atomic(durable = true, begin = "immediate")]`
+/// ask for something of the `BEGIN` that opens the transaction (PostgreSQL: `BEGIN ISOLATION
+/// LEVEL ... READ ONLY`; MySQL/MariaDB: `SET TRANSACTION ...` and `START TRANSACTION READ
+/// ONLY`; SQLite: `BEGIN IMMEDIATE` / `BEGIN EXCLUSIVE`). They apply at the `BEGIN` of the
+/// outermost block; on a block that turns out to be nested they are a run-time
+/// `Error::TransactionManagement`, so pair them with `durable = true` (nested, the block is
+/// then `Error::DurableNested`, whatever else it asks for). Inside a test transaction they are
+/// ignored, as `durable` is. A backend that cannot honour a request refuses it at run time
+/// instead of downgrading it: SQLite runs every transaction serializable and has no read-only
+/// transactions, so it accepts only `isolation = "serializable"`, and `begin` is SQLite's
+/// alone.
+///
+/// ## Rerunning after a transient failure: `retry`
+///
+/// `#[atomic(durable = true, retry = 5)]` reruns the whole block, up to 5 more times with a
+/// short randomised backoff, when an attempt fails with a serialization failure (SQLSTATE
+/// 40001), a deadlock (PostgreSQL 40P01, MySQL/MariaDB 1213) or `SQLITE_BUSY`, whether the
+/// body returned it or the `COMMIT` did. Each attempt is rolled back before the next. A
+/// `COMMIT` whose outcome is unknown (the connection broke during it) is never retried: it may
+/// have committed. Panics and every other error are returned at once.
+///
+/// The body runs once per attempt, so it is an `FnMut` closure: it may not move an argument
+/// out (clone it instead), and side effects outside the database (an e-mail, a message on a
+/// queue) belong in `on_commit`, which runs once, after the attempt that committed. The error
+/// type must also implement `diesel_atomic::AsDieselError`, through which the block finds the
+/// diesel error to classify (`diesel::result::Error` and `diesel_atomic::Error` do).
+///
+/// `retry` requires `durable = true`: after such a failure the database has lost the whole
+/// transaction, so only the outermost block can start it again.
 ///
 /// # The function
 ///
@@ -51,7 +88,8 @@ use proc_macro::TokenStream;
 ///
 /// Arguments (`#[non_atomic_requests]` reports the same ones for its own keys):
 /// - ``unknown argument `usin`; did you mean `using`? #[atomic] takes `using`, `savepoint`,
-///   `durable`, `conn` and `crate` `` (the suggestion only when a key is close);
+///   `durable`, `isolation`, `read_only`, `begin`, `retry`, `conn` and `crate` `` (the
+///   suggestion only when a key is close);
 /// - ``` `using` is given more than once; keep one ```;
 /// - ``expected an argument such as `using = "other"`, found `= =`; #[atomic] takes ...``
 ///   and ``expected an argument before this `,` `` for anything that is not `key = value`;
@@ -65,9 +103,24 @@ use proc_macro::TokenStream;
 /// - ``` `savepoint` takes a bool: `savepoint = true` or `savepoint = false` ``` (for
 ///   `"false"`: ``, without quotes: `savepoint = false` ``);
 /// - ``` `conn` takes the name of the connection parameter, without quotes: `conn = db` ```;
+/// - ``unknown isolation level "serialisable"; did you mean "serializable"? `isolation` takes
+///   "serializable", "repeatable_read", "read_committed" or "read_uncommitted"``, and
+///   ``unknown SQLite lock mode "immedate"; did you mean "immediate"? `begin` takes
+///   "deferred", "immediate" or "exclusive"``;
+/// - ``` `isolation` takes the isolation level as a string: `isolation = "repeatable_read"` ```
+///   and ``` `begin` takes SQLite's lock mode as a string: `begin = "immediate"` ``` (with the
+///   name nearest to what was written);
+/// - ``` `retry = 0` never reruns the block; remove `retry`, or give the number of reruns such
+///   as `retry = 5` ```, ``` `retry` takes the number of reruns as an integer: `retry = 5` ```
+///   (``, without quotes: `retry = 3` `` for `"3"`; ``, which cannot be negative`` for `-3`;
+///   ``without a suffix`` for `3u8`), and ``` `retry = 4294967296` is more reruns than a `u32`
+///   holds; ... ```;
 /// - ``` `crate` takes a path in a string: `crate = "diesel_atomic"` ``` and
 ///   ``` `crate = "a b"` is not a path to a crate or module; ... ```;
-/// - `` `savepoint = false` has no effect with `durable = true`: ...; remove `savepoint = false` ``.
+/// - `` `savepoint = false` has no effect with `durable = true`: ...; remove `savepoint = false` ``;
+/// - `` `retry` reruns the whole transaction, so the block must be the outermost one: add
+///   `durable = true` (rerunning an inner block would run it again inside a transaction that is
+///   already lost) ``.
 ///
 /// The item:
 /// - ``#[atomic] applies to functions, not to structs`` (enums, `impl` blocks, traits,
@@ -92,8 +145,11 @@ use proc_macro::TokenStream;
 ///   #[atomic] function and call it`.
 ///
 /// Left to the compiler, and reported at the function's return type: an error type without
-/// `From<diesel_atomic::Error>` (E0277), and a type alias that is not a `Result` (E0308).
-/// An unresolved `crate = "path"` is reported at the string (E0433).
+/// `From<diesel_atomic::Error>` (E0277), with `retry` one without `AsDieselError` (E0277), and
+/// a type alias that is not a `Result` (E0308). With `retry`, a body that moves an argument
+/// out is rustc's "cannot move out of `x`, a captured variable in an `FnMut` closure" (E0507)
+/// at the move, with the closure shown at `retry`. An unresolved `crate = "path"` is reported
+/// at the string (E0433).
 ///
 /// See the `diesel_atomic::atomic` re-export for runnable examples.
 #[proc_macro_attribute]

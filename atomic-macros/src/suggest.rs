@@ -4,7 +4,7 @@
 ///
 /// Near enough: at most a third of the longer name's letters differ (at least one may, but not
 /// all of the shorter name's), so `usin` finds `using` and `durabel` finds `durable`, but
-/// `isolation` finds nothing and `db` does not find `b`; or one
+/// `timeout` finds nothing and `db` does not find `b`; or one
 /// name is a prefix of the other (`connection` finds `conn`), as people abbreviate both ways.
 pub(crate) fn nearest<'a>(wrong: &str, candidates: &[&'a str]) -> Option<&'a str> {
     let wrong = wrong.trim_start_matches("r#").to_lowercase();
@@ -27,7 +27,23 @@ pub(crate) fn nearest<'a>(wrong: &str, candidates: &[&'a str]) -> Option<&'a str
 mod tests {
     use super::*;
 
-    const KEYS: &[&str] = &["using", "savepoint", "durable", "conn", "crate"];
+    const KEYS: &[&str] = &[
+        "using",
+        "savepoint",
+        "durable",
+        "isolation",
+        "read_only",
+        "begin",
+        "retry",
+        "conn",
+        "crate",
+    ];
+    const ISOLATION_LEVELS: &[&str] = &[
+        "serializable",
+        "repeatable_read",
+        "read_committed",
+        "read_uncommitted",
+    ];
 
     #[test]
     fn typos_find_the_intended_key() {
@@ -38,11 +54,30 @@ mod tests {
         assert_eq!(nearest("con", KEYS), Some("conn"));
         assert_eq!(nearest("connection", KEYS), Some("conn"));
         assert_eq!(nearest("dur", KEYS), Some("durable"));
+        assert_eq!(nearest("readonly", KEYS), Some("read_only"));
+        assert_eq!(nearest("isolation_level", KEYS), Some("isolation"));
+    }
+
+    #[test]
+    fn misspelt_values_find_the_intended_name() {
+        assert_eq!(
+            nearest("serialisable", ISOLATION_LEVELS),
+            Some("serializable")
+        );
+        assert_eq!(
+            nearest("repeatable read", ISOLATION_LEVELS),
+            Some("repeatable_read")
+        );
+        assert_eq!(
+            nearest("READ COMMITTED", ISOLATION_LEVELS),
+            Some("read_committed")
+        );
+        assert_eq!(nearest("snapshot", ISOLATION_LEVELS), None);
     }
 
     #[test]
     fn unrelated_names_find_nothing() {
-        assert_eq!(nearest("isolation", KEYS), None);
+        assert_eq!(nearest("timeout", KEYS), None);
         assert_eq!(nearest("x", KEYS), None);
         assert_eq!(nearest("", KEYS), None);
         assert_eq!(nearest("db", &["b"]), None);

@@ -146,21 +146,36 @@ fn certainly_not_result(ty: &Type) -> bool {
     }
 }
 
+/// Combinations of arguments that cannot do what they say; problems go to `errors`.
+///
 /// `durable = true` with `savepoint = false` is refused: a durable block is always the
 /// outermost one, and `savepoint` only matters for nested blocks. The one place the pair could
 /// change anything is directly inside a test transaction, and there it would make the test
 /// behave unlike production.
-pub(crate) fn options(args: &AtomicArgs) -> syn::Result<()> {
-    match (&args.durable, &args.savepoint) {
-        (Some(durable), Some(savepoint)) if durable.value && !savepoint.value => {
-            Err(syn::Error::new_spanned(
-                &savepoint.tokens,
-                "`savepoint = false` has no effect with `durable = true`: a durable block is \
-                 always the outermost block, and `savepoint` only applies to nested blocks; \
-                 remove `savepoint = false`",
-            ))
-        }
-        _ => Ok(()),
+///
+/// `retry` without `durable = true` is refused: after a serialization failure or a deadlock
+/// the database has lost the whole transaction, so only the outermost block can be rerun, and
+/// `durable = true` is how a block says it is the outermost one.
+pub(crate) fn options(args: &AtomicArgs, errors: &mut Errors) {
+    let durable = args.durable.as_ref().is_some_and(|durable| durable.value);
+    if durable
+        && let Some(savepoint) = &args.savepoint
+        && !savepoint.value
+    {
+        errors.push(syn::Error::new_spanned(
+            &savepoint.tokens,
+            "`savepoint = false` has no effect with `durable = true`: a durable block is \
+             always the outermost block, and `savepoint` only applies to nested blocks; \
+             remove `savepoint = false`",
+        ));
+    }
+    if !durable && let Some(retry) = &args.retry {
+        errors.push(syn::Error::new_spanned(
+            &retry.key,
+            "`retry` reruns the whole transaction, so the block must be the outermost one: add \
+             `durable = true` (rerunning an inner block would run it again inside a transaction \
+             that is already lost)",
+        ));
     }
 }
 
@@ -552,12 +567,33 @@ mod tests {
         assert_eq!(messages.len(), 2, "{messages:?}");
     }
 
+    fn options_errors(args: TokenStream) -> Vec<String> {
+        let mut errors = Errors::default();
+        options(&AtomicArgs::parse(args).unwrap(), &mut errors);
+        match errors.finish(()) {
+            Ok(()) => Vec::new(),
+            Err(error) => error.into_iter().map(|error| error.to_string()).collect(),
+        }
+    }
+
     #[test]
     fn durable_without_savepoint_is_refused() {
-        let args = AtomicArgs::parse(quote!(durable = true, savepoint = false)).unwrap();
-        assert!(options(&args).is_err());
-        let args = AtomicArgs::parse(quote!(durable = false, savepoint = false)).unwrap();
-        assert!(options(&args).is_ok());
+        let errors = options_errors(quote!(durable = true, savepoint = false));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(options_errors(quote!(durable = false, savepoint = false)).is_empty());
+    }
+
+    #[test]
+    fn retry_needs_durable() {
+        for args in [quote!(retry = 3), quote!(durable = false, retry = 3)] {
+            let errors = options_errors(args.clone());
+            assert_eq!(errors.len(), 1, "{args}: {errors:?}");
+            assert!(
+                errors[0].starts_with("`retry` reruns the whole transaction"),
+                "{args}: {errors:?}"
+            );
+        }
+        assert!(options_errors(quote!(retry = 3, durable = true)).is_empty());
     }
 
     #[test]

@@ -59,6 +59,7 @@ where
     finish(options.using, outcome, exit)
 }
 
+#[inline]
 pub(crate) fn succeeded<T, E>(outcome: &std::thread::Result<Result<T, E>>) -> bool {
     matches!(outcome, Ok(Ok(_)))
 }
@@ -95,6 +96,8 @@ pub(crate) fn finish<T, E: From<Error>>(
 /// Identifies the block at its exit.
 pub(crate) struct Entered {
     token: u64,
+    /// The alias's state index (`state::with_at`).
+    index: usize,
 }
 
 enum EnterPlan {
@@ -282,10 +285,16 @@ fn trace_begin(alias: &str, conn: &Option<ExplicitConnection>) {
 /// Whether an outermost block's BEGIN carries its begin options: not inside a test
 /// transaction (whose BEGIN already ran; the options are ignored there, as `durable` is),
 /// and an error inside the caller's own `conn.transaction(..)`.
+#[inline]
 fn applies_begin(options: &BlockOptions<'_>, foreign: Foreign) -> Result<bool, Error> {
     if options.begin.is_default() {
         return Ok(false);
     }
+    begin_in_foreign(options, foreign)
+}
+
+#[inline(never)]
+fn begin_in_foreign(options: &BlockOptions<'_>, foreign: Foreign) -> Result<bool, Error> {
     match foreign {
         Foreign::None => Ok(true),
         Foreign::Test => {
@@ -302,7 +311,10 @@ fn applies_begin(options: &BlockOptions<'_>, foreign: Foreign) -> Result<bool, E
 
 fn begin_nested(alias: &str, begin: &BeginOptions) -> Error {
     Error::TransactionManagement(format!(
-        "alias '{alias}': {} can only be set by the block that begins the transaction, and          this block is nested in an open transaction (another atomic block, request()'s          transaction or the caller's conn.transaction); make it the outermost block and mark          it `durable = true` so that is checked",
+        "alias '{alias}': {} can only be set by the block that begins the transaction, and \
+         this block is nested in an open transaction (another atomic block, request()'s \
+         transaction or the caller's conn.transaction); make it the outermost block and mark \
+         it `durable = true` so that is checked",
         begin.describe()
     ))
 }
@@ -314,6 +326,7 @@ fn durable_nested(alias: &str) -> Error {
 }
 
 /// diesel's depth before an outermost block, and whose transaction is open at that depth.
+#[inline]
 fn open_transaction(conn: &mut dyn TxConnection) -> Result<(u32, Foreign), Error> {
     let depth = conn.depth()?;
     let foreign = match depth {
@@ -370,6 +383,7 @@ pub(crate) fn enter_test_block(alias: &str) -> Result<Entered, Error> {
     }))
 }
 
+#[inline]
 fn push(st: &mut state::AliasState, kind: BlockKind) -> Entered {
     let token = st.next_token();
     st.blocks.push(Block {
@@ -377,9 +391,13 @@ fn push(st: &mut state::AliasState, kind: BlockKind) -> Entered {
         kind,
         callbacks_mark: st.callbacks.len(),
     });
-    Entered { token }
+    Entered {
+        token,
+        index: st.index,
+    }
 }
 
+#[inline]
 fn push_outermost(
     st: &mut state::AliasState,
     from_test: bool,
@@ -461,7 +479,7 @@ pub(crate) fn leave(
     explicit: Option<&mut dyn TxConnection>,
     body_succeeded: bool,
 ) -> Exit {
-    let plan = state::with(alias, |st| {
+    let plan = state::with_at(entered.index, alias, |st| {
         if st.blocks.last().map(|block| block.token) != Some(entered.token) {
             return LeavePlan::Lost;
         }
@@ -521,49 +539,13 @@ pub(crate) fn leave(
 
     match plan {
         LeavePlan::Done => Exit::clean(),
-        LeavePlan::Lost => Exit::failed(Error::TransactionManagement(format!(
-            "the atomic block on alias '{alias}' was ended from inside (a TestTransaction \
-             dropped inside it?); its work is rolled back"
-        ))),
+        LeavePlan::Lost => lost_block(alias),
         LeavePlan::Savepoint {
             depth_before,
             success,
-            mut held,
+            held,
             callbacks_mark,
-        } => {
-            let conn: &mut dyn TxConnection = match (&mut held, explicit) {
-                (Some(pooled), _) => pooled.inner(),
-                (None, Some(conn)) => conn,
-                (None, None) => {
-                    return Exit::failed(Error::TransactionManagement(format!(
-                        "the connection of alias '{alias}' was not back in place when its \
-                         atomic block ended"
-                    )));
-                }
-            };
-            let (error, mark_for_rollback) = if success {
-                release_savepoint(alias, conn, depth_before)
-            } else {
-                (None, !rollback_savepoint(alias, conn, depth_before))
-            };
-            if held.is_some() || error.is_some() || mark_for_rollback {
-                state::with(alias, |st| {
-                    if let Some(pooled) = held {
-                        st.slot = Slot::Held(pooled);
-                    }
-                    if error.is_some() {
-                        st.callbacks.truncate(callbacks_mark);
-                    }
-                    if mark_for_rollback {
-                        st.needs_rollback = true;
-                    }
-                });
-            }
-            Exit {
-                error: error.map(Error::from),
-                callbacks: Vec::new(),
-            }
-        }
+        } => leave_savepoint(alias, explicit, depth_before, success, held, callbacks_mark),
         LeavePlan::Outermost {
             success,
             mut held,
@@ -582,12 +564,7 @@ pub(crate) fn leave(
             let error = match (&mut held, explicit) {
                 (Some(pooled), _) => end(pooled.inner()),
                 (None, Some(conn)) => end(conn),
-                (None, None) => {
-                    return Exit::failed(Error::TransactionManagement(format!(
-                        "the connection of alias '{alias}' was not back in place when its \
-                         outermost atomic block ended"
-                    )));
-                }
+                (None, None) => return connection_missing(alias, "outermost atomic block"),
             };
             // Back to the pool before the callbacks run (C3); r2d2 discards it if diesel
             // reports it broken or still inside a transaction (X4, X5).
@@ -595,13 +572,7 @@ pub(crate) fn leave(
             let callbacks = match (error.is_none() && success, foreign) {
                 (true, Foreign::None) => callbacks,
                 (true, Foreign::User) if !callbacks.is_empty() => {
-                    tracing::warn!(
-                        alias,
-                        dropped = callbacks.len(),
-                        "on_commit callbacks dropped: the outermost atomic block ran inside a \
-                         transaction diesel-atomic did not open (conn.transaction), which \
-                         commits out of its sight"
-                    );
+                    warn_callbacks_dropped(alias, callbacks.len());
                     Vec::new()
                 }
                 _ => Vec::new(),
@@ -611,6 +582,70 @@ pub(crate) fn leave(
                 callbacks,
             }
         }
+    }
+}
+
+#[cold]
+fn lost_block(alias: &str) -> Exit {
+    Exit::failed(Error::TransactionManagement(format!(
+        "the atomic block on alias '{alias}' was ended from inside (a TestTransaction \
+         dropped inside it?); its work is rolled back"
+    )))
+}
+
+#[cold]
+fn connection_missing(alias: &str, block: &str) -> Exit {
+    Exit::failed(Error::TransactionManagement(format!(
+        "the connection of alias '{alias}' was not back in place when its {block} ended"
+    )))
+}
+
+#[cold]
+fn warn_callbacks_dropped(alias: &str, dropped: usize) {
+    tracing::warn!(
+        alias,
+        dropped,
+        "on_commit callbacks dropped: the outermost atomic block ran inside a transaction \
+         diesel-atomic did not open (conn.transaction), which commits out of its sight"
+    );
+}
+
+/// Leaves a nested block with a savepoint: RELEASE on success, else ROLLBACK TO (X1, X2, X4).
+#[inline(never)]
+fn leave_savepoint(
+    alias: &str,
+    explicit: Option<&mut dyn TxConnection>,
+    depth_before: u32,
+    success: bool,
+    mut held: Option<Box<dyn PooledConn>>,
+    callbacks_mark: usize,
+) -> Exit {
+    let conn: &mut dyn TxConnection = match (&mut held, explicit) {
+        (Some(pooled), _) => pooled.inner(),
+        (None, Some(conn)) => conn,
+        (None, None) => return connection_missing(alias, "atomic block"),
+    };
+    let (error, mark_for_rollback) = if success {
+        release_savepoint(alias, conn, depth_before)
+    } else {
+        (None, !rollback_savepoint(alias, conn, depth_before))
+    };
+    if held.is_some() || error.is_some() || mark_for_rollback {
+        state::with(alias, |st| {
+            if let Some(pooled) = held {
+                st.slot = Slot::Held(pooled);
+            }
+            if error.is_some() {
+                st.callbacks.truncate(callbacks_mark);
+            }
+            if mark_for_rollback {
+                st.needs_rollback = true;
+            }
+        });
+    }
+    Exit {
+        error: error.map(Error::from),
+        callbacks: Vec::new(),
     }
 }
 

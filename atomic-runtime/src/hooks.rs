@@ -28,10 +28,18 @@ pub(crate) fn on_commit<F: FnOnce() + 'static>(alias: &str, func: F, robust: boo
 /// Runs a committed transaction's callbacks in registration order (C3). A plain callback's
 /// panic propagates and drops the rest (C4); the state was reset before, so the next
 /// transaction starts with an empty queue.
+#[inline]
 pub(crate) fn run_after_commit(alias: &str, callbacks: Vec<Callback>) {
+    // The common case, kept inline: no callbacks, and an empty Vec owns no allocation.
     if callbacks.is_empty() {
+        std::mem::forget(callbacks);
         return;
     }
+    run_queue(alias, callbacks);
+}
+
+#[inline(never)]
+fn run_queue(alias: &str, callbacks: Vec<Callback>) {
     tracing::debug!(
         alias,
         count = callbacks.len(),

@@ -117,6 +117,11 @@ impl RetryPolicy {
 ///     }
 /// }
 /// ```
+#[diagnostic::on_unimplemented(
+    message = "`retry` cannot tell what failed in `{Self}`: it does not implement `diesel_atomic::AsDieselError`",
+    label = "the error type of a block with `retry`",
+    note = "implement `diesel_atomic::AsDieselError` for `{Self}`, returning the `diesel::result::Error` it wraps (or `None`), so serialization failures and deadlocks can be retried"
+)]
 pub trait AsDieselError {
     /// The diesel error this error carries, if any.
     fn as_diesel_error(&self) -> Option<&DieselError>;
@@ -144,8 +149,11 @@ pub(crate) fn transient_code(error: &DieselError) -> Option<&'static str> {
     };
     let message = info.message();
     match kind {
-        // diesel maps MySQL's 1213 (deadlock) to SerializationFailure too.
-        DatabaseErrorKind::SerializationFailure if message.starts_with("Deadlock found") => {
+        // diesel maps MySQL's 1213 (deadlock) to SerializationFailure for prepared statements
+        // and to Unknown for `batch_execute`; the server's message is the same for both.
+        DatabaseErrorKind::SerializationFailure | DatabaseErrorKind::Unknown
+            if message.starts_with("Deadlock found") =>
+        {
             Some("1213")
         }
         DatabaseErrorKind::SerializationFailure => Some("40001"),

@@ -78,6 +78,9 @@ pub(crate) struct Callback {
 
 pub(crate) struct AliasState {
     alias: Box<str>,
+    /// Where this state sits in the thread's list: states are never removed, so a block can
+    /// find its alias's state again without comparing names.
+    pub(crate) index: usize,
     /// The open blocks, outermost first. Non-empty ⇔ `in_atomic_block`.
     pub(crate) blocks: Vec<Block>,
     pub(crate) needs_rollback: bool,
@@ -99,9 +102,10 @@ pub(crate) struct AliasState {
 }
 
 impl AliasState {
-    fn new(alias: &str) -> Self {
+    fn new(alias: &str, index: usize) -> Self {
         AliasState {
             alias: alias.into(),
+            index,
             blocks: Vec::new(),
             needs_rollback: false,
             callbacks: Vec::new(),
@@ -150,11 +154,24 @@ pub(crate) fn with<R>(alias: &str, f: impl FnOnce(&mut AliasState) -> R) -> R {
         let index = match states.iter().position(|state| &*state.alias == alias) {
             Some(index) => index,
             None => {
-                states.push(AliasState::new(alias));
-                states.len() - 1
+                let index = states.len();
+                states.push(AliasState::new(alias, index));
+                index
             }
         };
         f(&mut states[index])
+    })
+}
+
+/// Runs `f` on the state at `index` (an [`AliasState::index`] of this thread), which is
+/// `alias`'s: the hot path's second borrow, without the name lookup.
+#[inline]
+pub(crate) fn with_at<R>(index: usize, alias: &str, f: impl FnOnce(&mut AliasState) -> R) -> R {
+    STATES.with(|states| {
+        let mut states = states.borrow_mut();
+        let state = &mut states[index];
+        debug_assert_eq!(&*state.alias, alias);
+        f(state)
     })
 }
 

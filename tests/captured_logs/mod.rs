@@ -55,6 +55,22 @@ pub fn capture_error_logs<T>(f: impl FnOnce() -> T) -> (T, Vec<String>) {
     (value, errors)
 }
 
+/// Runs `f` like [`capture_error_logs`] and returns the messages of its events at `level`.
+pub fn capture_logs<T>(level: Level, f: impl FnOnce() -> T) -> (T, Vec<String>) {
+    let collected = Collected::default();
+    let subscriber = tracing_subscriber::registry().with(CollectLayer(collected.clone()));
+    let value = tracing::subscriber::with_default(subscriber, f);
+    let messages = collected
+        .0
+        .lock()
+        .expect("log collector poisoned")
+        .iter()
+        .filter(|(at, _)| *at == level)
+        .map(|(_, message)| message.clone())
+        .collect();
+    (value, messages)
+}
+
 /// The name the runtime reports for a callback: `std::any::type_name` of its type.
 pub fn type_name_of<F>(_: &F) -> &'static str {
     std::any::type_name::<F>()

@@ -1,6 +1,6 @@
 use diesel_atomic::atomic;
 
-#[atomic(isolation = "serializable")]
+#[atomic(timeout = 30)]
 fn signup() -> Result<(), diesel_atomic::Error> {
     Ok(())
 }

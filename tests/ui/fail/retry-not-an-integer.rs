@@ -1,0 +1,8 @@
+use diesel_atomic::atomic;
+
+#[atomic(durable = true, retry = "3")]
+fn transfer() -> Result<(), diesel_atomic::Error> {
+    Ok(())
+}
+
+fn main() {}
