@@ -83,6 +83,10 @@ const UNALIASED: &str = "diesel_atomic::get_or_create (connection of no alias)";
 /// surrounding retrying block sees the record and reruns the transaction:
 ///
 /// ```text
+/// #[atomic(durable = true, isolation = "repeatable_read", retry = 5)]
+/// fn tag_post(..) -> Result<.., AppError> { .. connection(|conn| get_or_create(conn, ..)) .. }
+///
+/// // or, without the attribute:
 /// transaction::Atomic::new().isolation(Isolation::RepeatableRead).retry(RetryPolicy::new(5))
 ///     .run(|| connection(|conn| get_or_create(conn, get, create)))
 /// ```
@@ -270,7 +274,8 @@ where
 /// SQLite has no `FOR UPDATE`; it has one writer at a time. When `update_or_create` begins
 /// the transaction itself, it begins it `IMMEDIATE`, taking the write lock before the lookup,
 /// so concurrent writers wait (`busy_timeout`) from the lookup on. Inside a transaction of
-/// yours, begin that one IMMEDIATE (`Atomic::begin(BeginMode::Immediate)`): a deferred
+/// yours, begin that one IMMEDIATE (`#[atomic(begin = "immediate")]`,
+/// `Atomic::begin(BeginMode::Immediate)`): a deferred
 /// transaction whose snapshot went stale fails its first write with "database is locked",
 /// which a retrying block reruns.
 ///
