@@ -25,6 +25,7 @@
 
 mod common;
 
+use std::cell::Cell;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, Once, mpsc};
@@ -686,24 +687,10 @@ fn race_after_the_first_lookup<C: Keyeds>(
         }
         _ => {}
     }
-    let winner_pool = &db.default;
     let mut attempts = 0;
     let attempt = || {
         attempts += 1;
-        let first_attempt = attempts == 1;
-        connection(|conn: &mut C| {
-            let mut lookups = 0;
-            let lookup = |conn: &mut C| -> Goc<Option<Keyed>> {
-                lookups += 1;
-                let found = conn.find_keyed(1)?;
-                if winner && first_attempt && lookups == 1 {
-                    let mut winner = winner_pool.get().expect("a second connection");
-                    winner.insert_keyed(1, "winner")?;
-                }
-                Ok(found)
-            };
-            get_or_create(conn, lookup, create)
-        })
+        get_or_create_while_a_winner_commits(&db.default, winner && attempts == 1, create)
     };
     let result = match retries {
         Some(retries) => block
@@ -712,6 +699,28 @@ fn race_after_the_first_lookup<C: Keyeds>(
         None => block.run(attempt),
     };
     (result, attempts)
+}
+
+/// `get_or_create(k = 1)` on the default alias's connection. With `winner`, a connection of
+/// `winner_pool` inserts and commits the row right after the first lookup missed.
+fn get_or_create_while_a_winner_commits<C: Keyeds>(
+    winner_pool: &Pooled<C>,
+    winner: bool,
+    create: fn(&mut C) -> Goc<Keyed>,
+) -> Goc<(Keyed, bool)> {
+    connection(|conn: &mut C| {
+        let mut lookups = 0;
+        let lookup = |conn: &mut C| -> Goc<Option<Keyed>> {
+            lookups += 1;
+            let found = conn.find_keyed(1)?;
+            if winner && lookups == 1 {
+                let mut winner = winner_pool.get().expect("a second connection");
+                winner.insert_keyed(1, "winner")?;
+            }
+            Ok(found)
+        };
+        get_or_create(conn, lookup, create)
+    })
 }
 
 fn insert_loser<C: Keyeds>(conn: &mut C) -> Goc<Keyed> {
@@ -752,6 +761,27 @@ fn race_at_the_default_isolation<C: Keyeds>() {
         Kind::Mysql | Kind::Sqlite => 2,
     };
     assert_eq!(attempts, expected);
+}
+
+/// The same through the attribute: `#[atomic(durable = true, retry = n)]` reruns the function
+/// after a race its snapshot hid.
+fn race_at_the_default_isolation_is_won_by_the_retry_attribute<C: Keyeds>() {
+    #[atomic(durable = true, retry = 3)]
+    fn tag<C: Keyeds>(winner_pool: &Pooled<C>, attempts: &Cell<u32>) -> Goc<(Keyed, bool)> {
+        attempts.set(attempts.get() + 1);
+        get_or_create_while_a_winner_commits(winner_pool, attempts.get() == 1, insert_loser::<C>)
+    }
+
+    let db = setup_keyed::<C>();
+    let attempts = Cell::new(0);
+    let (row, created) = tag(&db.default, &attempts).unwrap();
+    assert!(!created);
+    assert_eq!(row.value, "winner");
+    let expected = match C::KIND {
+        Kind::Postgres => 1,
+        Kind::Mysql | Kind::Sqlite => 2,
+    };
+    assert_eq!(attempts.get(), expected);
 }
 
 /// Under READ COMMITTED (PostgreSQL, MariaDB) the second lookup sees the winner's row: no
@@ -1312,6 +1342,7 @@ backend_tests!(
     lost_race_returns_the_winners_row,
     race_hidden_by_a_repeatable_read_snapshot_is_won_by_a_rerun,
     race_at_the_default_isolation,
+    race_at_the_default_isolation_is_won_by_the_retry_attribute,
     race_under_read_committed_is_won_without_a_rerun,
     hidden_race_without_retry_returns_creates_error,
     genuine_failure_under_read_committed_is_not_rerun,
