@@ -564,6 +564,26 @@ fn outside_any_transaction_the_row_is_committed<C: Keyeds>() {
     assert_eq!(committed(&db), [row]);
 }
 
+/// Through `connection()` outside any block, `create` is a transaction of its own on the
+/// alias: its on_commit callbacks run at its commit, and the alias is in no block afterwards.
+fn through_connection_outside_a_block_create_commits_on_its_own<C: Keyeds>() {
+    let db = setup_keyed::<C>();
+    let notified = Notified::default();
+    let queued = notified.clone();
+    let (row, created) = connection(|conn: &mut C| {
+        get_or_create(conn, by_key(1), |conn: &mut C| {
+            assert!(transaction::in_atomic_block(), "create runs in a block");
+            transaction::on_commit(move || queued.push(1))?;
+            insert(1, "one")(conn)
+        })
+    })
+    .unwrap();
+    assert!(created);
+    assert_eq!(notified.get(), [1]);
+    assert!(!transaction::in_atomic_block());
+    assert_eq!(committed(&db), [row]);
+}
+
 /// Inside an ambient `#[atomic]` block the row belongs to the block's transaction.
 fn inside_an_ambient_block_the_row_commits_or_rolls_back_with_it<C: Keyeds>() {
     #[atomic]
@@ -1335,6 +1355,7 @@ backend_tests!(
     on_commit_in_a_failed_create_is_dropped,
     panic_in_create_rolls_back_and_the_transaction_stays_usable,
     outside_any_transaction_the_row_is_committed,
+    through_connection_outside_a_block_create_commits_on_its_own,
     inside_an_ambient_block_the_row_commits_or_rolls_back_with_it,
     inside_explicit_mode_a_failed_create_leaves_the_block_usable,
     inside_a_test_transaction_the_row_rolls_back,
