@@ -8,7 +8,7 @@ use std::panic::{self, AssertUnwindSafe};
 
 use diesel::Connection;
 
-use crate::begin::BeginOptions;
+use crate::begin::{BeginOptions, Isolation};
 use crate::connection::{PooledConn, TxConnection, release_rolled_back_savepoint};
 use crate::databases;
 use crate::error::Error;
@@ -159,8 +159,16 @@ pub(crate) fn enter(
                         address: conn.address,
                     };
                     st.block_connection = conn.address;
-                    let entered =
-                        push_outermost(st, false, true, restore_lent, conn.depth, conn.foreign);
+                    let begun_isolation = options.begin.isolation.filter(|_| apply_begin);
+                    let entered = push_outermost(
+                        st,
+                        false,
+                        true,
+                        restore_lent,
+                        conn.depth,
+                        conn.foreign,
+                        begun_isolation,
+                    );
                     Ok(EnterPlan::BeginExplicit(entered, apply_begin))
                 }
                 (None, Slot::Empty) => Ok(EnterPlan::CheckOut),
@@ -226,17 +234,27 @@ pub(crate) fn enter(
             if options.durable && foreign == Foreign::User {
                 return Err(durable_nested(alias));
             }
-            if applies_begin(options, foreign)? {
+            let apply_begin = applies_begin(options, foreign)?;
+            if apply_begin {
                 conn.begin_with(alias, &options.begin)?;
             } else {
                 conn.begin()?;
             }
+            let begun_isolation = options.begin.isolation.filter(|_| apply_begin);
             tracing::debug!(alias, depth = depth_before + 1, "BEGIN");
             let address = pooled.inner_address();
             Ok(state::with(alias, |st| {
                 st.slot = Slot::Held(pooled);
                 st.block_connection = address;
-                push_outermost(st, false, false, None, depth_before, foreign)
+                push_outermost(
+                    st,
+                    false,
+                    false,
+                    None,
+                    depth_before,
+                    foreign,
+                    begun_isolation,
+                )
             }))
         }
         EnterPlan::AmbientSavepoint(mut pooled) => {
@@ -361,7 +379,7 @@ pub(crate) fn enter_test_block(alias: &str) -> Result<Entered, Error> {
     Ok(state::with(alias, |st| {
         st.slot = Slot::Held(pooled);
         st.block_connection = address;
-        push_outermost(st, true, false, None, depth_before, foreign)
+        push_outermost(st, true, false, None, depth_before, foreign, None)
     }))
 }
 
@@ -387,8 +405,10 @@ fn push_outermost(
     restore_lent: Option<usize>,
     depth_before: u32,
     foreign: Foreign,
+    begun_isolation: Option<Isolation>,
 ) -> Entered {
     st.needs_rollback = false;
+    st.begun_isolation = begun_isolation;
     push(
         st,
         BlockKind::Outermost {

@@ -189,7 +189,6 @@ fn retry_reason<T, E: AsDieselError>(
 /// Records that the current transaction on `alias` failed on a row its snapshot cannot see
 /// (`get_or_create` lost a race under REPEATABLE READ or SERIALIZABLE): rerunning the whole
 /// transaction, with a new snapshot, succeeds, so a retrying block around it reruns.
-#[allow(dead_code)] // get_or_create (issue 6) calls it
 pub(crate) fn note_hidden_conflict(alias: &str) {
     state::with(alias, |st| st.hidden_conflict = true);
 }

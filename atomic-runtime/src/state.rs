@@ -5,6 +5,7 @@
 
 use std::cell::RefCell;
 
+use crate::begin::Isolation;
 use crate::connection::PooledConn;
 
 /// Where the alias's connection is right now.
@@ -93,6 +94,11 @@ pub(crate) struct AliasState {
     /// Set when work in the current transaction failed because of a row its snapshot cannot
     /// see (a lost `get_or_create` race under REPEATABLE READ): a retrying block reruns then.
     pub(crate) hidden_conflict: bool,
+    /// The isolation level the outermost block's BEGIN asked for (`None`: the connection's
+    /// default). Meaningful while `blocks` is not empty. `get_or_create` reads it before asking
+    /// the server, because MariaDB's `@@tx_isolation` keeps showing the session's level inside
+    /// a transaction begun after a one-shot `SET TRANSACTION ISOLATION LEVEL`.
+    pub(crate) begun_isolation: Option<Isolation>,
 }
 
 impl AliasState {
@@ -107,6 +113,7 @@ impl AliasState {
             block_connection: 0,
             next_token: 1,
             hidden_conflict: false,
+            begun_isolation: None,
         }
     }
 
@@ -190,7 +197,6 @@ pub(crate) fn peek<R>(alias: &str, f: impl FnOnce(Option<&AliasState>) -> R) -> 
 
 /// The alias whose open block runs on (or whose `connection()` call lent) the connection at
 /// `address`, if any.
-#[allow(dead_code)] // get_or_create (issue 6) calls it
 pub(crate) fn alias_of_connection(address: usize) -> Option<String> {
     STATES.with(|states| {
         let states = states.borrow();
