@@ -1,6 +1,12 @@
 //! Isolation level, read-only and SQLite's lock mode at BEGIN (issue 7), checked by asking the
 //! server what the open transaction runs with and by what a concurrent commit shows.
 
+// Server-only tests are compiled only with the server features (scripts/test turns both on).
+#![cfg_attr(
+    not(all(feature = "postgres", feature = "mysql")),
+    allow(dead_code, unused_imports)
+)]
+
 mod common;
 
 use std::sync::mpsc;

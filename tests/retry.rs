@@ -2,6 +2,12 @@
 //! conflicts and deadlocks between two threads on the real servers, SQLite's stale-snapshot
 //! BUSY, and what is never retried.
 
+// Server-only tests are compiled only with the server features (scripts/test turns both on).
+#![cfg_attr(
+    not(all(feature = "postgres", feature = "mysql")),
+    allow(dead_code, unused_imports)
+)]
+
 mod captured_logs;
 mod common;
 
