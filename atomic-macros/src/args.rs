@@ -18,6 +18,19 @@ pub(crate) enum Attribute {
     NonAtomicRequests,
 }
 
+/// The arguments `#[atomic]` takes, in the order messages list them.
+const ATOMIC_KEYS: &[&str] = &[
+    "using",
+    "savepoint",
+    "durable",
+    "isolation",
+    "read_only",
+    "begin",
+    "retry",
+    "conn",
+    "crate",
+];
+
 impl Attribute {
     /// How messages name the attribute.
     pub(crate) fn name(self) -> &'static str {
@@ -27,19 +40,9 @@ impl Attribute {
         }
     }
 
-    fn keys(self) -> &'static [&'static str] {
+    pub(crate) const fn keys(self) -> &'static [&'static str] {
         match self {
-            Attribute::Atomic => &[
-                "using",
-                "savepoint",
-                "durable",
-                "isolation",
-                "read_only",
-                "begin",
-                "retry",
-                "conn",
-                "crate",
-            ],
+            Attribute::Atomic => ATOMIC_KEYS,
             Attribute::NonAtomicRequests => &["using", "crate"],
         }
     }

@@ -5,21 +5,14 @@
 use proc_macro2::{Delimiter, Group, Ident, Literal, Punct, Spacing, Span, TokenStream, TokenTree};
 use proptest::prelude::*;
 
+use crate::args::Attribute;
 use crate::expand;
 
 /// Enough to cover every key, value kind and separator many times over; still a few seconds.
 const CASES: u32 = 10_000;
 
-const IDENTS: &[&str] = &[
-    "using",
-    "savepoint",
-    "durable",
-    "isolation",
-    "read_only",
-    "begin",
-    "retry",
-    "conn",
-    "crate",
+/// Identifiers for token soup, besides the attribute's own keys.
+const OTHER_IDENTS: &[&str] = &[
     "usin",
     "serializable",
     "Isolation",
@@ -89,7 +82,12 @@ fn tokens_from_codes(codes: &[u32]) -> TokenStream {
                 }
                 None => continue,
             },
-            2..=5 => TokenTree::Ident(Ident::new(IDENTS[pick(IDENTS.len())], Span::call_site())),
+            2..=5 => {
+                let keys = Attribute::Atomic.keys();
+                let n = pick(keys.len() + OTHER_IDENTS.len());
+                let ident = keys.get(n).unwrap_or_else(|| &OTHER_IDENTS[n - keys.len()]);
+                TokenTree::Ident(Ident::new(ident, Span::call_site()))
+            }
             6 => TokenTree::Ident(Ident::new_raw("using", Span::call_site())),
             7 | 8 => TokenTree::Literal(Literal::string(STRINGS[pick(STRINGS.len())])),
             9 => TokenTree::Literal(match pick(6) {

@@ -27,17 +27,7 @@ pub(crate) fn nearest<'a>(wrong: &str, candidates: &[&'a str]) -> Option<&'a str
 mod tests {
     use super::*;
 
-    const KEYS: &[&str] = &[
-        "using",
-        "savepoint",
-        "durable",
-        "isolation",
-        "read_only",
-        "begin",
-        "retry",
-        "conn",
-        "crate",
-    ];
+    const KEYS: &[&str] = crate::args::Attribute::Atomic.keys();
     const ISOLATION_LEVELS: &[&str] = &[
         "serializable",
         "repeatable_read",
