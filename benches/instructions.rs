@@ -7,7 +7,7 @@
 //! valgrind --tool=callgrind target/release/deps/instructions-* empty_diesel
 //! ```
 //!
-//! Workloads: `{empty,insert,nest4}_{atomic,diesel}`. `bench/run` prints the table.
+//! Workloads: `{empty,insert,nest4,nest16,nest64}_{atomic,diesel}`. `bench/run` prints the table.
 
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
@@ -73,6 +73,10 @@ fn main() {
             "insert_diesel" => conn.transaction(|conn| insert(conn, n)),
             "nest4_atomic" => nest_atomic(conn, 4),
             "nest4_diesel" => nest_diesel(conn, 4),
+            "nest16_atomic" => nest_atomic(conn, 16),
+            "nest16_diesel" => nest_diesel(conn, 16),
+            "nest64_atomic" => nest_atomic(conn, 64),
+            "nest64_diesel" => nest_diesel(conn, 64),
             // `cargo bench` runs every bench target with `--bench`: nothing to do then.
             _ => return,
         };
