@@ -100,9 +100,9 @@ const UNALIASED: &str = "diesel_atomic::get_or_create (connection of no alias)";
 /// - A SERIALIZABLE transaction may have to retry for reasons of its own (a serialization
 ///   failure at any statement or at COMMIT), `get_or_create` or not.
 /// - Every failure of `create` looks alike, so inside a retrying REPEATABLE READ or
-///   SERIALIZABLE transaction on PostgreSQL or MariaDB/MySQL a genuine error (a NOT NULL violation, say) whose second `get`
-///   misses is also taken for a hidden race and rerun until the policy's retries run out; the
-///   error returned is still `create`'s.
+///   SERIALIZABLE transaction on PostgreSQL or MariaDB/MySQL a genuine error (a NOT NULL
+///   violation, say) whose second `get` misses is also taken for a hidden race and rerun until
+///   the policy's retries run out; the error returned is still `create`'s.
 /// - The level is the one an outermost block of this crate began the transaction with
 ///   (`Atomic::isolation`); otherwise it is read from the server, on this rare path only
 ///   (PostgreSQL: `transaction_isolation`; MariaDB/MySQL: `@@tx_isolation`, else

@@ -118,9 +118,12 @@ impl RetryPolicy {
 /// }
 /// ```
 #[diagnostic::on_unimplemented(
-    message = "`retry` cannot tell what failed in `{Self}`: it does not implement `diesel_atomic::AsDieselError`",
+    message = "`retry` cannot tell what failed in `{Self}`: it does not implement \
+               `diesel_atomic::AsDieselError`",
     label = "the error type of a block with `retry`",
-    note = "implement `diesel_atomic::AsDieselError` for `{Self}`, returning the `diesel::result::Error` it wraps (or `None`), so serialization failures and deadlocks can be retried"
+    note = "implement `diesel_atomic::AsDieselError` for `{Self}`, returning the \
+            `diesel::result::Error` it wraps (or `None`), so serialization failures and \
+            deadlocks can be retried"
 )]
 pub trait AsDieselError {
     /// The diesel error this error carries, if any.
