@@ -7,11 +7,13 @@
 //! valgrind --tool=callgrind target/release/deps/instructions-* empty_diesel
 //! ```
 //!
-//! Workloads: `{empty,insert,nest4,nest16,nest64}_{atomic,diesel}`. `bench/run` prints the table.
+//! Workloads: `{empty,insert,nest4,nest16,nest64}_{atomic,diesel}`, and `insert_ambient` /
+//! `insert_pooled` (ambient mode vs `pool.get()` + `conn.transaction`). `bench/run` prints the table.
 
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
-use diesel_atomic::atomic;
+use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool};
+use diesel_atomic::{Database, Databases, atomic};
 
 diesel::table! {
     rows (id) {
@@ -59,8 +61,49 @@ fn insert(conn: &mut SqliteConnection, n: i32) -> QueryResult<()> {
         .map(drop)
 }
 
+/// Ambient mode: the block checks a connection out of the alias's pool.
+#[atomic]
+fn insert_ambient(n: i32) -> Result<(), diesel_atomic::Error> {
+    diesel_atomic::connection(|conn: &mut SqliteConnection| insert(conn, n))?;
+    Ok(())
+}
+
+/// What ambient mode is measured against: `pool.get()` + `conn.transaction`, per block.
+fn ambient(workload: &str) {
+    let pool = Pool::builder()
+        .max_size(1)
+        .connection_customizer(Box::new(Schema))
+        .build(ConnectionManager::<SqliteConnection>::new(":memory:"))
+        .expect("pool");
+    let _registry = Databases::new()
+        .add("default", Database::new(pool.clone()))
+        .enter();
+    for n in 0..BLOCKS {
+        match workload {
+            "insert_ambient" => insert_ambient(n).expect("block"),
+            _ => {
+                let mut conn = pool.get().expect("checkout");
+                conn.transaction(|conn| insert(conn, n)).expect("block")
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Schema;
+
+impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for Schema {
+    fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), diesel::r2d2::Error> {
+        conn.batch_execute("CREATE TABLE rows (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)")
+            .map_err(diesel::r2d2::Error::QueryError)
+    }
+}
+
 fn main() {
     let workload = std::env::args().nth(1).unwrap_or_default();
+    if matches!(workload.as_str(), "insert_ambient" | "insert_pooled") {
+        return ambient(&workload);
+    }
     let mut conn = SqliteConnection::establish(":memory:").expect("in-memory SQLite");
     conn.batch_execute("CREATE TABLE rows (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)")
         .expect("schema");
