@@ -21,98 +21,11 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
-use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool};
-use diesel_atomic::{Database, Databases, Error, atomic, transaction};
+use diesel_atomic::{Database, Databases, Error, transaction};
 
-diesel::table! {
-    rows (id) {
-        id -> Integer,
-        n -> Integer,
-    }
-}
+mod workloads;
 
-const SQLITE_SCHEMA: &str =
-    "CREATE TABLE IF NOT EXISTS rows (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)";
-
-fn sqlite() -> SqliteConnection {
-    let mut conn = SqliteConnection::establish(":memory:").expect("in-memory SQLite");
-    conn.batch_execute(SQLITE_SCHEMA).expect("schema");
-    conn
-}
-
-#[derive(Debug)]
-struct Schema(&'static str);
-
-impl<C: Connection> CustomizeConnection<C, diesel::r2d2::Error> for Schema {
-    fn on_acquire(&self, conn: &mut C) -> Result<(), diesel::r2d2::Error> {
-        conn.batch_execute(self.0)
-            .map_err(diesel::r2d2::Error::QueryError)
-    }
-}
-
-fn sqlite_pool() -> Pool<ConnectionManager<SqliteConnection>> {
-    Pool::builder()
-        .max_size(1)
-        .connection_customizer(Box::new(Schema(SQLITE_SCHEMA)))
-        .build(ConnectionManager::new(":memory:"))
-        .expect("pool")
-}
-
-// --- The blocks under test ----------------------------------------------------------------------
-
-fn insert_row<C>(conn: &mut C, n: i32) -> QueryResult<()>
-where
-    C: Connection<Backend = <SqliteConnection as Connection>::Backend>
-        + diesel::connection::LoadConnection,
-{
-    // The same 1,024 rows over and over: the table (and so the cost of an INSERT) does not
-    // grow with the number of iterations, which criterion picks per benchmark.
-    diesel::replace_into(rows::table)
-        .values((rows::id.eq(n % 1024), rows::n.eq(n)))
-        .execute(conn)
-        .map(drop)
-}
-
-#[atomic]
-fn insert_explicit(conn: &mut SqliteConnection, n: i32) -> QueryResult<()> {
-    insert_row(conn, n)
-}
-
-fn insert_diesel(conn: &mut SqliteConnection, n: i32) -> QueryResult<()> {
-    conn.transaction(|conn| insert_row(conn, n))
-}
-
-#[atomic]
-fn insert_ambient(n: i32) -> Result<(), Error> {
-    diesel_atomic::connection(|conn: &mut SqliteConnection| {
-        insert_row(conn, n).map_err(Error::from)
-    })
-}
-
-#[atomic]
-fn empty_explicit(conn: &mut SqliteConnection) -> QueryResult<()> {
-    let _ = conn;
-    Ok(())
-}
-
-#[atomic]
-fn nest_explicit(conn: &mut SqliteConnection, depth: u32) -> QueryResult<()> {
-    if depth > 1 {
-        nest_explicit(conn, depth - 1)
-    } else {
-        Ok(())
-    }
-}
-
-fn nest_diesel(conn: &mut SqliteConnection, depth: u32) -> QueryResult<()> {
-    conn.transaction(|conn| {
-        if depth > 1 {
-            nest_diesel(conn, depth - 1)
-        } else {
-            Ok(())
-        }
-    })
-}
+use workloads::*;
 
 // --- Groups ---------------------------------------------------------------------------------------
 
@@ -294,30 +207,7 @@ fn postgres(c: &mut Criterion) {
         return;
     };
 
-    fn upsert(conn: &mut PgConnection, n: i32) -> QueryResult<()> {
-        diesel::insert_into(rows::table)
-            .values((rows::id.eq(n % 1024), rows::n.eq(n)))
-            .on_conflict(rows::id)
-            .do_update()
-            .set(rows::n.eq(n))
-            .execute(conn)
-            .map(drop)
-    }
-
-    #[atomic]
-    fn insert_pg(conn: &mut PgConnection, n: i32) -> QueryResult<()> {
-        upsert(conn, n)
-    }
-
-    #[atomic]
-    fn empty_pg(conn: &mut PgConnection) -> QueryResult<()> {
-        let _ = conn;
-        Ok(())
-    }
-
-    let mut conn = PgConnection::establish(&url).expect("connect to PG_URL");
-    conn.batch_execute("CREATE TEMP TABLE rows (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)")
-        .expect("schema");
+    let mut conn = postgres_connection(&url);
     let mut group = c.benchmark_group("postgres");
     let mut n = 0;
     group.bench_function("insert/diesel_transaction", |b| {
