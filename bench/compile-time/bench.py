@@ -193,7 +193,7 @@ def fn_hand_expanded(i):
         ty = "QueryResult<usize>"
         return f"""pub fn f_{i}(conn: &mut SqliteConnection, n: i32) -> {ty} {{
     ::diesel_atomic::__private::run_explicit(
-        &::diesel_atomic::__private::Options {{ using: "default", savepoint: true, durable: false }},
+        &::diesel_atomic::__private::Options {{ using: "default", savepoint: true, durable: false, begin: ::diesel_atomic::__private::BeginOptions::DEFAULT }},
         conn,
         move |conn| {{
         {FAKE_RETURN.format(ty=ty)}
@@ -207,7 +207,7 @@ def fn_hand_expanded(i):
             else 'diesel_atomic::db("other").connection')
     return f"""pub fn f_{i}(n: i32) -> {ty} {{
     ::diesel_atomic::__private::run_ambient(
-        &::diesel_atomic::__private::Options {{ using: "{alias}", savepoint: true, durable: false }},
+        &::diesel_atomic::__private::Options {{ using: "{alias}", savepoint: true, durable: false, begin: ::diesel_atomic::__private::BeginOptions::DEFAULT }},
         move || {{
         {FAKE_RETURN.format(ty=ty)}
         {call}(|conn: &mut SqliteConnection| Ok({body}?))
