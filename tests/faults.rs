@@ -7,7 +7,7 @@
 mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Barrier, Once};
+use std::sync::{Arc, Barrier};
 
 use common::*;
 use diesel::connection::SimpleConnection;
@@ -158,20 +158,6 @@ fn failed_release_marks_the_enclosing_transaction_for_rollback<C: Backend>() {
 // Many threads, one pool.
 // ---------------------------------------------------------------------------------------------
 
-/// Keeps the deliberate panics of the thread tests out of the output; others still print.
-fn quiet_expected_panics() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let default_hook = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let message = info.payload().downcast_ref::<String>();
-            if !message.is_some_and(|m| m.starts_with("expected panic")) {
-                default_hook(info);
-            }
-        }));
-    });
-}
-
 fn threads_sharing_a_pool_commit_exactly_their_successful_blocks<C: Backend>() {
     let db = setup::<C>();
     const THREADS: usize = 4;
@@ -185,7 +171,7 @@ fn threads_sharing_a_pool_commit_exactly_their_successful_blocks<C: Backend>() {
             let committed = Arc::clone(&committed);
             std::thread::spawn(move || {
                 let _registry = TestDb::<C>::enter(&databases);
-                quiet_expected_panics();
+                quiet_expected_panics("expected panic");
                 barrier.wait();
                 for i in 0..BLOCKS {
                     let num = (t * BLOCKS + i) as i32;
@@ -298,7 +284,7 @@ fn ten_thousand_random_blocks_leave_every_pooled_connection_clean<C: Backend>() 
             let databases = db.databases.clone();
             std::thread::spawn(move || {
                 let _registry = TestDb::<C>::enter(&databases);
-                quiet_expected_panics();
+                quiet_expected_panics("expected panic");
                 let mut random = Random(0x9E37_79B9_7F4A_7C15 ^ (t as u64 + 1));
                 let mut expected = Vec::new();
                 for block in 0..BLOCKS {

@@ -28,7 +28,7 @@ mod common;
 use std::cell::Cell;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Mutex, Once, mpsc};
+use std::sync::{Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -346,19 +346,6 @@ fn assert_create_failed(result: &Goc<(Keyed, bool)>) {
 
 const EXPECTED_PANIC: &str = "create blew up";
 
-/// Silences the default panic message for the panics these tests cause on purpose.
-fn quiet_expected_panics() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let default_hook = panic::take_hook();
-        panic::set_hook(Box::new(move |info| {
-            if info.payload().downcast_ref::<&str>() != Some(&EXPECTED_PANIC) {
-                default_hook(info);
-            }
-        }));
-    });
-}
-
 // ---------------------------------------------------------------------------------------------
 // Django's GetOrCreateTests and GetOrCreateTestsWithManualPKs (rows 1-8)
 // ---------------------------------------------------------------------------------------------
@@ -532,7 +519,7 @@ fn on_commit_in_a_failed_create_is_dropped<C: Keyeds>() {
 /// A panic in `create` rolls its savepoint back and resumes unchanged; the enclosing block
 /// goes on and commits.
 fn panic_in_create_rolls_back_and_the_transaction_stays_usable<C: Keyeds>() {
-    quiet_expected_panics();
+    quiet_expected_panics(EXPECTED_PANIC);
     let db = setup_keyed::<C>();
     transaction::atomic(|| {
         connection(|conn: &mut C| {

@@ -25,7 +25,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::panic::{self, AssertUnwindSafe};
 use std::rc::Rc;
-use std::sync::Once;
 use std::time::Instant;
 
 use common::*;
@@ -1148,20 +1147,6 @@ impl Runtime {
 // The test.
 // ---------------------------------------------------------------------------------------------
 
-/// Keeps the programs' deliberate panics out of the output; others still print.
-fn quiet_expected_panics() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let default_hook = panic::take_hook();
-        panic::set_hook(Box::new(move |info| {
-            let message = panic_message(info.payload());
-            if !message.starts_with("expected panic") {
-                default_hook(info);
-            }
-        }));
-    });
-}
-
 fn cases() -> u32 {
     match std::env::var("MODEL_CASES") {
         Ok(cases) => cases
@@ -1253,7 +1238,7 @@ struct Harness<C: Backend> {
 
 impl<C: Backend> Harness<C> {
     fn new() -> Self {
-        quiet_expected_panics();
+        quiet_expected_panics("expected panic");
         let db = setup::<C>();
         let mut raw = [db.raw("default"), db.raw("other")];
         for conn in &mut raw {

@@ -35,7 +35,6 @@ mod common;
 
 use std::any::Any;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::Once;
 
 use common::*;
 use diesel::prelude::*;
@@ -249,23 +248,10 @@ fn create_then_panic(first_name: &str) -> Result<(), TestError> {
     panic!("Oops, that's his last name")
 }
 
-/// Silences the default panic message for the panics these tests cause on purpose.
-fn quiet_expected_panics() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let default_hook = panic::take_hook();
-        panic::set_hook(Box::new(move |info| {
-            if info.payload().downcast_ref::<&str>() != Some(&EXPECTED_PANIC) {
-                default_hook(info);
-            }
-        }));
-    });
-}
-
 /// Runs `f`, which must panic with `EXPECTED_PANIC` out of the blocks it opens: the blocks
 /// resume the original payload unchanged (SEMANTICS X3).
 fn assert_resumes_expected_panic<T>(f: impl FnOnce() -> T) {
-    quiet_expected_panics();
+    quiet_expected_panics(EXPECTED_PANIC);
     let payload = match panic::catch_unwind(AssertUnwindSafe(f)) {
         Ok(_) => panic!("the panic must propagate out of the atomic block"),
         Err(payload) => payload,

@@ -681,6 +681,26 @@ pub fn assert_pool_clean<C: Backend>(pool: &Pooled<C>) {
     }
 }
 
+/// Silences the default panic message for the panics a test binary causes on purpose: those
+/// whose message starts with `prefix`. The hook is installed once per test binary; every other
+/// panic is still reported as usual.
+pub fn quiet_expected_panics(prefix: &'static str) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default_hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let payload = info.payload();
+            let message = payload
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| payload.downcast_ref::<String>().map(String::as_str));
+            if !message.is_some_and(|message| message.starts_with(prefix)) {
+                default_hook(info);
+            }
+        }));
+    });
+}
+
 /// Records callback runs, like Django's `notified` list.
 #[derive(Clone, Default)]
 pub struct Notified(pub Rc<RefCell<Vec<i32>>>);
