@@ -7,11 +7,10 @@
 
 use std::fmt;
 
-use diesel::connection::{
-    Connection, TransactionDepthChange, TransactionManager, TransactionManagerStatus,
-};
+use diesel::connection::{Connection, TransactionDepthChange, TransactionManager};
 use diesel::result::QueryResult;
 
+use crate::connection::{change_depth, transaction_depth};
 use crate::error::Error;
 
 /// A transaction isolation level, as SQL names them.
@@ -264,17 +263,11 @@ pub(crate) fn begin_with<C: Connection>(
 
 /// diesel's `AnsiTransactionManager::begin_transaction_sql`, for any connection type.
 fn begin_transaction_sql<C: Connection>(conn: &mut C, sql: &str) -> QueryResult<()> {
-    let depth = C::TransactionManager::transaction_manager_status_mut(conn).transaction_depth()?;
-    if depth.is_some() {
+    if transaction_depth(conn)? != 0 {
         return Err(diesel::result::Error::AlreadyInTransaction);
     }
     conn.batch_execute(sql)?;
-    match C::TransactionManager::transaction_manager_status_mut(conn) {
-        TransactionManagerStatus::Valid(status) => {
-            status.change_transaction_depth(TransactionDepthChange::IncreaseDepth)
-        }
-        TransactionManagerStatus::InError => Err(diesel::result::Error::BrokenTransactionManager),
-    }
+    change_depth(conn, TransactionDepthChange::IncreaseDepth)
 }
 
 #[cfg(test)]

@@ -9,7 +9,9 @@
 
 use std::any::Any;
 
-use diesel::connection::{Connection, TransactionManager, TransactionManagerStatus};
+use diesel::connection::{
+    Connection, TransactionDepthChange, TransactionManager, TransactionManagerStatus,
+};
 use diesel::r2d2::{ConnectionManager, PooledConnection, R2D2Connection};
 use diesel::result::QueryResult;
 
@@ -95,10 +97,25 @@ pub(crate) fn connection_address<C>(conn: &C) -> usize {
 ///
 /// `transaction_manager_status_mut` is `#[doc(hidden)]` in diesel 2.3 (outside its semver
 /// promise), so this is the one place a diesel upgrade has to look at.
-fn transaction_depth<C: Connection>(conn: &mut C) -> QueryResult<u32> {
+pub(crate) fn transaction_depth<C: Connection>(conn: &mut C) -> QueryResult<u32> {
     let status: &mut TransactionManagerStatus =
         C::TransactionManager::transaction_manager_status_mut(conn);
     Ok(status.transaction_depth()?.map_or(0, |depth| depth.get()))
+}
+
+/// Moves diesel's transaction depth after SQL of ours began or ended a level, as
+/// `AnsiTransactionManager` does after its own (`begin_transaction_sql`, `commit_transaction`).
+///
+/// `change_transaction_depth` is public but sits behind the hidden status accessor, like
+/// [`transaction_depth`]: the second place a diesel upgrade has to look at.
+pub(crate) fn change_depth<C: Connection>(
+    conn: &mut C,
+    change: TransactionDepthChange,
+) -> QueryResult<()> {
+    match C::TransactionManager::transaction_manager_status_mut(conn) {
+        TransactionManagerStatus::Valid(status) => status.change_transaction_depth(change),
+        TransactionManagerStatus::InError => Err(diesel::result::Error::BrokenTransactionManager),
+    }
 }
 
 /// The savepoint name diesel's `AnsiTransactionManager` uses for a savepoint begun at `depth`.

@@ -15,11 +15,11 @@
 
 use diesel::RunQueryDsl;
 use diesel::backend::Backend;
-use diesel::connection::{
-    Connection, TransactionDepthChange, TransactionManager, TransactionManagerStatus,
-};
+use diesel::connection::{Connection, TransactionDepthChange, TransactionManager};
 use diesel::query_builder::{AstPass, QueryFragment, QueryId};
 use diesel::result::{Error as DieselError, QueryResult};
+
+use crate::connection::change_depth;
 
 /// Savepoint depths with a cached statement; deeper ones go through diesel's `batch_execute`.
 const CACHED_DEPTHS: u32 = 8;
@@ -101,13 +101,6 @@ fn commit_statement(depth: u32) -> Option<usize> {
         1 => Some(1),
         2..=9 => Some(1 + CACHED_DEPTHS as usize + (depth - 1) as usize),
         _ => None,
-    }
-}
-
-fn change_depth<C: Connection>(conn: &mut C, change: TransactionDepthChange) -> QueryResult<()> {
-    match C::TransactionManager::transaction_manager_status_mut(conn) {
-        TransactionManagerStatus::Valid(status) => status.change_transaction_depth(change),
-        TransactionManagerStatus::InError => Err(DieselError::BrokenTransactionManager),
     }
 }
 
