@@ -316,6 +316,20 @@ pub struct Retrying {
 
 impl Retrying {
     /// Runs `f` as a block on the alias's ambient connection, once per attempt.
+    ///
+    /// ```
+    /// # extern crate atomic_runtime as diesel_atomic;
+    /// # use diesel::r2d2::{ConnectionManager, Pool};
+    /// # use diesel::SqliteConnection;
+    /// use diesel_atomic::{transaction::Atomic, Database, Databases, Error, RetryPolicy};
+    ///
+    /// # let pool = Pool::builder().max_size(1)
+    /// #     .build(ConnectionManager::<SqliteConnection>::new(":memory:")).unwrap();
+    /// let _registry = Databases::new().add("default", Database::new(pool)).enter();
+    /// let answer = Atomic::new().retry(RetryPolicy::new(2)).run(|| Ok::<_, Error>(42))?;
+    /// assert_eq!(answer, 42);
+    /// # Ok::<(), Error>(())
+    /// ```
     pub fn run<T, E>(&self, f: impl FnMut() -> Result<T, E>) -> Result<T, E>
     where
         E: From<Error> + AsDieselError,
@@ -324,6 +338,19 @@ impl Retrying {
     }
 
     /// Runs `f` as a block on `conn` (explicit mode), once per attempt.
+    ///
+    /// ```
+    /// # extern crate atomic_runtime as diesel_atomic;
+    /// use diesel::connection::SimpleConnection;
+    /// use diesel::{Connection, SqliteConnection};
+    /// use diesel_atomic::{transaction::Atomic, RetryPolicy};
+    ///
+    /// let mut conn = SqliteConnection::establish(":memory:").unwrap();
+    /// Atomic::new()
+    ///     .retry(RetryPolicy::new(2))
+    ///     .run_on(&mut conn, |conn| conn.batch_execute("CREATE TABLE t (id INTEGER)"))?;
+    /// # Ok::<(), diesel::result::Error>(())
+    /// ```
     pub fn run_on<C, T, E>(
         &self,
         conn: &mut C,
