@@ -30,6 +30,53 @@ where
     crate::atomic::run_explicit(options, conn, body)
 }
 
+/// `#[atomic(conn = self.field)]`: the connection is a field of the receiver.
+#[inline]
+pub fn run_explicit_field<S, C, T, E>(
+    options: &Options<'_>,
+    owner: &mut S,
+    field: impl Fn(&mut S) -> &mut C,
+    body: impl FnOnce(&mut S) -> Result<T, E>,
+) -> Result<T, E>
+where
+    S: ?Sized,
+    C: Connection,
+    E: From<Error>,
+{
+    crate::atomic::run_explicit_field(options, owner, field, body)
+}
+
+/// `#[atomic(conn = self.field, durable = true, retry = n)]`.
+#[inline]
+pub fn run_explicit_field_retry<S, C, T, E>(
+    options: &Options<'_>,
+    policy: RetryPolicy,
+    owner: &mut S,
+    field: impl Fn(&mut S) -> &mut C,
+    body: impl FnMut(&mut S) -> Result<T, E>,
+) -> Result<T, E>
+where
+    S: ?Sized,
+    C: Connection,
+    E: From<Error> + AsDieselError,
+{
+    crate::retry::run_explicit_field(options, policy, owner, field, body)
+}
+
+/// Reaches the connection in a field for `conn = self.field`, through method-call autoderef,
+/// so the field may hold the connection itself or a `&mut` to it.
+pub trait FieldConnection {
+    /// The connection.
+    fn __diesel_atomic_connection(&mut self) -> &mut Self;
+}
+
+impl<C: Connection> FieldConnection for C {
+    #[inline]
+    fn __diesel_atomic_connection(&mut self) -> &mut Self {
+        self
+    }
+}
+
 /// `#[atomic(durable = true, retry = n)]` in ambient mode.
 #[inline]
 pub fn run_ambient_retry<T, E>(

@@ -59,6 +59,31 @@ where
     finish(options.using, outcome, exit)
 }
 
+/// Runs `body` as a block on a connection held by `owner` (`#[atomic(conn = self.conn)]`):
+/// `field` reaches the connection each time the block needs it, so `body` can have all of
+/// `owner`, the connection included, in between.
+pub(crate) fn run_explicit_field<S, C, T, E>(
+    options: &BlockOptions<'_>,
+    owner: &mut S,
+    field: impl Fn(&mut S) -> &mut C,
+    body: impl FnOnce(&mut S) -> Result<T, E>,
+) -> Result<T, E>
+where
+    S: ?Sized,
+    C: Connection,
+    E: From<Error>,
+{
+    let entered = enter(options, Some(field(owner)))?;
+    let outcome = panic::catch_unwind(AssertUnwindSafe(|| body(&mut *owner)));
+    let exit = leave(
+        options.using,
+        entered,
+        Some(field(owner)),
+        succeeded(&outcome),
+    );
+    finish(options.using, outcome, exit)
+}
+
 #[inline]
 pub(crate) fn succeeded<T, E>(outcome: &std::thread::Result<Result<T, E>>) -> bool {
     matches!(outcome, Ok(Ok(_)))

@@ -241,6 +241,32 @@ where
     })
 }
 
+/// Runs a durable block on a connection held by `owner`, rerunning it per `policy`.
+pub(crate) fn run_explicit_field<S, C, T, E>(
+    options: &BlockOptions<'_>,
+    policy: RetryPolicy,
+    owner: &mut S,
+    field: impl Fn(&mut S) -> &mut C,
+    mut body: impl FnMut(&mut S) -> Result<T, E>,
+) -> Result<T, E>
+where
+    S: ?Sized,
+    C: Connection,
+    E: From<Error> + AsDieselError,
+{
+    attempts(options, policy, |options| {
+        let entered = atomic::enter(options, Some(field(&mut *owner)))?;
+        let outcome = panic::catch_unwind(AssertUnwindSafe(|| body(&mut *owner)));
+        let exit = atomic::leave(
+            options.using,
+            entered,
+            Some(field(&mut *owner)),
+            atomic::succeeded(&outcome),
+        );
+        Ok((outcome, exit))
+    })
+}
+
 type Attempt<T, E> = Result<(std::thread::Result<Result<T, E>>, atomic::Exit), Error>;
 
 /// The retry loop around one attempt (enter, body, leave).
