@@ -236,21 +236,45 @@ where
 {
     let blocking = move || {
         let _registry = databases.as_ref().map(crate::Databases::enter);
-        crate::request(view)
+        let (outcome, report) = crate::__private::request_with_report(view);
+        if let Err(payload) = &outcome {
+            log_panic(&panic_message(payload.as_ref()), &report);
+        }
+        outcome
     };
     match tokio::task::spawn_blocking(blocking).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(error)) => Err(ViewError::View(error)),
-        Err(join_error) if join_error.is_panic() => {
-            let message = panic_message(&*join_error.into_panic());
-            // request() rolled back before the panic left the blocking thread.
-            tracing::error!(
-                panic = %message,
-                "the view panicked; its request transactions were rolled back"
-            );
-            Err(ViewError::Panicked { message })
-        }
+        Ok(Ok(Ok(value))) => Ok(value),
+        Ok(Ok(Err(error))) => Err(ViewError::View(error)),
+        Ok(Err(payload)) => Err(ViewError::Panicked {
+            message: panic_message(payload.as_ref()),
+        }),
+        // The blocking closure itself catches every panic of the view and its callbacks.
+        Err(join_error) if join_error.is_panic() => Err(ViewError::Panicked {
+            message: panic_message(&*join_error.into_panic()),
+        }),
         Err(_) => Err(ViewError::Cancelled),
+    }
+}
+
+/// One ERROR event that says which panic it was and how each alias's transaction ended.
+fn log_panic(message: &str, report: &crate::__private::RequestReport) {
+    let committed = report.committed.join(", ");
+    let rolled_back = report.rolled_back.join(", ");
+    match &report.callback_panicked {
+        Some(alias) => tracing::error!(
+            panic = %message,
+            alias = %alias,
+            committed = %committed,
+            rolled_back = %rolled_back,
+            "an on_commit callback panicked after the request committed on '{alias}'; that \
+             commit stands, the callbacks after it were dropped and the aliases after it \
+             rolled back"
+        ),
+        None => tracing::error!(
+            panic = %message,
+            rolled_back = %rolled_back,
+            "the view panicked; its request transactions were rolled back"
+        ),
     }
 }
 
@@ -275,7 +299,9 @@ where
 pub enum ViewError<E> {
     /// The view returned `Err` (or the request's COMMIT failed); its transactions rolled back.
     View(E),
-    /// The view panicked; its transactions rolled back.
+    /// The view panicked (its transactions rolled back), or a plain on_commit callback
+    /// panicked after a COMMIT (that alias's work stands; the aliases committed after it
+    /// rolled back). The ERROR event logged with it says which.
     Panicked {
         /// The panic message (`"Box<dyn Any>"` when the payload is not a string).
         message: String,

@@ -852,11 +852,10 @@ fn genuine_failure_under_read_committed_is_not_rerun<C: Keyeds>() {
     assert_eq!(attempts, 1);
 }
 
-/// The documented cost of an opaque error type: under REPEATABLE READ a genuine failure whose
-/// second lookup misses looks like a hidden race, so a retrying block reruns it until its
-/// retries run out, then returns `create`'s error. SQLite (here SERIALIZABLE, its only level)
-/// never marks a hidden race: a stale snapshot fails its write before any constraint check.
-fn genuine_failure_under_repeatable_read_is_rerun_until_retries_run_out<C: Keyeds>() {
+/// Under REPEATABLE READ a genuine failure (a NOT NULL violation) whose second lookup misses
+/// is not a unique violation, so it is not taken for a hidden race: the retrying block runs
+/// once and returns `create`'s error.
+fn genuine_failure_under_repeatable_read_is_not_rerun<C: Keyeds>() {
     let db = setup_keyed::<C>();
     let level = match C::KIND {
         Kind::Sqlite => Isolation::Serializable,
@@ -870,11 +869,34 @@ fn genuine_failure_under_repeatable_read_is_rerun_until_retries_run_out<C: Keyed
         |conn: &mut C| conn.insert_keyed_without_value(1).map_err(GocError::Create),
     );
     assert_create_failed(&result);
-    let expected = match C::KIND {
-        Kind::Sqlite => 1,
-        Kind::Postgres | Kind::Mysql => 3,
-    };
-    assert_eq!(attempts, expected);
+    assert_eq!(attempts, 1);
+}
+
+/// A lost race the snapshot hides, swallowed by the block, does not make a later unrelated
+/// error look like one: the retrying block returns that error after one attempt.
+fn swallowed_hidden_conflict_does_not_rerun_a_later_unrelated_error<C: Keyeds>() {
+    let db = setup_keyed::<C>();
+    let mut attempts = 0;
+    let result: Goc<()> = Atomic::new()
+        .durable(true)
+        .isolation(match C::KIND {
+            Kind::Sqlite => Isolation::Serializable,
+            Kind::Postgres | Kind::Mysql => Isolation::RepeatableRead,
+        })
+        .retry(RetryPolicy::new(3).backoff(Duration::ZERO, Duration::ZERO))
+        .run(|| {
+            attempts += 1;
+            let lost =
+                get_or_create_while_a_winner_commits(&db.default, attempts == 1, insert_loser::<C>);
+            assert!(lost.is_err(), "the race is lost: {lost:?}");
+            // The application goes on and fails for a reason of its own.
+            Err(GocError::Db(DieselError::NotFound))
+        });
+    assert!(
+        matches!(result, Err(GocError::Db(DieselError::NotFound))),
+        "{result:?}"
+    );
+    assert_eq!(attempts, 1);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1354,7 +1376,8 @@ backend_tests!(
     race_under_read_committed_is_won_without_a_rerun,
     hidden_race_without_retry_returns_creates_error,
     genuine_failure_under_read_committed_is_not_rerun,
-    genuine_failure_under_repeatable_read_is_rerun_until_retries_run_out,
+    genuine_failure_under_repeatable_read_is_not_rerun,
+    swallowed_hidden_conflict_does_not_rerun_a_later_unrelated_error,
     update_or_create_creates_then_updates,
     update_or_create_without_a_required_field_returns_the_error,
     update_or_create_duplicate_primary_key_returns_the_original_error,

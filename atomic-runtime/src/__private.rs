@@ -111,3 +111,17 @@ where
 pub fn non_atomic_requests<R>(alias: &'static str, body: impl FnOnce() -> R) -> R {
     crate::request::non_atomic(alias, body)
 }
+
+pub use crate::request::RequestReport;
+
+/// `diesel_atomic::axum`: runs `view` as `request()` does, but hands back a panic (the view's,
+/// or that of an on_commit callback after a COMMIT) instead of resuming it, with how each
+/// alias's request transaction ended, so the web layer can log what really happened.
+pub fn request_with_report<T, E: From<Error>>(
+    view: impl FnOnce() -> Result<T, E>,
+) -> (std::thread::Result<Result<T, E>>, RequestReport) {
+    match crate::request::run(view) {
+        Ok(ended) => ended,
+        Err(error) => (Ok(Err(error.into())), RequestReport::default()),
+    }
+}

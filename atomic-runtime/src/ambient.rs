@@ -4,13 +4,13 @@ use diesel::Connection;
 
 use crate::atomic::{self, BlockOptions};
 use crate::begin::BeginOptions;
-use crate::connection::PooledConn;
+use crate::connection::{PooledConn, TxConnection};
 use crate::databases::{self, DEFAULT_DB_ALIAS};
 use crate::error::Error;
 use crate::hooks;
 use crate::request;
 use crate::savepoint::{self, SavepointId};
-use crate::state::{self, Slot};
+use crate::state::{self, Callback, Slot};
 
 /// Runs `f` with the default alias's connection: the open block's, or a pooled one in
 /// autocommit mode for the duration of the call.
@@ -139,8 +139,7 @@ impl Db<'_> {
     /// ```
     pub fn on_commit(&self, f: impl FnOnce() + 'static) -> Result<(), Error> {
         request::touch(self.alias)?;
-        hooks::on_commit(self.alias, f, false);
-        Ok(())
+        hooks::on_commit(self.alias, f, false)
     }
 
     /// Like [`Db::on_commit`], but a panic in `f` is caught and logged at ERROR through
@@ -154,8 +153,7 @@ impl Db<'_> {
     /// ```
     pub fn on_commit_robust(&self, f: impl FnOnce() + 'static) -> Result<(), Error> {
         request::touch(self.alias)?;
-        hooks::on_commit(self.alias, f, true);
-        Ok(())
+        hooks::on_commit(self.alias, f, true)
     }
 
     /// Marks the innermost block with a savepoint (or the outermost) to roll back on exit
@@ -332,16 +330,66 @@ impl Drop for Lent<'_> {
     fn drop(&mut self) {
         let pooled = self.pooled.take();
         let from_block = self.from_block;
-        let leftover = state::try_with(self.alias, |st| {
-            if from_block {
-                st.slot = Slot::Held(pooled?);
-                None
-            } else {
-                st.slot = Slot::Empty;
-                pooled
+        let back = state::try_with(self.alias, |st| {
+            let after_lend = std::mem::take(&mut st.after_lend);
+            let orphaned_at_depth = st.orphaned_at_depth.take();
+            match pooled {
+                // The block that owned the connection is still open: it gets it back.
+                Some(pooled) if from_block && orphaned_at_depth.is_none() => {
+                    st.slot = Slot::Held(pooled);
+                    Back {
+                        pooled: None,
+                        orphaned_at_depth,
+                        after_lend,
+                    }
+                }
+                pooled => {
+                    st.slot = Slot::Empty;
+                    Back {
+                        pooled,
+                        orphaned_at_depth,
+                        after_lend,
+                    }
+                }
             }
         });
-        // Returned to the pool outside the state borrow.
-        drop(leftover);
+        // The rest runs outside the state's borrow.
+        let Some(Back {
+            mut pooled,
+            orphaned_at_depth,
+            after_lend,
+        }) = back
+        else {
+            return;
+        };
+        if let (Some(pooled), Some(depth_before)) = (&mut pooled, orphaned_at_depth) {
+            roll_back_to(self.alias, pooled.inner(), depth_before);
+        }
+        // Back to the pool (r2d2 discards it if it is still inside a transaction) before the
+        // callbacks of the blocks that committed on it run (C3).
+        drop(pooled);
+        hooks::run_deferred(self.alias, after_lend);
     }
+}
+
+/// What a `Lent` finds when it gives the connection back.
+struct Back {
+    /// The connection, when it goes back to the pool rather than to a block.
+    pooled: Option<Box<dyn PooledConn>>,
+    orphaned_at_depth: Option<u32>,
+    after_lend: Vec<Callback>,
+}
+
+/// Rolls a connection whose block ended while it was lent back to `depth_before`.
+fn roll_back_to(alias: &str, conn: &mut dyn TxConnection, depth_before: u32) {
+    while conn.depth().is_ok_and(|depth| depth > depth_before) {
+        if let Err(error) = conn.rollback() {
+            tracing::error!(alias, %error, "rolling back an abandoned block failed; the connection is discarded");
+            return;
+        }
+    }
+    tracing::debug!(
+        alias,
+        "ROLLBACK (the block ended while its connection was lent)"
+    );
 }

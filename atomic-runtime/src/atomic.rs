@@ -142,6 +142,10 @@ struct ExplicitConnection {
     address: usize,
     depth: u32,
     foreign: Foreign,
+    /// Inside the caller's own transaction: the other alias whose open block runs on this
+    /// connection at exactly that depth, if any (its COMMIT will make this block's work
+    /// durable).
+    host: Option<Box<str>>,
 }
 
 /// Enters a block: ambient when `explicit` is `None`.
@@ -157,10 +161,16 @@ pub(crate) fn enter(
     let explicit_connection = match explicit.as_deref_mut() {
         Some(conn) => {
             let (depth, foreign) = open_transaction(conn)?;
+            let address = conn.address();
+            let host = match foreign {
+                Foreign::User => host_block(address, alias, depth),
+                Foreign::None | Foreign::Test => None,
+            };
             Some(ExplicitConnection {
-                address: conn.address(),
+                address,
                 depth,
                 foreign,
+                host,
             })
         }
         None => None,
@@ -193,6 +203,7 @@ pub(crate) fn enter(
                         conn.depth,
                         conn.foreign,
                         begun_isolation,
+                        conn.host.clone(),
                     );
                     Ok(EnterPlan::BeginExplicit(entered, apply_begin))
                 }
@@ -218,13 +229,26 @@ pub(crate) fn enter(
             (None, Slot::Lent { .. } | Slot::Empty) => Err(Error::ConnectionInUse {
                 alias: alias.to_owned(),
             }),
-            _ if !options.savepoint || st.needs_rollback => {
-                Ok(EnterPlan::Done(push(st, BlockKind::Merged)))
+            (conn, _) if !options.savepoint || st.needs_rollback => {
+                let out_of_sight = nested_out_of_sight(st, conn.as_ref());
+                let depth = conn.as_ref().map_or(st.block_depth(), |conn| conn.depth);
+                Ok(EnterPlan::Done(push(
+                    st,
+                    BlockKind::Merged,
+                    depth,
+                    out_of_sight,
+                )))
             }
             (Some(conn), _) => {
                 let depth_before = conn.depth;
+                let out_of_sight = nested_out_of_sight(st, Some(conn));
                 Ok(EnterPlan::BeginExplicit(
-                    push(st, BlockKind::Savepoint { depth_before }),
+                    push(
+                        st,
+                        BlockKind::Savepoint { depth_before },
+                        depth_before + 1,
+                        out_of_sight,
+                    ),
                     false,
                 ))
             }
@@ -279,6 +303,7 @@ pub(crate) fn enter(
                     depth_before,
                     foreign,
                     begun_isolation,
+                    None,
                 )
             }))
         }
@@ -292,7 +317,13 @@ pub(crate) fn enter(
             state::with(alias, |st| {
                 st.slot = Slot::Held(pooled);
                 let depth_before = begun?;
-                Ok(push(st, BlockKind::Savepoint { depth_before }))
+                let out_of_sight = nested_out_of_sight(st, None);
+                Ok(push(
+                    st,
+                    BlockKind::Savepoint { depth_before },
+                    depth_before + 1,
+                    out_of_sight,
+                ))
             })
         }
     }
@@ -362,6 +393,26 @@ fn open_transaction(conn: &mut dyn TxConnection) -> Result<(u32, Foreign), Error
     Ok((depth, foreign))
 }
 
+/// Inside the caller's own transaction on `address`: the other alias whose open block runs
+/// on that connection with nothing of the caller's in between (its innermost block is at
+/// `depth`), whose COMMIT makes this block's work durable.
+#[cold]
+fn host_block(address: usize, alias: &str, depth: u32) -> Option<Box<str>> {
+    state::block_on_connection(address, alias)
+        .filter(|(_, host_depth)| *host_depth == depth)
+        .map(|(host, _)| host.into_boxed_str())
+}
+
+/// Whether a nested block's commit is out of sight: its parent's is, or it begins on the
+/// caller's connection deeper than the parent block runs, inside a `conn.transaction(..)` of
+/// the caller's whose rollback diesel-atomic would not see.
+#[inline]
+fn nested_out_of_sight(st: &state::AliasState, explicit: Option<&ExplicitConnection>) -> bool {
+    let parent = st.blocks.last();
+    parent.is_some_and(|block| block.commit_out_of_sight)
+        || explicit.is_some_and(|conn| conn.depth != st.block_depth())
+}
+
 /// Takes back a block whose BEGIN or SAVEPOINT failed.
 fn unpush(alias: &str, entered: Entered) {
     state::with(alias, |st| {
@@ -404,17 +455,24 @@ pub(crate) fn enter_test_block(alias: &str) -> Result<Entered, Error> {
     Ok(state::with(alias, |st| {
         st.slot = Slot::Held(pooled);
         st.block_connection = address;
-        push_outermost(st, true, false, None, depth_before, foreign, None)
+        push_outermost(st, true, false, None, depth_before, foreign, None, None)
     }))
 }
 
 #[inline]
-fn push(st: &mut state::AliasState, kind: BlockKind) -> Entered {
-    let token = st.next_token();
+fn push(
+    st: &mut state::AliasState,
+    kind: BlockKind,
+    depth: u32,
+    commit_out_of_sight: bool,
+) -> Entered {
+    let token = state::next_token();
     st.blocks.push(Block {
         token,
         kind,
         callbacks_mark: st.callbacks.len(),
+        depth,
+        commit_out_of_sight,
     });
     Entered {
         token,
@@ -423,6 +481,7 @@ fn push(st: &mut state::AliasState, kind: BlockKind) -> Entered {
 }
 
 #[inline]
+#[allow(clippy::too_many_arguments)]
 fn push_outermost(
     st: &mut state::AliasState,
     from_test: bool,
@@ -431,9 +490,13 @@ fn push_outermost(
     depth_before: u32,
     foreign: Foreign,
     begun_isolation: Option<Isolation>,
+    callbacks_join: Option<Box<str>>,
 ) -> Entered {
     st.needs_rollback = false;
     st.begun_isolation = begun_isolation;
+    // The caller's own transaction commits out of sight, unless another alias's block on the
+    // same connection will commit it (then the callbacks join that block's queue).
+    let commit_out_of_sight = foreign == Foreign::User && callbacks_join.is_none();
     push(
         st,
         BlockKind::Outermost {
@@ -442,7 +505,10 @@ fn push_outermost(
             restore_lent,
             depth_before,
             foreign,
+            callbacks_join,
         },
+        depth_before + 1,
+        commit_out_of_sight,
     )
 }
 
@@ -494,7 +560,25 @@ enum LeavePlan {
         depth_before: u32,
         foreign: Foreign,
         callbacks: Vec<Callback>,
+        /// Where committed callbacks go instead of running at once (see `Route`).
+        route: Route,
     },
+    /// The block's connection is lent to a `connection()` closure that is still running (a
+    /// `TestTransaction` dropped inside it): it is rolled back when the closure gives it back.
+    Orphaned {
+        success: bool,
+    },
+}
+
+/// Where an outermost block's committed callbacks go.
+enum Route {
+    /// They run now, after the block's exit.
+    RunNow,
+    /// The block ran on a connection a `connection()` call lent out (of this alias when
+    /// `same_alias`, else of whichever alias lent it): they run when the connection is back.
+    AfterLend { same_alias: bool, address: usize },
+    /// Into the queue of this other alias's open block, which commits the work.
+    Join(Box<str>),
 }
 
 /// Leaves a block (rules X1–X4); `body_succeeded` is false for `Err` and panics.
@@ -504,7 +588,10 @@ pub(crate) fn leave(
     explicit: Option<&mut dyn TxConnection>,
     body_succeeded: bool,
 ) -> Exit {
-    let plan = state::with_at(entered.index, alias, |st| {
+    // Callbacks the exit discards are moved out here and dropped after the state's borrow
+    // ends: their captures' `Drop` may call the runtime.
+    let mut discarded = Vec::new();
+    let plan = state::with_at(entered.index, |st| {
         if st.blocks.last().map(|block| block.token) != Some(entered.token) {
             return LeavePlan::Lost;
         }
@@ -519,7 +606,7 @@ pub(crate) fn leave(
             }
             BlockKind::Savepoint { depth_before } => {
                 if !success {
-                    st.callbacks.truncate(block.callbacks_mark);
+                    discarded = split_off_callbacks(st, block.callbacks_mark);
                 }
                 let held = matches!(st.slot, Slot::Held(_)).then(|| take_held(st));
                 LeavePlan::Savepoint {
@@ -534,37 +621,57 @@ pub(crate) fn leave(
                 restore_lent,
                 depth_before,
                 foreign,
+                callbacks_join,
                 ..
             } => {
                 // C3: the state is reset before the callbacks run.
                 let callbacks = std::mem::take(&mut st.callbacks);
-                let held = if is_explicit {
+                let address = st.block_connection;
+                st.block_connection = 0;
+                if is_explicit {
                     st.slot = restore_lent.map_or(Slot::Empty, |address| Slot::Lent { address });
-                    None
-                } else {
-                    match std::mem::replace(&mut st.slot, Slot::Empty) {
-                        Slot::Held(pooled) => Some(pooled),
-                        other => {
-                            st.slot = other;
-                            None
-                        }
+                } else if matches!(st.slot, Slot::Lent { .. }) {
+                    discarded = callbacks;
+                    st.orphaned_at_depth = Some(depth_before);
+                    return LeavePlan::Orphaned { success };
+                }
+                let held = match std::mem::replace(&mut st.slot, Slot::Empty) {
+                    Slot::Held(pooled) => Some(pooled),
+                    other => {
+                        st.slot = other;
+                        None
                     }
                 };
-                st.block_connection = 0;
+                let route = match (callbacks_join, restore_lent) {
+                    _ if callbacks.is_empty() => Route::RunNow,
+                    (Some(host), _) => Route::Join(host),
+                    (None, Some(_)) => Route::AfterLend {
+                        same_alias: true,
+                        address,
+                    },
+                    (None, None) if is_explicit => Route::AfterLend {
+                        same_alias: false,
+                        address,
+                    },
+                    (None, None) => Route::RunNow,
+                };
                 LeavePlan::Outermost {
                     success,
                     held,
                     depth_before,
                     foreign,
                     callbacks,
+                    route,
                 }
             }
         }
     });
+    drop(discarded);
 
     match plan {
         LeavePlan::Done => Exit::clean(),
         LeavePlan::Lost => lost_block(alias),
+        LeavePlan::Orphaned { success } => orphaned_block(alias, success),
         LeavePlan::Savepoint {
             depth_before,
             success,
@@ -577,6 +684,7 @@ pub(crate) fn leave(
             depth_before,
             foreign,
             callbacks,
+            route,
         } => {
             let end = |conn: &mut dyn TxConnection| {
                 if success {
@@ -594,13 +702,16 @@ pub(crate) fn leave(
             // Back to the pool before the callbacks run (C3); r2d2 discards it if diesel
             // reports it broken or still inside a transaction (X4, X5).
             drop(held);
-            let callbacks = match (error.is_none() && success, foreign) {
-                (true, Foreign::None) => callbacks,
-                (true, Foreign::User) if !callbacks.is_empty() => {
-                    warn_callbacks_dropped(alias, callbacks.len());
+            let committed = error.is_none() && success;
+            let callbacks = match foreign {
+                Foreign::None | Foreign::User if committed => {
+                    route_callbacks(alias, route, callbacks)
+                }
+                // A test transaction never commits; a rollback drops the callbacks (C2).
+                _ => {
+                    drop(callbacks);
                     Vec::new()
                 }
-                _ => Vec::new(),
             };
             Exit {
                 error: error.map(Error::from),
@@ -608,6 +719,88 @@ pub(crate) fn leave(
             }
         }
     }
+}
+
+/// The callbacks after `mark`, taken out of the queue to be dropped outside the borrow.
+fn split_off_callbacks(st: &mut state::AliasState, mark: usize) -> Vec<Callback> {
+    let mark = mark.min(st.callbacks.len());
+    st.callbacks.split_off(mark)
+}
+
+/// Sends a committed outermost block's callbacks where they belong; returns those that run
+/// now.
+#[inline]
+fn route_callbacks(alias: &str, route: Route, callbacks: Vec<Callback>) -> Vec<Callback> {
+    match route {
+        Route::RunNow => callbacks,
+        Route::AfterLend {
+            same_alias,
+            address,
+        } => defer_until_lend_ends(alias, same_alias, address, callbacks),
+        Route::Join(host) => join_host(alias, &host, callbacks),
+    }
+}
+
+/// Hands committed callbacks to the `connection()` call that lent the block's connection: they
+/// run when it gives the connection back (C3: they may use that alias, so they wait for it).
+#[cold]
+fn defer_until_lend_ends(
+    alias: &str,
+    same_alias: bool,
+    address: usize,
+    callbacks: Vec<Callback>,
+) -> Vec<Callback> {
+    let lender = if same_alias {
+        Some(alias.to_owned())
+    } else {
+        state::lender_of(address)
+    };
+    let Some(lender) = lender else {
+        return callbacks;
+    };
+    let mut callbacks = Some(callbacks);
+    state::with(&lender, |st| {
+        if matches!(st.slot, Slot::Lent { address: lent } if lent == address) {
+            st.after_lend.extend(callbacks.take().into_iter().flatten());
+        }
+    });
+    // Not lent any more (cannot happen while the block's body ran inside the closure): now.
+    callbacks.unwrap_or_default()
+}
+
+/// Rule C3 for a block inside the caller's transaction on another alias's block: its
+/// callbacks run after that block's outermost COMMIT (or are dropped by its rollback).
+#[cold]
+fn join_host(alias: &str, host: &str, callbacks: Vec<Callback>) -> Vec<Callback> {
+    let mut callbacks = Some(callbacks);
+    state::with(host, |st| {
+        if st.in_atomic_block() {
+            st.callbacks.extend(callbacks.take().into_iter().flatten());
+        }
+    });
+    if let Some(lost) = callbacks {
+        tracing::error!(
+            alias,
+            host,
+            dropped = lost.len(),
+            "on_commit callbacks dropped: the block of the alias whose transaction carried \
+             this block's work ended first"
+        );
+    }
+    Vec::new()
+}
+
+#[cold]
+fn orphaned_block(alias: &str, success: bool) -> Exit {
+    tracing::debug!(
+        alias,
+        "the block's connection is lent to a connection() call; it rolls back when that call \
+         returns"
+    );
+    if success {
+        return connection_missing(alias, "outermost atomic block");
+    }
+    Exit::clean()
 }
 
 #[cold]
@@ -623,16 +816,6 @@ fn connection_missing(alias: &str, block: &str) -> Exit {
     Exit::failed(Error::TransactionManagement(format!(
         "the connection of alias '{alias}' was not back in place when its {block} ended"
     )))
-}
-
-#[cold]
-fn warn_callbacks_dropped(alias: &str, dropped: usize) {
-    tracing::warn!(
-        alias,
-        dropped,
-        "on_commit callbacks dropped: the outermost atomic block ran inside a transaction \
-         diesel-atomic did not open (conn.transaction), which commits out of its sight"
-    );
 }
 
 /// Leaves a nested block with a savepoint: RELEASE on success, else ROLLBACK TO (X1, X2, X4).
@@ -656,17 +839,20 @@ fn leave_savepoint(
         (None, !rollback_savepoint(alias, conn, depth_before))
     };
     if held.is_some() || error.is_some() || mark_for_rollback {
-        state::with(alias, |st| {
+        let discarded = state::with(alias, |st| {
             if let Some(pooled) = held {
                 st.slot = Slot::Held(pooled);
-            }
-            if error.is_some() {
-                st.callbacks.truncate(callbacks_mark);
             }
             if mark_for_rollback {
                 st.needs_rollback = true;
             }
+            // A failed RELEASE rolled the savepoint back, or marked the whole transaction.
+            match error {
+                Some(_) => split_off_callbacks(st, callbacks_mark),
+                None => Vec::new(),
+            }
         });
+        drop(discarded);
     }
     Exit {
         error: error.map(Error::from),
@@ -798,6 +984,7 @@ pub(crate) fn abandon_test_block(alias: &str, entered: Entered) {
         Some(false) => {
             // Blocks opened inside are still open (the TestTransaction was moved into one and
             // dropped there): roll everything back; those blocks report the loss at their exit.
+            let mut discarded = Vec::new();
             let taken = state::try_with(alias, |st| {
                 let depth_before = match st.blocks.first() {
                     Some(Block {
@@ -808,17 +995,23 @@ pub(crate) fn abandon_test_block(alias: &str, entered: Entered) {
                     _ => return None,
                 };
                 st.blocks.clear();
-                st.callbacks.clear();
+                discarded = std::mem::take(&mut st.callbacks);
                 st.needs_rollback = false;
+                st.block_connection = 0;
                 match std::mem::replace(&mut st.slot, Slot::Empty) {
                     Slot::Held(pooled) => Some((pooled, depth_before)),
                     other => {
+                        // Lent to a `connection()` closure: rolled back when it comes back.
+                        if matches!(other, Slot::Lent { .. }) {
+                            st.orphaned_at_depth = Some(depth_before);
+                        }
                         st.slot = other;
                         None
                     }
                 }
             })
             .flatten();
+            drop(discarded);
             if let Some((mut pooled, depth_before)) = taken {
                 let conn = pooled.inner();
                 while conn.depth().is_ok_and(|depth| depth > depth_before) {

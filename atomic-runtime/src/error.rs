@@ -120,6 +120,21 @@ pub enum Error {
     #[error(transparent)]
     Database(#[from] diesel::result::Error),
 
+    /// `on_commit` where diesel-atomic cannot see the commit that would make the callback's
+    /// work durable, so it can promise neither to run the callback after that commit nor to
+    /// drop it if the work rolls back (Django raises the same error in manual transaction
+    /// management).
+    #[error(
+        "on_commit() cannot be used in manual transaction management (alias '{alias}': \
+         {reason})"
+    )]
+    OnCommitRefused {
+        /// The alias the callback was registered for.
+        alias: String,
+        /// Why the commit is out of sight, and what to do instead.
+        reason: &'static str,
+    },
+
     /// Misuse that Django reports as `TransactionManagementError`.
     #[error("{0}")]
     TransactionManagement(String),

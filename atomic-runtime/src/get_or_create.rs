@@ -22,9 +22,11 @@ use diesel::result::{Error as DieselError, OptionalExtension, QueryResult};
 use crate::atomic::{self, BlockOptions};
 use crate::begin::{BackendKind, BeginMode, BeginOptions, Isolation};
 use crate::connection::{TxConnection, connection_address};
+use crate::databases::DEFAULT_DB_ALIAS;
 use crate::error::Error;
+use crate::request;
 use crate::retry;
-use crate::state;
+use crate::state::{self, Slot};
 
 /// The alias a block on a connection that belongs to no alias is registered under. It only
 /// scopes the block's bookkeeping: nothing ambient can reach it, and its name says where it
@@ -99,10 +101,11 @@ const UNALIASED: &str = "diesel_atomic::get_or_create (connection of no alias)";
 ///   transaction did before the call, so keep such transactions short.
 /// - A SERIALIZABLE transaction may have to retry for reasons of its own (a serialization
 ///   failure at any statement or at COMMIT), `get_or_create` or not.
-/// - Every failure of `create` looks alike, so inside a retrying REPEATABLE READ or
-///   SERIALIZABLE transaction on PostgreSQL or MariaDB/MySQL a genuine error (a NOT NULL
-///   violation, say) whose second `get` misses is also taken for a hidden race and rerun until
-///   the policy's retries run out; the error returned is still `create`'s.
+/// - The retrying block reruns for a hidden race only when it fails with a unique violation
+///   (read through [`AsDieselError`](crate::AsDieselError)): keep the diesel error reachable
+///   from your error type. A genuine failure of another kind (a NOT NULL violation) is
+///   returned at once; a genuine unique violation whose second `get` misses is rerun until the
+///   policy's retries run out, then returned.
 /// - The level is the one an outermost block of this crate began the transaction with
 ///   (`Atomic::isolation`); otherwise it is read from the server, on this rare path only
 ///   (PostgreSQL: `transaction_isolation`; MariaDB/MySQL: `@@tx_isolation`, else
@@ -493,9 +496,22 @@ fn savepoint_block(alias: &str) -> BlockOptions<'_> {
 }
 
 /// The alias whose open block runs on `conn` (or whose `connection()` call lent it), so that
-/// our block nests in it; a private one for a connection of no alias.
+/// our block nests in it. For a connection of no alias: the default alias when it is idle, as
+/// an explicit-mode `#[atomic]` block would use, so that `on_commit` in `create` waits for
+/// this block's COMMIT; else a private alias (the default one is busy with another connection).
 fn block_alias<C>(conn: &C) -> String {
-    state::alias_of_connection(connection_address(conn)).unwrap_or_else(|| UNALIASED.to_owned())
+    if let Some(alias) = state::alias_of_connection(connection_address(conn)) {
+        return alias;
+    }
+    let default_idle = !request::pending(DEFAULT_DB_ALIAS)
+        && state::peek(DEFAULT_DB_ALIAS, |st| {
+            st.is_none_or(|st| !st.in_atomic_block() && matches!(st.slot, Slot::Empty))
+        });
+    if default_idle {
+        DEFAULT_DB_ALIAS.to_owned()
+    } else {
+        UNALIASED.to_owned()
+    }
 }
 
 /// Whether `conn` is inside a transaction whose snapshot hides rows committed after it was

@@ -105,13 +105,36 @@ enum Transaction {
 /// # Ok::<(), Error>(())
 /// ```
 pub fn request<T, E: From<Error>>(view: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
+    let (outcome, _report) = run(view)?;
+    match outcome {
+        Ok(result) => result,
+        Err(payload) => panic::resume_unwind(payload),
+    }
+}
+
+/// How a request's transactions ended, for the web layer's log line.
+#[derive(Debug, Default)]
+pub struct RequestReport {
+    /// The aliases whose request transaction committed, in commit order.
+    pub committed: Vec<String>,
+    /// The aliases whose request transaction rolled back.
+    pub rolled_back: Vec<String>,
+    /// The alias whose plain on_commit callback panicked after its COMMIT, if one did (the
+    /// outcome's panic is then that callback's, not the view's).
+    pub callback_panicked: Option<String>,
+}
+
+/// [`request`] without resuming a panic: the view's outcome (or the panic of a callback that
+/// ran after a COMMIT) and how each alias's transaction ended.
+pub(crate) fn run<T, E: From<Error>>(
+    view: impl FnOnce() -> Result<T, E>,
+) -> Result<(std::thread::Result<Result<T, E>>, RequestReport), Error> {
     if ACTIVE.with(Cell::get) {
         return Err(Error::TransactionManagement(
             "request() is already running on this thread; a view cannot run another request \
              inside itself (call the inner view function directly)"
                 .to_owned(),
-        )
-        .into());
+        ));
     }
     let aliases: Vec<AliasRequest> = databases::current()
         .map(|databases| {
@@ -130,7 +153,8 @@ pub fn request<T, E: From<Error>>(view: impl FnOnce() -> Result<T, E>) -> Result
         })
         .unwrap_or_default();
     if aliases.is_empty() {
-        return view();
+        let outcome = panic::catch_unwind(AssertUnwindSafe(view));
+        return Ok((outcome, RequestReport::default()));
     }
 
     SCOPE.with_borrow_mut(|scope| {
@@ -138,7 +162,7 @@ pub fn request<T, E: From<Error>>(view: impl FnOnce() -> Result<T, E>) -> Result
         scope.exempt.clear();
     });
     ACTIVE.with(|active| active.set(true));
-    let outcome = panic::catch_unwind(AssertUnwindSafe(view));
+    let mut outcome = panic::catch_unwind(AssertUnwindSafe(view));
     // The request is over before its transactions end: callbacks that run after a commit
     // work in autocommit mode, as after any outermost block.
     ACTIVE.with(|active| active.set(false));
@@ -153,33 +177,54 @@ pub fn request<T, E: From<Error>>(view: impl FnOnce() -> Result<T, E>) -> Result
             .collect()
     });
 
+    // Django wraps the view in one atomic block per alias, the first-registered innermost:
+    // each alias commits and runs its callbacks before the next one ends. So a COMMIT that
+    // fails, or a plain callback that panics, rolls back every alias after it (Q3), and every
+    // alias leaves its block whatever happens.
     let mut commit = matches!(outcome, Ok(Ok(_)));
     let mut commit_error = None;
+    let mut report = RequestReport::default();
     for (alias, entered) in begun {
         let exit = atomic::leave(&alias, entered, None, commit);
         match exit.error {
-            None => hooks::run_after_commit(&alias, exit.callbacks),
+            None if commit => {
+                report.committed.push(alias.clone());
+                let callbacks = exit.callbacks;
+                let ran = panic::catch_unwind(AssertUnwindSafe(|| {
+                    hooks::run_after_commit(&alias, callbacks);
+                }));
+                if let Err(payload) = ran {
+                    tracing::error!(
+                        alias,
+                        "an on_commit callback panicked after the request's COMMIT; the \
+                         aliases committed after it roll back"
+                    );
+                    commit = false;
+                    report.callback_panicked = Some(alias);
+                    outcome = Err(payload);
+                }
+            }
+            None => report.rolled_back.push(alias),
             Some(error) if commit => {
                 // Q3: no two-phase commit. The aliases before this one stay committed; the
                 // ones after it roll back, as Django's nested wrappers do.
                 tracing::error!(alias, %error, "the request's COMMIT failed");
+                report.rolled_back.push(alias);
                 commit = false;
                 commit_error = Some(error);
             }
             Some(error) => {
                 tracing::error!(alias, %error, "rolling back the request's transaction failed");
+                report.rolled_back.push(alias);
             }
         }
     }
 
-    match outcome {
-        Err(payload) => panic::resume_unwind(payload),
-        Ok(Err(error)) => Err(error),
-        Ok(Ok(value)) => match commit_error {
-            Some(error) => Err(error.into()),
-            None => Ok(value),
-        },
-    }
+    let outcome = match (outcome, commit_error) {
+        (Ok(Ok(_)), Some(error)) => Ok(Err(error.into())),
+        (outcome, _) => outcome,
+    };
+    Ok((outcome, report))
 }
 
 /// Called by every use of `alias`: begins the request's transaction on it if one is due.

@@ -189,6 +189,19 @@ fn retry_reason<T, E: AsDieselError>(
     }
 }
 
+/// Whether the block failed with a unique violation: the error a race lost to a row the
+/// snapshot hides ends in. A hidden conflict noted earlier in the attempt counts only then, so
+/// an unrelated error after a swallowed conflict is not rerun.
+fn is_unique_violation<T, E: AsDieselError>(outcome: &std::thread::Result<Result<T, E>>) -> bool {
+    matches!(
+        outcome,
+        Ok(Err(error)) if matches!(
+            error.as_diesel_error(),
+            Some(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _))
+        )
+    )
+}
+
 /// Records that the current transaction on `alias` failed on a row its snapshot cannot see
 /// (`get_or_create` lost a race under REPEATABLE READ or SERIALIZABLE): rerunning the whole
 /// transaction, with a new snapshot, succeeds, so a retrying block around it reruns.
@@ -299,7 +312,7 @@ where
                 _ => return Err(error.into()),
             },
             Ok((outcome, exit)) => match retry_reason(&outcome, exit.error.as_ref())
-                .or(hidden_conflict.filter(|_| !atomic::succeeded(&outcome)))
+                .or(hidden_conflict.filter(|_| is_unique_violation(&outcome)))
             {
                 Some(code) if retry < policy.retries => code,
                 Some(code) => {
