@@ -574,8 +574,9 @@ enum LeavePlan {
 enum Route {
     /// They run now, after the block's exit.
     RunNow,
-    /// The block ran on a connection a `connection()` call lent out (of this alias when
-    /// `same_alias`, else of whichever alias lent it): they run when the connection is back.
+    /// The block ran while a `connection()` call held the connection: this alias's own call
+    /// (`same_alias`, which holds the alias whatever connection the block used), or another
+    /// alias's call that lent this very connection. They run when that call gives it back.
     AfterLend { same_alias: bool, address: usize },
     /// Into the queue of this other alias's open block, which commits the work.
     Join(Box<str>),
@@ -760,7 +761,9 @@ fn defer_until_lend_ends(
     };
     let mut callbacks = Some(callbacks);
     state::with(&lender, |st| {
-        if matches!(st.slot, Slot::Lent { address: lent } if lent == address) {
+        // This alias's own `connection()` call holds the alias whichever connection the block
+        // ran on; another alias's only matters when it lent this very connection.
+        if matches!(st.slot, Slot::Lent { address: lent } if same_alias || lent == address) {
             st.after_lend.extend(callbacks.take().into_iter().flatten());
         }
     });
