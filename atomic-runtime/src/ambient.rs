@@ -15,6 +15,14 @@ use crate::state::{self, Callback, Slot};
 /// Runs `f` with the default alias's connection: the open block's, or a pooled one in
 /// autocommit mode for the duration of the call.
 ///
+/// While `f` runs the connection is lent: ambient access to the alias inside `f` (another
+/// `connection()`, an ambient block) is `Error::ConnectionInUse`; pass `conn` on instead, to
+/// explicit-mode code, whose blocks nest in the open block (or, outside any block, are
+/// transactions of their own whose `on_commit` callbacks run when `connection()` returns, so
+/// they can use the alias). Outside any block, `on_commit` on this alias inside `f` is
+/// `Error::OnCommitRefused`: `f` may have opened a transaction of diesel's own on `conn`
+/// (`conn.transaction(..)`) whose outcome diesel-atomic cannot see.
+///
 /// ```
 /// # extern crate atomic_runtime as diesel_atomic;
 /// # use diesel::r2d2::{ConnectionManager, Pool};
@@ -124,7 +132,16 @@ impl Db<'_> {
     /// Runs `f` after the alias's outermost transaction commits, or at once outside a block.
     ///
     /// A panic in `f` propagates from the outermost block's exit (the data stays committed)
-    /// and the callbacks after it are dropped.
+    /// and the callbacks after it are dropped. `f` never runs for work that rolled back:
+    ///
+    /// - a savepoint rolled back drops the callbacks registered inside it, a rollback all;
+    /// - a block on the connection of another alias's open block hands its callbacks to that
+    ///   block, whose COMMIT makes the work durable;
+    /// - an explicit-mode block on a connection `connection()` lent out runs them when that
+    ///   call gives the connection back;
+    /// - where diesel-atomic cannot see the commit it is `Error::OnCommitRefused`: inside a
+    ///   block that runs within the caller's own `conn.transaction(..)`, and inside a
+    ///   `connection()` call outside any block.
     ///
     /// ```
     /// # extern crate atomic_runtime as diesel_atomic;

@@ -202,6 +202,9 @@ impl Atomic {
 
 /// Runs `f` after the default alias's transaction commits, or at once outside a block.
 ///
+/// Never for work that rolled back; refused (`Error::OnCommitRefused`) where diesel-atomic
+/// cannot see the commit. See [`Db::on_commit`](crate::Db::on_commit) for the exact rules.
+///
 /// ```
 /// # extern crate atomic_runtime as diesel_atomic;
 /// diesel_atomic::transaction::on_commit(|| println!("committed"))?;
