@@ -82,7 +82,7 @@
 /// # How the transaction begins: `isolation`, `read_only`, `begin`
 ///
 /// They set up the `BEGIN` of the outermost block, so pair them with `durable = true`: on a
-/// block nested in another they are an [`Error::TransactionManagement`] at run time, and
+/// block nested in another they are an [`Error::BeginOptionsNested`] at run time, and
 /// `durable = true` turns that into the clearer [`Error::DurableNested`]. A backend that cannot
 /// honour a request refuses it at run time rather than silently running something weaker.
 ///
@@ -303,7 +303,14 @@ pub use atomic_macros::atomic;
 /// fn view() -> Result<(), diesel_atomic::Error> { Ok(()) }
 /// ```
 pub use atomic_macros::non_atomic_requests;
-pub use atomic_runtime::*;
+pub use atomic_runtime::{
+    AsDieselError, BeginMode, DEFAULT_DB_ALIAS, Database, Databases, DatabasesGuard, Db, Error,
+    Isolation, RetryPolicy, SavepointId, connection, create, db, get_or_create, get_or_insert,
+    request, testing, transaction, update_or_create, update_or_insert,
+};
+
+#[doc(hidden)]
+pub use atomic_runtime::__private;
 
 #[cfg(feature = "axum")]
 pub mod axum;

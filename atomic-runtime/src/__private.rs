@@ -2,10 +2,10 @@
 
 use diesel::Connection;
 
-pub use crate::atomic::BlockOptions as Options;
-pub use crate::begin::BeginOptions;
+use crate::api::retry::{AsDieselError, RetryPolicy};
 use crate::error::Error;
-use crate::retry::{AsDieselError, RetryPolicy};
+pub use crate::options::BeginOptions;
+pub use crate::options::BlockOptions as Options;
 
 /// `#[atomic]` in ambient mode.
 #[inline]
@@ -13,7 +13,7 @@ pub fn run_ambient<T, E>(options: &Options<'_>, body: impl FnOnce() -> Result<T,
 where
     E: From<Error>,
 {
-    crate::atomic::run_ambient(options, body)
+    crate::api::ambient::run_ambient(options, body)
 }
 
 /// `#[atomic]` in explicit mode.
@@ -27,7 +27,7 @@ where
     C: Connection,
     E: From<Error>,
 {
-    crate::atomic::run_explicit(options, conn, body)
+    crate::api::ambient::run_explicit(options, conn, body)
 }
 
 /// `#[atomic(conn = self.field)]`: the connection is a field of the receiver.
@@ -43,7 +43,7 @@ where
     C: Connection,
     E: From<Error>,
 {
-    crate::atomic::run_explicit_field(options, owner, field, body)
+    crate::api::ambient::run_explicit_field(options, owner, field, body)
 }
 
 /// `#[atomic(conn = self.field, durable = true, retry = n)]`.
@@ -60,7 +60,7 @@ where
     C: Connection,
     E: From<Error> + AsDieselError,
 {
-    crate::retry::run_explicit_field(options, policy, owner, field, body)
+    crate::api::retry::run_explicit_field(options, policy, owner, field, body)
 }
 
 /// Reaches the connection in a field for `conn = self.field`, through method-call autoderef,
@@ -87,7 +87,7 @@ pub fn run_ambient_retry<T, E>(
 where
     E: From<Error> + AsDieselError,
 {
-    crate::retry::run_ambient(options, policy, body)
+    crate::api::retry::run_ambient(options, policy, body)
 }
 
 /// `#[atomic(durable = true, retry = n)]` in explicit mode.
@@ -102,17 +102,17 @@ where
     C: Connection,
     E: From<Error> + AsDieselError,
 {
-    crate::retry::run_explicit(options, policy, conn, body)
+    crate::api::retry::run_explicit(options, policy, conn, body)
 }
 
 /// `#[non_atomic_requests(using = alias)]`: the body runs exempt from the per-request
 /// transaction on `alias`. Outside `request()` there is none, so this only runs the body.
 #[inline]
 pub fn non_atomic_requests<R>(alias: &'static str, body: impl FnOnce() -> R) -> R {
-    crate::request::non_atomic(alias, body)
+    crate::scope::request::non_atomic(alias, body)
 }
 
-pub use crate::request::RequestReport;
+pub use crate::scope::request::RequestReport;
 
 /// `diesel_atomic::axum`: runs `view` as `request()` does, but hands back a panic (the view's,
 /// or that of an on_commit callback after a COMMIT) instead of resuming it, with how each
@@ -120,7 +120,7 @@ pub use crate::request::RequestReport;
 pub fn request_with_report<T, E: From<Error>>(
     view: impl FnOnce() -> Result<T, E>,
 ) -> (std::thread::Result<Result<T, E>>, RequestReport) {
-    match crate::request::run(view) {
+    match crate::scope::request::run(view) {
         Ok(ended) => ended,
         Err(error) => (Ok(Err(error.into())), RequestReport::default()),
     }

@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 
 use diesel::r2d2::{ConnectionManager, Pool, PoolError, R2D2Connection};
 
-use crate::connection::PooledConn;
+use crate::adapter::PooledConn;
 use crate::error::Error;
 
 /// The alias used when none is given, as in Django.
@@ -157,14 +157,10 @@ impl Databases {
 
     /// Makes this the process-wide registry, replacing any previous one.
     ///
-    /// Fails with `Error::TransactionManagement` when the registry is empty (surely a mistake).
+    /// Fails with `Error::EmptyRegistry` when the registry is empty (surely a mistake).
     pub fn install(self) -> Result<(), Error> {
         if self.entries.is_empty() {
-            return Err(Error::TransactionManagement(
-                "cannot install an empty Databases registry: add at least one alias \
-                 (usually \"default\") first"
-                    .to_owned(),
-            ));
+            return Err(Error::EmptyRegistry);
         }
         *GLOBAL
             .write()

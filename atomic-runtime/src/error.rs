@@ -135,6 +135,86 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// Isolation, read-only or a lock mode on a block that does not begin the transaction
+    /// (it is nested in an open one).
+    #[error(
+        "alias '{alias}': {options} can only be set by the block that begins the transaction, \
+         and this block is nested in an open transaction (another atomic block, request()'s \
+         transaction or the caller's conn.transaction); make it the outermost block and mark \
+         it `durable = true` so that is checked"
+    )]
+    BeginOptionsNested {
+        /// The alias of the block.
+        alias: String,
+        /// The options the block set, as words (`isolation SERIALIZABLE, read_only`).
+        options: String,
+    },
+
+    /// Isolation, read-only or a lock mode the alias's backend cannot honour (never silently
+    /// downgraded).
+    #[error(
+        "alias '{alias}': {reason}; remove it from the block (a backend's isolation is never \
+         silently downgraded)"
+    )]
+    BeginOptionsUnsupported {
+        /// The alias of the block.
+        alias: String,
+        /// What the backend cannot do.
+        reason: String,
+    },
+
+    /// `retry` on a block that is not durable (the transaction as a whole is rerun).
+    #[error(
+        "alias '{alias}': `retry` reruns the whole transaction, so the block must be \
+         outermost: add `durable = true`"
+    )]
+    RetryNeedsDurable {
+        /// The alias of the block.
+        alias: String,
+    },
+
+    /// `request()` inside a running `request()` on the same thread.
+    #[error(
+        "request() is already running on this thread; a view cannot run another request \
+         inside itself (call the inner view function directly)"
+    )]
+    RequestNested,
+
+    /// `TestTransaction::begin` inside an atomic block or `connection()` call of the alias.
+    #[error(
+        "a TestTransaction must begin outside every atomic block and `connection()` call on \
+         alias '{alias}'"
+    )]
+    TestTransactionNested {
+        /// The alias that was busy.
+        alias: String,
+    },
+
+    /// The block was no longer the innermost one of its alias at its exit (a
+    /// `TestTransaction` dropped inside it ended it); its work is rolled back.
+    #[error(
+        "the atomic block on alias '{alias}' was ended from inside (a TestTransaction dropped \
+         inside it?); its work is rolled back"
+    )]
+    BlockEndedElsewhere {
+        /// The block's alias.
+        alias: String,
+    },
+
+    /// The alias's connection was not back in place when its block ended.
+    #[error("the connection of alias '{alias}' was not back in place when its atomic block ended")]
+    ConnectionMissing {
+        /// The block's alias.
+        alias: String,
+    },
+
+    /// `Databases::install` of a registry with no alias.
+    #[error(
+        "cannot install an empty Databases registry: add at least one alias (usually \
+         \"default\") first"
+    )]
+    EmptyRegistry,
+
     /// Misuse that Django reports as `TransactionManagementError`.
     #[error("{0}")]
     TransactionManagement(String),

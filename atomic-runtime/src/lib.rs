@@ -3,31 +3,32 @@
 //! savepoints, on_commit callbacks and test helpers.
 //!
 //! Use it through the `diesel-atomic` facade, which adds the `#[atomic]` attribute.
+//!
+//! The modules are layers, each importing only from the ones above it (docs/ARCHITECTURE.md):
 
-mod ambient;
-mod atomic;
-mod begin;
-mod connection;
-mod databases;
+// Vocabulary every layer shares.
 mod error;
-mod get_or_create;
-mod hooks;
-mod prepared;
-mod request;
-mod retry;
-mod savepoint;
-mod state;
-pub mod testing;
-pub mod transaction;
-
+mod options;
+// The diesel adapter: every diesel internal the runtime leans on.
+mod adapter;
+// The registry of aliases and their pools.
+mod databases;
+// The block engine: Django's rules (pure) and the sync executor that carries them out.
+mod engine;
+// Scopes around blocks: requests and test transactions.
+mod scope;
+// The public API.
 #[doc(hidden)]
 pub mod __private;
+mod api;
 
-pub use ambient::{Db, connection, db};
-pub use begin::{BeginMode, Isolation};
+pub use api::ambient::{Db, connection, db};
+pub use api::create::{get_or_create, get_or_insert, update_or_create, update_or_insert};
+pub use api::retry::{AsDieselError, RetryPolicy};
+pub use api::{create, transaction};
 pub use databases::{DEFAULT_DB_ALIAS, Database, Databases, DatabasesGuard};
 pub use error::Error;
-pub use get_or_create::{get_or_create, get_or_insert, update_or_create, update_or_insert};
-pub use request::request;
-pub use retry::{AsDieselError, RetryPolicy};
-pub use savepoint::SavepointId;
+pub use options::{BeginMode, Isolation};
+pub use scope::request::request;
+pub use scope::testing;
+pub use transaction::SavepointId;

@@ -107,7 +107,7 @@ fn main() {
     let mut runs = 0;
     assert!(matches!(
         weaker_isolation(&mut runs),
-        Err(Error::TransactionManagement(_))
+        Err(Error::BeginOptionsUnsupported { .. })
     ));
     assert_eq!(runs, 0, "refused at BEGIN, before the body");
 }

@@ -8,15 +8,18 @@
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
-use std::panic::{self, AssertUnwindSafe};
 use std::time::Duration;
 
 use diesel::Connection;
-use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel::result::Error as DieselError;
 
-use crate::atomic::{self, BlockOptions};
+use crate::adapter::TxConnection;
+use crate::adapter::classify::{is_unique_violation, transient_code};
+use crate::engine::rules::{self, AttemptFailure};
+use crate::engine::{block, state};
 use crate::error::Error;
-use crate::state;
+use crate::options::BlockOptions;
+use crate::scope::request;
 
 /// How often and how patiently a durable block is rerun after a transient failure.
 ///
@@ -145,75 +148,18 @@ impl AsDieselError for Error {
     }
 }
 
-/// A failure worth rerunning the transaction for, named as the database names it.
-pub(crate) fn transient_code(error: &DieselError) -> Option<&'static str> {
-    let DieselError::DatabaseError(kind, info) = error else {
-        return None;
-    };
-    let message = info.message();
-    match kind {
-        // diesel maps MySQL's 1213 (deadlock) to SerializationFailure for prepared statements
-        // and to Unknown for `batch_execute`; the server's message is the same for both.
-        DatabaseErrorKind::SerializationFailure | DatabaseErrorKind::Unknown
-            if message.starts_with("Deadlock found") =>
-        {
-            Some("1213")
-        }
-        DatabaseErrorKind::SerializationFailure => Some("40001"),
-        // diesel reports PostgreSQL's 40P01 and SQLite's SQLITE_BUSY as Unknown; their
-        // messages are fixed by the servers (PostgreSQL's with lc_messages in English).
-        DatabaseErrorKind::Unknown if message.starts_with("deadlock detected") => Some("40P01"),
-        DatabaseErrorKind::Unknown
-            if message == "database is locked" || message == "database table is locked" =>
-        {
-            Some("SQLITE_BUSY")
-        }
-        _ => None,
-    }
-}
-
-/// Why an attempt failed, when that is worth another attempt.
-fn retry_reason<T, E: AsDieselError>(
-    outcome: &std::thread::Result<Result<T, E>>,
-    exit_error: Option<&Error>,
-) -> Option<&'static str> {
-    match outcome {
-        // Panics are never retried.
-        Err(_) => None,
-        Ok(Err(error)) => error.as_diesel_error().and_then(transient_code),
-        // COMMIT failed: retried only when the database says it rolled back (a serialization
-        // failure at COMMIT, SQLite busy); a broken connection (outcome unknown) never is.
-        Ok(Ok(_)) => exit_error
-            .and_then(AsDieselError::as_diesel_error)
-            .and_then(transient_code),
-    }
-}
-
-/// Whether the block failed with a unique violation: the error a race lost to a row the
-/// snapshot hides ends in. A hidden conflict noted earlier in the attempt counts only then, so
-/// an unrelated error after a swallowed conflict is not rerun.
-fn is_unique_violation<T, E: AsDieselError>(outcome: &std::thread::Result<Result<T, E>>) -> bool {
-    matches!(
-        outcome,
-        Ok(Err(error)) if matches!(
-            error.as_diesel_error(),
-            Some(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _))
-        )
-    )
-}
-
 /// Records that the current transaction on `alias` failed on a row its snapshot cannot see
 /// (`get_or_create` lost a race under REPEATABLE READ or SERIALIZABLE): rerunning the whole
 /// transaction, with a new snapshot, succeeds, so a retrying block around it reruns.
 pub(crate) fn note_hidden_conflict(alias: &str) {
-    state::with(alias, |st| st.hidden_conflict = true);
+    state::with(alias, |state| state.hidden_conflict = true);
 }
 
 fn take_hidden_conflict(alias: &str) -> bool {
-    state::with(alias, |st| std::mem::take(&mut st.hidden_conflict))
+    state::with(alias, |state| std::mem::take(&mut state.hidden_conflict))
 }
 
-/// Runs a durable block on the alias's ambient connection, rerunning it per `policy`.
+/// A durable block on the alias's ambient connection, rerun per `policy`.
 pub(crate) fn run_ambient<T, E>(
     options: &BlockOptions<'_>,
     policy: RetryPolicy,
@@ -222,110 +168,88 @@ pub(crate) fn run_ambient<T, E>(
 where
     E: From<Error> + AsDieselError,
 {
-    attempts(options, policy, |options| {
-        let entered = atomic::enter(options, None)?;
-        let outcome = panic::catch_unwind(AssertUnwindSafe(&mut body));
-        let exit = atomic::leave(options.using, entered, None, atomic::succeeded(&outcome));
-        Ok((outcome, exit))
-    })
+    attempts(options, policy, &mut (), block::ambient, |_| body())
 }
 
-/// Runs a durable block on `conn`, rerunning it per `policy`.
+/// A durable block on `conn`, rerun per `policy`.
 pub(crate) fn run_explicit<C, T, E>(
     options: &BlockOptions<'_>,
     policy: RetryPolicy,
     conn: &mut C,
-    mut body: impl FnMut(&mut C) -> Result<T, E>,
+    body: impl FnMut(&mut C) -> Result<T, E>,
 ) -> Result<T, E>
 where
     C: Connection,
     E: From<Error> + AsDieselError,
 {
-    attempts(options, policy, |options| {
-        let entered = atomic::enter(options, Some(&mut *conn))?;
-        let outcome = panic::catch_unwind(AssertUnwindSafe(|| body(&mut *conn)));
-        let exit = atomic::leave(
-            options.using,
-            entered,
-            Some(&mut *conn),
-            atomic::succeeded(&outcome),
-        );
-        Ok((outcome, exit))
-    })
+    attempts(options, policy, conn, |conn| Some(conn), body)
 }
 
-/// Runs a durable block on a connection held by `owner`, rerunning it per `policy`.
+/// A durable block on a connection held by `owner`, rerun per `policy`.
 pub(crate) fn run_explicit_field<S, C, T, E>(
     options: &BlockOptions<'_>,
     policy: RetryPolicy,
     owner: &mut S,
     field: impl Fn(&mut S) -> &mut C,
-    mut body: impl FnMut(&mut S) -> Result<T, E>,
+    body: impl FnMut(&mut S) -> Result<T, E>,
 ) -> Result<T, E>
 where
     S: ?Sized,
     C: Connection,
     E: From<Error> + AsDieselError,
 {
-    attempts(options, policy, |options| {
-        let entered = atomic::enter(options, Some(field(&mut *owner)))?;
-        let outcome = panic::catch_unwind(AssertUnwindSafe(|| body(&mut *owner)));
-        let exit = atomic::leave(
-            options.using,
-            entered,
-            Some(field(&mut *owner)),
-            atomic::succeeded(&outcome),
-        );
-        Ok((outcome, exit))
-    })
+    attempts(options, policy, owner, |owner| Some(field(owner)), body)
 }
 
-type Attempt<T, E> = Result<(std::thread::Result<Result<T, E>>, atomic::Exit), Error>;
-
-/// The retry loop around one attempt (enter, body, leave).
-fn attempts<T, E>(
+/// The retry loop around one attempt (enter, body, leave): `rules::retry_reason` decides.
+fn attempts<S, C, T, E>(
     options: &BlockOptions<'_>,
     policy: RetryPolicy,
-    mut attempt: impl FnMut(&BlockOptions<'_>) -> Attempt<T, E>,
+    owner: &mut S,
+    connection: impl Fn(&mut S) -> Option<&mut C>,
+    mut body: impl FnMut(&mut S) -> Result<T, E>,
 ) -> Result<T, E>
 where
+    S: ?Sized,
+    C: TxConnection + ?Sized,
     E: From<Error> + AsDieselError,
 {
     let alias = options.using;
     if !options.durable {
-        return Err(Error::TransactionManagement(format!(
-            "alias '{alias}': `retry` reruns the whole transaction, so the block must be \
-             outermost: add `durable = true`"
-        ))
+        return Err(Error::RetryNeedsDurable {
+            alias: alias.to_owned(),
+        }
         .into());
     }
     let mut jitter = Jitter::new();
     let mut retry = 0;
     loop {
+        request::touch(alias)?;
         take_hidden_conflict(alias);
-        let attempted = attempt(options);
-        let hidden_conflict = take_hidden_conflict(alias).then_some("snapshot conflict");
+        let attempted = block::attempt(options, owner, &connection, &mut body);
+        let hidden_conflict = take_hidden_conflict(alias);
         let reason = match attempted {
             // BEGIN failed (SQLite's BEGIN IMMEDIATE busy, say): nothing ran yet.
             Err(error) => match error.as_diesel_error().and_then(transient_code) {
                 Some(code) if retry < policy.retries => code,
                 _ => return Err(error.into()),
             },
-            Ok((outcome, exit)) => match retry_reason(&outcome, exit.error.as_ref())
-                .or(hidden_conflict.filter(|_| is_unique_violation(&outcome)))
-            {
-                Some(code) if retry < policy.retries => code,
-                Some(code) => {
-                    tracing::warn!(
-                        alias,
-                        attempts = retry + 1,
-                        sqlstate = code,
-                        "atomic block failed with a transient error; no retries left"
-                    );
-                    return atomic::finish(alias, outcome, exit);
+            Ok((outcome, exit)) => {
+                let failure = attempt_failure(&outcome, exit.error.as_ref(), hidden_conflict);
+                match failure.and_then(rules::retry_reason) {
+                    Some(code) if retry < policy.retries => code,
+                    Some(code) => {
+                        tracing::warn!(
+                            alias,
+                            attempts = retry + 1,
+                            sqlstate = code,
+                            "atomic block failed with a transient error; no retries left"
+                        );
+                        return block::finish(alias, outcome, exit);
+                    }
+                    None => return block::finish(alias, outcome, exit),
                 }
-                None => return atomic::finish(alias, outcome, exit),
-            },
+            }
         };
         retry += 1;
         let backoff = policy.delay(retry, &mut jitter);
@@ -338,6 +262,33 @@ where
         );
         std::thread::sleep(backoff);
     }
+}
+
+/// What failed in an attempt, for `rules::retry_reason`; `None` when it succeeded.
+fn attempt_failure<T, E: AsDieselError>(
+    outcome: &std::thread::Result<Result<T, E>>,
+    exit_error: Option<&Error>,
+    hidden_conflict: bool,
+) -> Option<AttemptFailure> {
+    let body_error = match outcome {
+        Ok(Ok(_)) if exit_error.is_none() => return None,
+        Ok(Ok(_)) => None,
+        Ok(Err(error)) => error.as_diesel_error(),
+        Err(_) => None,
+    };
+    Some(AttemptFailure {
+        panicked: outcome.is_err(),
+        body_transient: body_error.and_then(transient_code),
+        body_unique_violation: body_error.is_some_and(is_unique_violation),
+        // A COMMIT's failure counts only when the body succeeded.
+        commit_transient: match outcome {
+            Ok(Ok(_)) => exit_error
+                .and_then(AsDieselError::as_diesel_error)
+                .and_then(transient_code),
+            _ => None,
+        },
+        hidden_conflict,
+    })
 }
 
 /// xorshift64*, seeded from the standard library's per-process random keys: jitter needs to
@@ -379,51 +330,6 @@ mod tests {
                     "{retry}: {delay:?}"
                 );
             }
-        }
-    }
-
-    #[test]
-    fn classifies_only_transient_failures() {
-        let database =
-            |kind, message: &str| DieselError::DatabaseError(kind, Box::new(message.to_owned()));
-        let cases = [
-            (
-                database(
-                    DatabaseErrorKind::SerializationFailure,
-                    "could not serialize access",
-                ),
-                Some("40001"),
-            ),
-            (
-                database(
-                    DatabaseErrorKind::SerializationFailure,
-                    "Deadlock found when trying to get lock; try restarting transaction",
-                ),
-                Some("1213"),
-            ),
-            (
-                database(DatabaseErrorKind::Unknown, "deadlock detected"),
-                Some("40P01"),
-            ),
-            (
-                database(DatabaseErrorKind::Unknown, "database is locked"),
-                Some("SQLITE_BUSY"),
-            ),
-            (
-                database(DatabaseErrorKind::UniqueViolation, "duplicate key"),
-                None,
-            ),
-            (
-                database(
-                    DatabaseErrorKind::ClosedConnection,
-                    "server closed the connection",
-                ),
-                None,
-            ),
-            (DieselError::NotFound, None),
-        ];
-        for (error, expected) in cases {
-            assert_eq!(transient_code(&error), expected, "{error}");
         }
     }
 }

@@ -1,73 +1,97 @@
-//! Per-thread, per-alias transaction state (rule S1).
+//! Per-thread, per-alias transaction state (rule S1): the data the rules decide on, the slot
+//! transitions that keep it consistent, and the thread's table of states.
 //!
-//! Never hold the borrow across user code or SQL: take what you need, release, act, borrow
-//! again. The engine in `atomic` follows that shape everywhere.
+//! Never hold the table's borrow across user code or SQL: take what you need, release, act,
+//! borrow again. Values whose `Drop` might run user code (callbacks, pooled connections) are
+//! moved out under the borrow and dropped after it.
 
 use std::cell::{Cell, RefCell};
 
-use crate::begin::Isolation;
-use crate::connection::PooledConn;
+use crate::adapter::{ConnectionId, PooledConn};
+use crate::options::Isolation;
 
-/// Where the alias's connection is right now.
+/// Where the alias's connection is right now. Plain data: the pooled connection object itself
+/// is in [`AliasState::pooled`] while the slot is `Held`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Slot {
     /// No block and no `connection()` call: the next ambient use checks one out.
     Empty,
-    /// An ambient block owns the connection.
-    Held(Box<dyn PooledConn>),
-    /// Taken out while a `connection()` closure (or our own SQL) runs.
-    Lent { address: usize },
+    /// An ambient block owns this pooled connection.
+    Held(ConnectionId),
+    /// Taken out while a `connection()` closure (or the engine's own SQL) uses it.
+    Lent(ConnectionId),
     /// An explicit-mode block runs on the caller's connection.
-    Explicit { address: usize },
+    Explicit(ConnectionId),
 }
 
 impl Slot {
-    pub(crate) fn address(&self) -> Option<usize> {
+    pub(crate) fn connection(self) -> Option<ConnectionId> {
         match self {
             Slot::Empty => None,
-            Slot::Held(conn) => Some(conn.inner_address()),
-            Slot::Lent { address } | Slot::Explicit { address } => Some(*address),
+            Slot::Held(id) | Slot::Lent(id) | Slot::Explicit(id) => Some(id),
         }
     }
 }
 
-/// A transaction the runtime found open when its outermost block began.
+/// A transaction the runtime found open on the connection when its outermost block began.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Foreign {
     /// None: the outermost block really begins and commits the transaction.
     None,
     /// diesel's `begin_test_transaction` (or r2d2's `TestCustomizer`): never commits.
-    Test,
+    DieselTestTransaction,
     /// The caller's own `conn.transaction(..)`: it commits later, out of our sight.
-    User,
+    CallersTransaction,
+}
+
+/// The outermost block of an alias.
+pub(crate) struct Outermost {
+    /// Opened by `testing::TestTransaction` (ignored by the durable check, rule T1).
+    pub(crate) opened_by_test_transaction: bool,
+    /// The block runs on the caller's connection (`Slot::Explicit`), not on a pooled one.
+    pub(crate) on_callers_connection: bool,
+    /// The `Slot::Lent` an explicit-mode block replaced (a `connection()` call of this alias
+    /// is running around it), restored at its exit.
+    pub(crate) restore_lent: Option<ConnectionId>,
+    /// diesel's depth before our BEGIN (0 unless `foreign` says otherwise).
+    pub(crate) depth_before: u32,
+    pub(crate) foreign: Foreign,
+    /// Inside the caller's transaction on the connection of another alias's open block, whose
+    /// COMMIT makes this block's work durable: the callbacks join that alias's queue at this
+    /// block's exit.
+    pub(crate) callbacks_join: Option<Box<str>>,
 }
 
 /// What one open block is, from the outside in.
 pub(crate) enum BlockKind {
-    Outermost {
-        /// Opened by `testing::TestTransaction` (ignored by the durable check, rule T1).
-        from_test: bool,
-        /// The connection is the caller's (`Slot::Explicit`), not the alias's pooled one.
-        explicit: bool,
-        /// The `Slot::Lent` marker an explicit-mode block replaced, restored at its exit.
-        restore_lent: Option<usize>,
-        /// diesel's depth before our BEGIN (0 unless `foreign` says otherwise).
-        depth_before: u32,
-        foreign: Foreign,
-        /// Inside the caller's `conn.transaction(..)` on the connection of another alias's open
-        /// block, whose COMMIT makes this block's work durable: the callbacks join that alias's
-        /// queue at this block's exit.
-        callbacks_join: Option<Box<str>>,
-    },
+    Outermost(Outermost),
     /// Nested with a savepoint (rule E3) that diesel created at `depth_before`.
-    Savepoint { depth_before: u32 },
+    Savepoint {
+        depth_before: u32,
+    },
     /// Nested without a savepoint: merged into its parent.
     Merged,
 }
 
+/// Identifies a block at its exit, so a block ended from elsewhere is noticed. Unique on the
+/// thread, across aliases.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct BlockToken(u64);
+
+impl BlockToken {
+    /// A token no other block of this thread has.
+    #[inline]
+    pub(crate) fn next() -> BlockToken {
+        NEXT_TOKEN.with(|next| {
+            let token = next.get();
+            next.set(token + 1);
+            BlockToken(token)
+        })
+    }
+}
+
 pub(crate) struct Block {
-    /// Identifies the block at its exit, so a block ended from elsewhere is noticed. Unique
-    /// on the thread, across aliases.
-    pub(crate) token: u64,
+    pub(crate) token: BlockToken,
     pub(crate) kind: BlockKind,
     /// Length of the on_commit queue when the block began: rolling back its savepoint drops
     /// every callback after this mark (rule C2), in O(dropped).
@@ -87,10 +111,29 @@ pub(crate) struct Callback {
     pub(crate) name: &'static str,
 }
 
+impl Callback {
+    pub(crate) fn new<F: FnOnce() + 'static>(func: F, robust: bool) -> Callback {
+        Callback {
+            func: Box::new(func),
+            robust,
+            name: std::any::type_name::<F>(),
+        }
+    }
+}
+
+/// Where an open block was entered: what its exit needs to find it again.
+#[derive(Debug)]
+#[must_use = "a block that is entered must be left (engine::block::leave)"]
+pub(crate) struct Entered {
+    pub(crate) token: BlockToken,
+    /// The alias's state index (`with_at`).
+    pub(crate) index: usize,
+}
+
 pub(crate) struct AliasState {
     alias: Box<str>,
-    /// Where this state sits in the thread's list: states are never removed, so a block can
-    /// find its alias's state again without comparing names.
+    /// Where this state sits in the thread's table, so that a block can find its alias's state
+    /// again without comparing names (an entry is reused only once idle: see `create`).
     pub(crate) index: usize,
     /// The open blocks, outermost first. Non-empty ⇔ `in_atomic_block`.
     pub(crate) blocks: Vec<Block>,
@@ -98,8 +141,10 @@ pub(crate) struct AliasState {
     /// The on_commit queue, in registration order.
     pub(crate) callbacks: Vec<Callback>,
     pub(crate) slot: Slot,
-    /// Address of the connection the open blocks run on (meaningful while `blocks` is not empty).
-    pub(crate) block_connection: usize,
+    /// The pooled connection while the slot is `Held`.
+    pub(crate) pooled: Option<Box<dyn PooledConn>>,
+    /// The connection the open blocks run on (`Some` while `blocks` is not empty).
+    pub(crate) block_connection: Option<ConnectionId>,
     /// Set when work in the current transaction failed because of a row its snapshot cannot
     /// see (a lost `get_or_create` race under REPEATABLE READ): a retrying block reruns then.
     pub(crate) hidden_conflict: bool,
@@ -119,7 +164,7 @@ pub(crate) struct AliasState {
 }
 
 impl AliasState {
-    fn new(alias: &str, index: usize) -> Self {
+    pub(crate) fn new(alias: &str, index: usize) -> Self {
         AliasState {
             alias: alias.into(),
             index,
@@ -127,7 +172,8 @@ impl AliasState {
             needs_rollback: false,
             callbacks: Vec::new(),
             slot: Slot::Empty,
-            block_connection: 0,
+            pooled: None,
+            block_connection: None,
             hidden_conflict: false,
             begun_isolation: None,
             after_lend: Vec::new(),
@@ -135,14 +181,12 @@ impl AliasState {
         }
     }
 
-    /// Whether nothing on this thread refers to the state any more, so its entry may be
-    /// reused for another alias.
-    fn is_idle(&self) -> bool {
-        self.blocks.is_empty()
-            && matches!(self.slot, Slot::Empty)
-            && self.callbacks.is_empty()
-            && self.after_lend.is_empty()
-            && self.orphaned_at_depth.is_none()
+    pub(crate) fn alias(&self) -> &str {
+        &self.alias
+    }
+
+    pub(crate) fn in_atomic_block(&self) -> bool {
+        !self.blocks.is_empty()
     }
 
     /// diesel's depth inside the innermost open block (0 outside blocks).
@@ -150,23 +194,69 @@ impl AliasState {
         self.blocks.last().map_or(0, |block| block.depth)
     }
 
-    pub(crate) fn in_atomic_block(&self) -> bool {
-        !self.blocks.is_empty()
+    /// Whether nothing on this thread refers to the state any more, so its entry may be
+    /// reused for another alias.
+    fn is_idle(&self) -> bool {
+        self.blocks.is_empty()
+            && self.slot == Slot::Empty
+            && self.callbacks.is_empty()
+            && self.after_lend.is_empty()
+            && self.orphaned_at_depth.is_none()
     }
 
-    /// Rule E1: durable is refused inside any block but a lone TestTransaction block.
-    pub(crate) fn refuses_durable(&self) -> bool {
-        match self.blocks.as_slice() {
-            [] => false,
-            [only] => !matches!(
-                only.kind,
-                BlockKind::Outermost {
-                    from_test: true,
-                    ..
-                }
-            ),
-            _ => true,
+    // --- Slot transitions: the only places that move the connection in and out. ---------------
+
+    /// An ambient outermost block (or a test transaction) holds `pooled` from now on.
+    pub(crate) fn hold(&mut self, pooled: Box<dyn PooledConn>) {
+        let id = pooled.id();
+        self.slot = Slot::Held(id);
+        self.block_connection = Some(id);
+        self.pooled = Some(pooled);
+    }
+
+    /// Takes the held connection out while the engine's own SQL runs on it; the slot reads
+    /// `Lent` meanwhile, so nothing else reaches for it. Put it back with [`Self::put_back`].
+    pub(crate) fn take_held(&mut self) -> Option<Box<dyn PooledConn>> {
+        let pooled = self.pooled.take()?;
+        self.slot = Slot::Lent(pooled.id());
+        Some(pooled)
+    }
+
+    /// Gives a connection taken with [`Self::take_held`] back to the block.
+    pub(crate) fn put_back(&mut self, pooled: Box<dyn PooledConn>) {
+        self.slot = Slot::Held(pooled.id());
+        self.pooled = Some(pooled);
+    }
+
+    /// The outermost ambient block ended: its connection goes back to the pool (dropped by the
+    /// caller, outside the borrow).
+    pub(crate) fn release_held(&mut self) -> Option<Box<dyn PooledConn>> {
+        self.block_connection = None;
+        match self.slot {
+            Slot::Held(_) => {
+                self.slot = Slot::Empty;
+                self.pooled.take()
+            }
+            _ => None,
         }
+    }
+
+    /// An explicit-mode outermost block binds the alias to the caller's connection; returns
+    /// the `Lent` it replaced, to restore at its exit.
+    pub(crate) fn bind_explicit(&mut self, id: ConnectionId) -> Option<ConnectionId> {
+        let restore_lent = match self.slot {
+            Slot::Lent(lent) => Some(lent),
+            _ => None,
+        };
+        self.slot = Slot::Explicit(id);
+        self.block_connection = Some(id);
+        restore_lent
+    }
+
+    /// The explicit-mode outermost block ended (or never began).
+    pub(crate) fn unbind_explicit(&mut self, restore_lent: Option<ConnectionId>) {
+        self.slot = restore_lent.map_or(Slot::Empty, Slot::Lent);
+        self.block_connection = None;
     }
 }
 
@@ -184,19 +274,8 @@ thread_local! {
     static NEXT_TOKEN: Cell<u64> = const { Cell::new(1) };
 }
 
-/// A block token unique on this thread: block tokens of all aliases come from here, so a
-/// token never matches a block of another alias whose state reused an entry.
-#[inline]
-pub(crate) fn next_token() -> u64 {
-    NEXT_TOKEN.with(|next| {
-        let token = next.get();
-        next.set(token + 1);
-        token
-    })
-}
-
 /// Runs `f` on the alias's state, creating it on first use. `f` must not call user code, nor
-/// drop values whose `Drop` might (callbacks): move those out and drop them after.
+/// drop values whose `Drop` might (callbacks, connections): move those out and drop them after.
 pub(crate) fn with<R>(alias: &str, f: impl FnOnce(&mut AliasState) -> R) -> R {
     STATES.with(|states| {
         let states = &mut states.borrow_mut().list;
@@ -255,52 +334,9 @@ pub(crate) fn peek<R>(alias: &str, f: impl FnOnce(Option<&AliasState>) -> R) -> 
     })
 }
 
-/// The alias other than `except` whose open block runs on the connection at `address`, and
-/// diesel's depth inside that alias's innermost block.
-pub(crate) fn block_on_connection(address: usize, except: &str) -> Option<(String, u32)> {
-    STATES.with(|states| {
-        states
-            .borrow()
-            .list
-            .iter()
-            .find(|state| {
-                state.in_atomic_block()
-                    && state.block_connection == address
-                    && &*state.alias != except
-            })
-            .map(|state| (state.alias.to_string(), state.block_depth()))
-    })
-}
-
-/// The alias whose `connection()` call outside any block lent the connection at `address`.
-pub(crate) fn lender_of(address: usize) -> Option<String> {
-    STATES.with(|states| {
-        states
-            .borrow()
-            .list
-            .iter()
-            .find(|state| {
-                !state.in_atomic_block()
-                    && matches!(state.slot, Slot::Lent { address: lent } if lent == address)
-            })
-            .map(|state| state.alias.to_string())
-    })
-}
-
-/// The alias whose open block runs on (or whose `connection()` call lent) the connection at
-/// `address`, if any.
-pub(crate) fn alias_of_connection(address: usize) -> Option<String> {
-    STATES.with(|states| {
-        let states = states.borrow();
-        states
-            .list
-            .iter()
-            .find(|state| {
-                (state.in_atomic_block() && state.block_connection == address)
-                    || state.slot.address() == Some(address)
-            })
-            .map(|state| state.alias.to_string())
-    })
+/// Reads every state of the thread (for the rules that look across aliases).
+pub(crate) fn find_map<R>(f: impl FnMut(&AliasState) -> Option<R>) -> Option<R> {
+    STATES.with(|states| states.borrow().list.iter().find_map(f))
 }
 
 #[cfg(test)]
@@ -317,17 +353,25 @@ mod tests {
             with(&format!("tenant-{tenant}"), |_| ());
         }
         assert_eq!(states_on_this_thread(), KEPT_STATES);
-        assert!(peek("tenant-9999", |st| st.is_some()));
+        assert!(peek("tenant-9999", |state| state.is_some()));
     }
 
     #[test]
     fn a_state_that_holds_something_is_never_reused() {
-        with("busy", |st| st.slot = Slot::Lent { address: 1 });
+        let lent = ConnectionId::of(&0u8);
+        with("busy", |state| state.slot = Slot::Lent(lent));
         for tenant in 0..100 {
             with(&format!("tenant-{tenant}"), |_| ());
         }
-        assert!(peek("busy", |st| st
-            .is_some_and(|st| matches!(st.slot, Slot::Lent { .. }))));
-        with("busy", |st| st.slot = Slot::Empty);
+        assert!(peek("busy", |state| state
+            .is_some_and(|state| state.slot == Slot::Lent(lent))));
+        with("busy", |state| state.slot = Slot::Empty);
+    }
+
+    #[test]
+    fn block_tokens_are_unique_on_the_thread() {
+        let first = BlockToken::next();
+        let second = BlockToken::next();
+        assert_ne!(first, second);
     }
 }

@@ -1,166 +1,17 @@
-//! How an outermost block begins its transaction: isolation level, read-only, SQLite lock mode.
+//! How an outermost block begins its transaction, in each backend's SQL: isolation level,
+//! read-only, SQLite lock mode.
 //!
 //! Each backend gets its own statement, sent where the backend honours it (PostgreSQL:
 //! `BEGIN ISOLATION LEVEL … READ ONLY`; MySQL/MariaDB: `SET TRANSACTION …` right before
 //! `START TRANSACTION`; SQLite: `BEGIN IMMEDIATE` / `BEGIN EXCLUSIVE`). A request a backend
 //! cannot honour is an error, never a silent downgrade.
 
-use std::fmt;
-
 use diesel::connection::{Connection, TransactionDepthChange, TransactionManager};
 use diesel::result::QueryResult;
 
-use crate::connection::{change_depth, transaction_depth};
+use super::internals::{BackendKind, change_depth, transaction_depth};
 use crate::error::Error;
-
-/// A transaction isolation level, as SQL names them.
-///
-/// ```
-/// # extern crate atomic_runtime as diesel_atomic;
-/// use diesel_atomic::{transaction::Atomic, Isolation};
-///
-/// let block = Atomic::new().durable(true).isolation(Isolation::Serializable);
-/// assert_eq!(Isolation::Serializable.to_string(), "SERIALIZABLE");
-/// # drop(block);
-/// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Isolation {
-    /// `READ UNCOMMITTED`: PostgreSQL runs it as `READ COMMITTED`; MySQL/MariaDB honour it.
-    ReadUncommitted,
-    /// `READ COMMITTED`: each statement sees what was committed before it began.
-    ReadCommitted,
-    /// `REPEATABLE READ`: one snapshot for the whole transaction (MariaDB's default).
-    RepeatableRead,
-    /// `SERIALIZABLE`: the outcome of some serial order, or a serialization failure.
-    Serializable,
-}
-
-impl Isolation {
-    /// The level's SQL spelling.
-    ///
-    /// ```
-    /// # extern crate atomic_runtime as diesel_atomic;
-    /// assert_eq!(diesel_atomic::Isolation::RepeatableRead.sql(), "REPEATABLE READ");
-    /// ```
-    pub const fn sql(self) -> &'static str {
-        match self {
-            Isolation::ReadUncommitted => "READ UNCOMMITTED",
-            Isolation::ReadCommitted => "READ COMMITTED",
-            Isolation::RepeatableRead => "REPEATABLE READ",
-            Isolation::Serializable => "SERIALIZABLE",
-        }
-    }
-}
-
-impl fmt::Display for Isolation {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.sql())
-    }
-}
-
-/// SQLite's lock mode at `BEGIN` (SQLite only).
-///
-/// `Immediate` takes the write lock at `BEGIN`, so a transaction that reads and then writes
-/// waits for other writers (`busy_timeout`) instead of failing with `SQLITE_BUSY` midway.
-///
-/// ```
-/// # extern crate atomic_runtime as diesel_atomic;
-/// use diesel::{Connection, SqliteConnection};
-/// use diesel::connection::SimpleConnection;
-/// use diesel_atomic::{transaction::Atomic, BeginMode};
-///
-/// let mut conn = SqliteConnection::establish(":memory:").unwrap();
-/// Atomic::new().begin(BeginMode::Immediate).run_on(&mut conn, |conn| {
-///     conn.batch_execute("CREATE TABLE t (id INTEGER)")
-/// })?;
-/// # Ok::<(), diesel::result::Error>(())
-/// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum BeginMode {
-    /// `BEGIN` (SQLite's default): locks are taken at first read and first write.
-    Deferred,
-    /// `BEGIN IMMEDIATE`: the write lock is taken at once.
-    Immediate,
-    /// `BEGIN EXCLUSIVE`: no other connection reads or writes until the end.
-    Exclusive,
-}
-
-impl BeginMode {
-    const fn sql(self) -> &'static str {
-        match self {
-            BeginMode::Deferred => "BEGIN",
-            BeginMode::Immediate => "BEGIN IMMEDIATE",
-            BeginMode::Exclusive => "BEGIN EXCLUSIVE",
-        }
-    }
-}
-
-/// What an outermost block asks of its `BEGIN`. Not public API: the macros' expansions and
-/// `transaction::Atomic` fill it in.
-#[doc(hidden)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct BeginOptions {
-    /// The isolation level, or the connection's default.
-    pub isolation: Option<Isolation>,
-    /// `READ ONLY`: writes fail.
-    pub read_only: bool,
-    /// SQLite's lock mode.
-    pub mode: Option<BeginMode>,
-}
-
-impl BeginOptions {
-    /// Plain `BEGIN`.
-    pub const DEFAULT: BeginOptions = BeginOptions {
-        isolation: None,
-        read_only: false,
-        mode: None,
-    };
-
-    /// Whether the block asks for anything but a plain `BEGIN`.
-    #[inline]
-    pub(crate) fn is_default(&self) -> bool {
-        self.isolation.is_none() && !self.read_only && self.mode.is_none()
-    }
-
-    /// Names the options a block set, for messages.
-    pub(crate) fn describe(&self) -> String {
-        let mut parts = Vec::new();
-        if let Some(isolation) = self.isolation {
-            parts.push(format!("isolation {isolation}"));
-        }
-        if self.read_only {
-            parts.push("read_only".to_owned());
-        }
-        if let Some(mode) = self.mode {
-            parts.push(format!("begin {mode:?}"));
-        }
-        parts.join(", ")
-    }
-}
-
-/// The database behind a connection type, as far as transaction syntax goes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum BackendKind {
-    Postgres,
-    Mysql,
-    Sqlite,
-    Other,
-}
-
-impl BackendKind {
-    /// The backend of `C`.
-    ///
-    /// `C` may be a generic, non-`'static` connection type, so `TypeId` is not available;
-    /// the backend's type name is, and the unit tests below pin it for every diesel backend.
-    pub(crate) fn of<C: Connection>() -> BackendKind {
-        match std::any::type_name::<C::Backend>() {
-            "diesel::pg::backend::Pg" => BackendKind::Postgres,
-            "diesel::mysql::backend::Mysql" => BackendKind::Mysql,
-            "diesel::sqlite::backend::Sqlite" => BackendKind::Sqlite,
-            _ => BackendKind::Other,
-        }
-    }
-}
+use crate::options::{BeginOptions, Isolation};
 
 /// The statements that begin a transaction with `options` on `backend`: what runs before
 /// the transaction begins, and the statement that begins it (`None`: diesel's own).
@@ -170,11 +21,11 @@ fn statements(
     options: &BeginOptions,
     type_name: &str,
 ) -> Result<(Option<String>, Option<String>), Error> {
-    let refuse = |why: String| {
-        Err(Error::TransactionManagement(format!(
-            "alias '{alias}': {why}; remove it from the block (a backend's isolation is never \
-             silently downgraded)"
-        )))
+    let refuse = |reason: String| {
+        Err(Error::BeginOptionsUnsupported {
+            alias: alias.to_owned(),
+            reason,
+        })
     };
     match backend {
         BackendKind::Postgres => {
@@ -273,33 +124,7 @@ fn begin_transaction_sql<C: Connection>(conn: &mut C, sql: &str) -> QueryResult<
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[cfg(feature = "sqlite")]
-    #[test]
-    fn knows_sqlite() {
-        assert_eq!(
-            BackendKind::of::<diesel::SqliteConnection>(),
-            BackendKind::Sqlite
-        );
-    }
-
-    #[cfg(feature = "postgres")]
-    #[test]
-    fn knows_postgres() {
-        assert_eq!(
-            BackendKind::of::<diesel::PgConnection>(),
-            BackendKind::Postgres
-        );
-    }
-
-    #[cfg(feature = "mysql")]
-    #[test]
-    fn knows_mysql() {
-        assert_eq!(
-            BackendKind::of::<diesel::MysqlConnection>(),
-            BackendKind::Mysql
-        );
-    }
+    use crate::options::BeginMode;
 
     #[test]
     fn postgres_begins_in_one_statement() {

@@ -2,11 +2,12 @@
 
 use std::marker::PhantomData;
 
-use crate::atomic::{self, Entered};
 use crate::databases::{self, DEFAULT_DB_ALIAS};
+use crate::engine::block;
+use crate::engine::hooks::{self, When};
+use crate::engine::rules;
+use crate::engine::state::{self, Callback, Entered};
 use crate::error::Error;
-use crate::hooks::{self, When};
-use crate::state::{self, Callback};
 
 /// A transaction per alias for the current thread, rolled back when dropped.
 ///
@@ -58,7 +59,7 @@ impl TestTransaction {
         };
         for alias in aliases {
             // On error, `test` drops and rolls back the aliases already begun.
-            let entered = atomic::enter_test_block(alias)?;
+            let entered = block::enter_test_block(alias)?;
             test.blocks.push(((*alias).to_owned(), entered));
         }
         Ok(test)
@@ -68,7 +69,7 @@ impl TestTransaction {
 impl Drop for TestTransaction {
     fn drop(&mut self) {
         while let Some((alias, entered)) = self.blocks.pop() {
-            atomic::abandon_test_block(&alias, entered);
+            block::abandon_test_block(&alias, entered);
         }
     }
 }
@@ -166,7 +167,7 @@ pub fn capture_on_commit_callbacks_using<T>(
     execute: bool,
     f: impl FnOnce() -> T,
 ) -> (T, CapturedCallbacks) {
-    let mark = state::with(alias, |st| st.callbacks.len());
+    let mark = state::with(alias, |state| state.callbacks.len());
     let value = f();
     let mut captured = CapturedCallbacks {
         count: 0,
@@ -192,8 +193,5 @@ pub fn capture_on_commit_callbacks_using<T>(
 }
 
 fn take_since(alias: &str, mark: usize) -> Vec<Callback> {
-    state::with(alias, |st| {
-        let mark = mark.min(st.callbacks.len());
-        st.callbacks.split_off(mark)
-    })
+    state::with(alias, |state| rules::take_callbacks_since(state, mark))
 }

@@ -19,13 +19,14 @@
 
 use diesel::Connection;
 
-use crate::ambient::db;
-use crate::atomic::{self, BlockOptions};
-use crate::begin::{BeginMode, BeginOptions, Isolation};
+pub use crate::api::savepoint::SavepointId;
+pub use crate::options::{BeginMode, Isolation};
+
+use crate::api::ambient::{self, db};
+use crate::api::retry::{self, AsDieselError, RetryPolicy};
 use crate::databases::DEFAULT_DB_ALIAS;
 use crate::error::Error;
-use crate::retry::{self, AsDieselError, RetryPolicy};
-use crate::savepoint::SavepointId;
+use crate::options::{BeginOptions, BlockOptions};
 
 /// Runs `f` as an atomic block on the default alias: all of it commits, or none of it.
 ///
@@ -80,11 +81,12 @@ impl Default for Atomic {
 impl Atomic {
     /// Default alias, savepoint on, not durable.
     pub fn new() -> Atomic {
+        let defaults = BlockOptions::nested(DEFAULT_DB_ALIAS);
         Atomic {
-            using: DEFAULT_DB_ALIAS.to_owned(),
-            savepoint: true,
-            durable: false,
-            begin: BeginOptions::DEFAULT,
+            using: defaults.using.to_owned(),
+            savepoint: defaults.savepoint,
+            durable: defaults.durable,
+            begin: defaults.begin,
         }
     }
 
@@ -183,7 +185,7 @@ impl Atomic {
 
     /// Runs `f` as a block on the alias's ambient connection.
     pub fn run<T, E: From<Error>>(&self, f: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
-        atomic::run_ambient(&self.options(), f)
+        ambient::run_ambient(&self.options(), f)
     }
 
     /// Runs `f` as a block on `conn` (explicit mode; no registry needed).
@@ -196,7 +198,7 @@ impl Atomic {
         C: Connection,
         E: From<Error>,
     {
-        atomic::run_explicit(&self.options(), conn, f)
+        ambient::run_explicit(&self.options(), conn, f)
     }
 }
 

@@ -1,46 +1,23 @@
-//! on_commit: queueing callbacks and running them (rules C1–C5).
+//! on_commit: registering callbacks and running them (rules C1–C5; the decisions are
+//! `rules::on_commit`, `rules::plan_leave` and `rules::callbacks_survive`).
 
 use std::any::Any;
 use std::panic::{self, AssertUnwindSafe};
 
+use crate::engine::rules::{self, OnCommit};
+use crate::engine::state::{self, Callback};
 use crate::error::Error;
-use crate::state::{self, Callback, Slot};
 
-/// Queues `func` on the alias's open block, or runs it at once outside any block (C1).
-///
-/// Refused where the commit is out of sight: inside a block that runs in the caller's own
-/// `conn.transaction(..)`, and inside a `connection()` call outside any block, whose closure
-/// may have opened such a transaction on the connection it holds.
-pub(crate) fn on_commit<F: FnOnce() + 'static>(
-    alias: &str,
-    func: F,
-    robust: bool,
-) -> Result<(), Error> {
-    let callback = Callback {
-        func: Box::new(func),
-        robust,
-        name: std::any::type_name::<F>(),
-    };
-    let decision = state::with(alias, |st| match st.blocks.last() {
-        Some(block) if block.commit_out_of_sight => {
-            Decision::Refuse(callback, INSIDE_USER_TRANSACTION)
-        }
-        Some(_) => {
-            st.callbacks.push(callback);
-            Decision::Queued
-        }
-        None if matches!(st.slot, Slot::Lent { .. }) => {
-            Decision::Refuse(callback, INSIDE_LENT_CONNECTION)
-        }
-        None => Decision::RunNow(callback),
-    });
-    match decision {
-        Decision::Queued => Ok(()),
-        Decision::RunNow(callback) => {
+/// Queues `callback` on the alias's open block, runs it at once outside any block (C1), or
+/// refuses it where the commit is out of sight.
+pub(crate) fn on_commit(alias: &str, callback: Callback) -> Result<(), Error> {
+    match state::with(alias, |state| rules::on_commit(state, callback)) {
+        OnCommit::Queued => Ok(()),
+        OnCommit::RunNow(callback) => {
             run(callback, When::Immediately);
             Ok(())
         }
-        Decision::Refuse(callback, reason) => {
+        OnCommit::Refused(callback, reason) => {
             drop(callback);
             Err(Error::OnCommitRefused {
                 alias: alias.to_owned(),
@@ -49,23 +26,6 @@ pub(crate) fn on_commit<F: FnOnce() + 'static>(
         }
     }
 }
-
-enum Decision {
-    Queued,
-    RunNow(Callback),
-    Refuse(Callback, &'static str),
-}
-
-const INSIDE_USER_TRANSACTION: &str = "the innermost atomic block runs inside a transaction \
-     that diesel-atomic did not open, the caller's own `conn.transaction(..)`, whose commit or \
-     rollback it cannot see; open that transaction with an atomic block instead (`#[atomic]`, \
-     `transaction::Atomic::run_on`), so the callback runs after it commits";
-
-const INSIDE_LENT_CONNECTION: &str = "inside a `connection()` call outside any atomic block, \
-     the closure holds the connection and may have opened a transaction of diesel's own \
-     (`conn.transaction(..)`) that diesel-atomic cannot see; open an atomic block around the \
-     work (`#[atomic]`, `transaction::atomic`), or register the callback after `connection()` \
-     returns";
 
 /// Runs a committed transaction's callbacks in registration order (C3). A plain callback's
 /// panic propagates and drops the rest (C4); the state was reset before, so the next
@@ -121,6 +81,7 @@ pub(crate) enum When {
     AfterCommit,
 }
 
+/// Runs one callback; a robust one's panic is caught and logged at ERROR (C4).
 pub(crate) fn run(callback: Callback, when: When) {
     let Callback { func, robust, name } = callback;
     tracing::trace!(callback = name, "on_commit callback");
@@ -145,7 +106,8 @@ pub(crate) fn run(callback: Callback, when: When) {
     }
 }
 
-fn panic_message(payload: &(dyn Any + Send)) -> &str {
+/// The message of a panic payload (a `&str` or a `String`).
+pub fn panic_message(payload: &(dyn Any + Send)) -> &str {
     if let Some(message) = payload.downcast_ref::<&'static str>() {
         message
     } else if let Some(message) = payload.downcast_ref::<String>() {

@@ -2,15 +2,14 @@
 
 use diesel::Connection;
 
-use crate::atomic::{self, BlockOptions};
-use crate::begin::BeginOptions;
-use crate::connection::{PooledConn, TxConnection};
-use crate::databases::{self, DEFAULT_DB_ALIAS};
+use crate::api::savepoint::{self, SavepointId};
+use crate::databases::DEFAULT_DB_ALIAS;
+use crate::engine::lend::Lent;
+use crate::engine::state::{self, Callback};
+use crate::engine::{block, hooks, rules};
 use crate::error::Error;
-use crate::hooks;
-use crate::request;
-use crate::savepoint::{self, SavepointId};
-use crate::state::{self, Callback, Slot};
+use crate::options::BlockOptions;
+use crate::scope::request;
 
 /// Runs `f` with the default alias's connection: the open block's, or a pooled one in
 /// autocommit mode for the duration of the call.
@@ -92,6 +91,7 @@ impl Db<'_> {
         C: Connection + 'static,
         E: From<Error>,
     {
+        request::touch(self.alias)?;
         let mut lent = Lent::take(self.alias)?;
         let expected = lent.pooled().type_name();
         let Some(conn) = lent.pooled().inner_any().downcast_mut::<C>() else {
@@ -120,13 +120,7 @@ impl Db<'_> {
     /// # Ok::<(), Error>(())
     /// ```
     pub fn atomic<T, E: From<Error>>(&self, f: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
-        let options = BlockOptions {
-            using: self.alias,
-            savepoint: true,
-            durable: false,
-            begin: BeginOptions::DEFAULT,
-        };
-        atomic::run_ambient(&options, f)
+        run_ambient(&BlockOptions::nested(self.alias), f)
     }
 
     /// Runs `f` after the alias's outermost transaction commits, or at once outside a block.
@@ -156,7 +150,7 @@ impl Db<'_> {
     /// ```
     pub fn on_commit(&self, f: impl FnOnce() + 'static) -> Result<(), Error> {
         request::touch(self.alias)?;
-        hooks::on_commit(self.alias, f, false)
+        hooks::on_commit(self.alias, Callback::new(f, false))
     }
 
     /// Like [`Db::on_commit`], but a panic in `f` is caught and logged at ERROR through
@@ -170,7 +164,7 @@ impl Db<'_> {
     /// ```
     pub fn on_commit_robust(&self, f: impl FnOnce() + 'static) -> Result<(), Error> {
         request::touch(self.alias)?;
-        hooks::on_commit(self.alias, f, true)
+        hooks::on_commit(self.alias, Callback::new(f, true))
     }
 
     /// Marks the innermost block with a savepoint (or the outermost) to roll back on exit
@@ -184,13 +178,7 @@ impl Db<'_> {
     /// ```
     pub fn set_rollback(&self, rollback: bool) -> Result<(), Error> {
         request::touch(self.alias)?;
-        state::with(self.alias, |st| {
-            if !st.in_atomic_block() {
-                return Err(self.not_in_atomic_block("set_rollback"));
-            }
-            st.needs_rollback = rollback;
-            Ok(())
-        })
+        state::with(self.alias, |state| rules::set_rollback(state, rollback))
     }
 
     /// Whether the alias's transaction is marked for rollback.
@@ -204,10 +192,7 @@ impl Db<'_> {
             // The request's transaction is due but not begun: fresh, so not marked.
             return Ok(false);
         }
-        state::peek(self.alias, |st| match st {
-            Some(st) if st.in_atomic_block() => Ok(st.needs_rollback),
-            _ => Err(self.not_in_atomic_block("get_rollback")),
-        })
+        state::peek(self.alias, |state| rules::get_rollback(state, self.alias))
     }
 
     /// Whether a block is open on this alias (a `TestTransaction` counts).
@@ -218,7 +203,9 @@ impl Db<'_> {
     /// ```
     pub fn in_atomic_block(&self) -> bool {
         request::pending(self.alias)
-            || state::peek(self.alias, |st| st.is_some_and(|st| st.in_atomic_block()))
+            || state::peek(self.alias, |state| {
+                state.is_some_and(|state| state.in_atomic_block())
+            })
     }
 
     /// Creates a manual savepoint inside a block; outside one the id is a no-op.
@@ -272,141 +259,55 @@ impl Db<'_> {
     }
 
     fn execute(&self, sql: &str) -> Result<(), Error> {
+        request::touch(self.alias)?;
         let mut lent = Lent::take(self.alias)?;
         lent.pooled().inner().execute(sql)?;
         tracing::trace!(alias = self.alias, sql, "manual savepoint");
         Ok(())
     }
-
-    fn not_in_atomic_block(&self, operation: &'static str) -> Error {
-        Error::NotInAtomicBlock {
-            alias: self.alias.to_owned(),
-            operation,
-        }
-    }
 }
 
-/// The alias's connection, taken out of the state while user code (or our SQL) uses it, and
-/// put back (or returned to the pool) when dropped — also while unwinding.
-struct Lent<'a> {
-    alias: &'a str,
-    pooled: Option<Box<dyn PooledConn>>,
-    /// The connection belongs to an open block (put it back) rather than to this call.
-    from_block: bool,
+/// An ambient block (`#[atomic]` without a connection, `transaction::atomic`): the API entry
+/// point begins a due request transaction first (rule Q1), then the engine runs the block.
+#[inline]
+pub(crate) fn run_ambient<T, E: From<Error>>(
+    options: &BlockOptions<'_>,
+    body: impl FnOnce() -> Result<T, E>,
+) -> Result<T, E> {
+    request::touch(options.using)?;
+    block::run(options, &mut (), block::ambient, |_| body())
 }
 
-impl<'a> Lent<'a> {
-    fn take(alias: &'a str) -> Result<Self, Error> {
-        request::touch(alias)?;
-        let taken = state::with(alias, |st| -> Result<Option<Box<dyn PooledConn>>, Error> {
-            match &st.slot {
-                Slot::Explicit { .. } => Err(Error::AliasBoundToExplicitConnection {
-                    alias: alias.to_owned(),
-                }),
-                Slot::Lent { .. } => Err(Error::ConnectionInUse {
-                    alias: alias.to_owned(),
-                }),
-                _ if st.needs_rollback && st.in_atomic_block() => {
-                    Err(Error::broken_transaction(alias))
-                }
-                Slot::Held(pooled) => {
-                    let address = pooled.inner_address();
-                    match std::mem::replace(&mut st.slot, Slot::Lent { address }) {
-                        Slot::Held(pooled) => Ok(Some(pooled)),
-                        _ => unreachable!("matched Held above"),
-                    }
-                }
-                Slot::Empty => Ok(None),
-            }
-        })?;
-        if let Some(pooled) = taken {
-            return Ok(Lent {
-                alias,
-                pooled: Some(pooled),
-                from_block: true,
-            });
-        }
-        let pooled = databases::lookup(alias)?.checkout(alias)?;
-        let address = pooled.inner_address();
-        state::with(alias, |st| st.slot = Slot::Lent { address });
-        Ok(Lent {
-            alias,
-            pooled: Some(pooled),
-            from_block: false,
-        })
-    }
-
-    fn pooled(&mut self) -> &mut dyn PooledConn {
-        self.pooled
-            .as_deref_mut()
-            .expect("the connection is present until drop")
-    }
+/// An explicit-mode block on the caller's connection.
+#[inline]
+pub(crate) fn run_explicit<C, T, E>(
+    options: &BlockOptions<'_>,
+    conn: &mut C,
+    body: impl FnOnce(&mut C) -> Result<T, E>,
+) -> Result<T, E>
+where
+    C: Connection,
+    E: From<Error>,
+{
+    request::touch(options.using)?;
+    block::run(options, conn, |conn| Some(conn), body)
 }
 
-impl Drop for Lent<'_> {
-    fn drop(&mut self) {
-        let pooled = self.pooled.take();
-        let from_block = self.from_block;
-        let back = state::try_with(self.alias, |st| {
-            let after_lend = std::mem::take(&mut st.after_lend);
-            let orphaned_at_depth = st.orphaned_at_depth.take();
-            match pooled {
-                // The block that owned the connection is still open: it gets it back.
-                Some(pooled) if from_block && orphaned_at_depth.is_none() => {
-                    st.slot = Slot::Held(pooled);
-                    Back {
-                        pooled: None,
-                        orphaned_at_depth,
-                        after_lend,
-                    }
-                }
-                pooled => {
-                    st.slot = Slot::Empty;
-                    Back {
-                        pooled,
-                        orphaned_at_depth,
-                        after_lend,
-                    }
-                }
-            }
-        });
-        // The rest runs outside the state's borrow.
-        let Some(Back {
-            mut pooled,
-            orphaned_at_depth,
-            after_lend,
-        }) = back
-        else {
-            return;
-        };
-        if let (Some(pooled), Some(depth_before)) = (&mut pooled, orphaned_at_depth) {
-            roll_back_to(self.alias, pooled.inner(), depth_before);
-        }
-        // Back to the pool (r2d2 discards it if it is still inside a transaction) before the
-        // callbacks of the blocks that committed on it run (C3).
-        drop(pooled);
-        hooks::run_deferred(self.alias, after_lend);
-    }
-}
-
-/// What a `Lent` finds when it gives the connection back.
-struct Back {
-    /// The connection, when it goes back to the pool rather than to a block.
-    pooled: Option<Box<dyn PooledConn>>,
-    orphaned_at_depth: Option<u32>,
-    after_lend: Vec<Callback>,
-}
-
-/// Rolls a connection whose block ended while it was lent back to `depth_before`.
-fn roll_back_to(alias: &str, conn: &mut dyn TxConnection, depth_before: u32) {
-    while conn.depth().is_ok_and(|depth| depth > depth_before) {
-        if let Err(error) = conn.rollback() {
-            tracing::error!(alias, %error, "rolling back an abandoned block failed; the connection is discarded");
-            return;
-        }
-    }
-    tracing::debug!(
-        alias,
-        "ROLLBACK (the block ended while its connection was lent)"
-    );
+/// An explicit-mode block on a connection held by `owner` (`#[atomic(conn = self.conn)]`):
+/// `field` reaches the connection each time the block needs it, so `body` can have all of
+/// `owner`, the connection included, in between.
+#[inline]
+pub(crate) fn run_explicit_field<S, C, T, E>(
+    options: &BlockOptions<'_>,
+    owner: &mut S,
+    field: impl Fn(&mut S) -> &mut C,
+    body: impl FnOnce(&mut S) -> Result<T, E>,
+) -> Result<T, E>
+where
+    S: ?Sized,
+    C: Connection,
+    E: From<Error>,
+{
+    request::touch(options.using)?;
+    block::run(options, owner, |owner| Some(field(owner)), body)
 }

@@ -1,4 +1,5 @@
 //! Manual savepoints (rule M1): not on the block stack, and they do not scope callbacks.
+//! `Db::savepoint` and friends run these statements on the alias's lent connection.
 
 use std::cell::Cell;
 
@@ -32,18 +33,20 @@ pub(crate) fn next_id() -> SavepointId {
     })
 }
 
-fn name(id: SavepointId) -> Option<String> {
-    (id != SavepointId::NONE).then(|| format!("diesel_atomic_{}", id.0))
+fn name(id: SavepointId) -> String {
+    format!("diesel_atomic_{}", id.0)
 }
 
 pub(crate) fn create_sql(id: SavepointId) -> String {
-    format!("SAVEPOINT diesel_atomic_{}", id.0)
+    format!("SAVEPOINT {}", name(id))
 }
 
+/// `None` for an id made outside a block: its release is a no-op (M1).
 pub(crate) fn release_sql(id: SavepointId) -> Option<String> {
-    name(id).map(|name| format!("RELEASE SAVEPOINT {name}"))
+    (id != SavepointId::NONE).then(|| format!("RELEASE SAVEPOINT {}", name(id)))
 }
 
+/// `None` for an id made outside a block: its rollback is a no-op (M1).
 pub(crate) fn rollback_sql(id: SavepointId) -> Option<String> {
-    name(id).map(|name| format!("ROLLBACK TO SAVEPOINT {name}"))
+    (id != SavepointId::NONE).then(|| format!("ROLLBACK TO SAVEPOINT {}", name(id)))
 }

@@ -12,21 +12,20 @@
 //! having lost a race its snapshot hides, and a surrounding retrying block
 //! ([`Atomic::retry`](crate::transaction::Atomic::retry)) reruns it with a new snapshot.
 
-use std::any::Any;
-
 use diesel::Connection;
 use diesel::query_dsl::LoadQuery;
 use diesel::query_dsl::methods::ExecuteDsl;
 use diesel::result::{Error as DieselError, OptionalExtension, QueryResult};
 
-use crate::atomic::{self, BlockOptions};
-use crate::begin::{BackendKind, BeginMode, BeginOptions, Isolation};
-use crate::connection::{TxConnection, connection_address};
+use crate::adapter::classify::server_isolation;
+use crate::adapter::{BackendKind, ConnectionId, TxConnection};
+use crate::api::ambient::run_explicit;
+use crate::api::retry;
 use crate::databases::DEFAULT_DB_ALIAS;
+use crate::engine::state::{self, Slot};
 use crate::error::Error;
-use crate::request;
-use crate::retry;
-use crate::state::{self, Slot};
+use crate::options::{BeginMode, BlockOptions, Isolation};
+use crate::scope::request;
 
 /// The alias a block on a connection that belongs to no alias is registered under. It only
 /// scopes the block's bookkeeping: nothing ambient can reach it, and its name says where it
@@ -227,7 +226,7 @@ where
         return Ok((row, false));
     }
     let alias = block_alias(conn);
-    let create_error = match atomic::run_explicit(&savepoint_block(&alias), conn, create) {
+    let create_error = match run_explicit(&BlockOptions::nested(&alias), conn, create) {
         Ok(row) => return Ok((row, true)),
         Err(error) => error,
     };
@@ -353,12 +352,12 @@ where
     E: From<Error> + From<DieselError>,
 {
     let alias = block_alias(conn);
-    let mut options = savepoint_block(&alias);
+    let mut options = BlockOptions::nested(&alias);
     if BackendKind::of::<C>() == BackendKind::Sqlite && conn.depth()? == 0 {
         // SQLite's stand-in for FOR UPDATE: the one write lock, from the lookup on.
         options.begin.mode = Some(BeginMode::Immediate);
     }
-    atomic::run_explicit(&options, conn, |conn| {
+    run_explicit(&options, conn, |conn| {
         match get_or_create(conn, &mut get_for_update, create)? {
             (row, true) => Ok((row, true)),
             (row, false) => update(conn, row).map(|row| (row, false)),
@@ -485,27 +484,22 @@ where
     )
 }
 
-/// A nested block with a savepoint that begins the transaction itself when none is open.
-fn savepoint_block(alias: &str) -> BlockOptions<'_> {
-    BlockOptions {
-        using: alias,
-        savepoint: true,
-        durable: false,
-        begin: BeginOptions::DEFAULT,
-    }
-}
-
 /// The alias whose open block runs on `conn` (or whose `connection()` call lent it), so that
 /// our block nests in it. For a connection of no alias: the default alias when it is idle, as
 /// an explicit-mode `#[atomic]` block would use, so that `on_commit` in `create` waits for
 /// this block's COMMIT; else a private alias (the default one is busy with another connection).
 fn block_alias<C>(conn: &C) -> String {
-    if let Some(alias) = state::alias_of_connection(connection_address(conn)) {
+    let id = ConnectionId::of(conn);
+    let owner = state::find_map(|state| {
+        let runs_on_it = state.in_atomic_block() && state.block_connection == Some(id);
+        (runs_on_it || state.slot.connection() == Some(id)).then(|| state.alias().to_owned())
+    });
+    if let Some(alias) = owner {
         return alias;
     }
     let default_idle = !request::pending(DEFAULT_DB_ALIAS)
-        && state::peek(DEFAULT_DB_ALIAS, |st| {
-            st.is_none_or(|st| !st.in_atomic_block() && matches!(st.slot, Slot::Empty))
+        && state::peek(DEFAULT_DB_ALIAS, |state| {
+            state.is_none_or(|state| !state.in_atomic_block() && state.slot == Slot::Empty)
         });
     if default_idle {
         DEFAULT_DB_ALIAS.to_owned()
@@ -527,9 +521,10 @@ fn snapshot_hides_commits<C: Connection + 'static>(conn: &mut C, alias: &str) ->
         // Autocommit: each statement sees everything committed before it.
         return false;
     }
-    let begun = state::peek(alias, |st| {
-        st.filter(|st| st.in_atomic_block())
-            .and_then(|st| st.begun_isolation)
+    let begun = state::peek(alias, |state| {
+        state
+            .filter(|state| state.in_atomic_block())
+            .and_then(|state| state.begun_isolation)
     });
     let level = match begun {
         Some(level) => level,
@@ -539,85 +534,4 @@ fn snapshot_hides_commits<C: Connection + 'static>(conn: &mut C, alias: &str) ->
         },
     };
     matches!(level, Isolation::RepeatableRead | Isolation::Serializable)
-}
-
-/// The isolation level of the transaction open on `conn`, as the server reports it.
-fn server_isolation<C: Connection + 'static>(conn: &mut C) -> Option<Isolation> {
-    let conn = conn as &mut dyn Any;
-    #[cfg(feature = "postgres")]
-    if let Some(pg) = conn.downcast_mut::<diesel::PgConnection>() {
-        return postgres_isolation(pg);
-    }
-    #[cfg(feature = "mysql")]
-    if let Some(mysql) = conn.downcast_mut::<diesel::MysqlConnection>() {
-        return mysql_isolation(mysql);
-    }
-    let _ = conn;
-    None
-}
-
-/// `transaction_isolation` is the open transaction's own level on PostgreSQL.
-#[cfg(feature = "postgres")]
-fn postgres_isolation(conn: &mut diesel::PgConnection) -> Option<Isolation> {
-    use diesel::RunQueryDsl;
-    let level: String = diesel::select(diesel::dsl::sql::<diesel::sql_types::Text>(
-        "current_setting('transaction_isolation')",
-    ))
-    .get_result(conn)
-    .inspect_err(|error| tracing::warn!(%error, "reading transaction_isolation failed"))
-    .ok()?;
-    parse_isolation(&level)
-}
-
-/// MariaDB (10.x and later) has `@@tx_isolation`; MySQL 8 only `@@transaction_isolation`
-/// (MariaDB ≥ 11.1 both). A failed SELECT leaves a MySQL transaction usable.
-#[cfg(feature = "mysql")]
-fn mysql_isolation(conn: &mut diesel::MysqlConnection) -> Option<Isolation> {
-    use diesel::RunQueryDsl;
-    ["@@tx_isolation", "@@transaction_isolation"]
-        .into_iter()
-        .find_map(|variable| {
-            diesel::select(diesel::dsl::sql::<diesel::sql_types::Text>(variable))
-                .get_result::<String>(conn)
-                .ok()
-        })
-        .and_then(|level| parse_isolation(&level))
-}
-
-/// PostgreSQL spells levels `repeatable read`, MariaDB/MySQL `REPEATABLE-READ`.
-#[cfg(any(feature = "postgres", feature = "mysql", test))]
-fn parse_isolation(level: &str) -> Option<Isolation> {
-    match level.to_ascii_uppercase().replace('-', " ").as_str() {
-        "READ UNCOMMITTED" => Some(Isolation::ReadUncommitted),
-        "READ COMMITTED" => Some(Isolation::ReadCommitted),
-        "REPEATABLE READ" => Some(Isolation::RepeatableRead),
-        "SERIALIZABLE" => Some(Isolation::Serializable),
-        _ => None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_both_spellings_of_isolation_levels() {
-        assert_eq!(
-            parse_isolation("repeatable read"),
-            Some(Isolation::RepeatableRead)
-        );
-        assert_eq!(
-            parse_isolation("REPEATABLE-READ"),
-            Some(Isolation::RepeatableRead)
-        );
-        assert_eq!(
-            parse_isolation("read committed"),
-            Some(Isolation::ReadCommitted)
-        );
-        assert_eq!(
-            parse_isolation("SERIALIZABLE"),
-            Some(Isolation::Serializable)
-        );
-        assert_eq!(parse_isolation("snapshot"), None);
-    }
 }

@@ -19,7 +19,7 @@ use diesel::connection::{Connection, TransactionDepthChange, TransactionManager}
 use diesel::query_builder::{AstPass, QueryFragment, QueryId};
 use diesel::result::{Error as DieselError, QueryResult};
 
-use crate::connection::change_depth;
+use super::internals::change_depth;
 
 /// Savepoint depths with a cached statement; deeper ones go through diesel's `batch_execute`.
 const CACHED_DEPTHS: u32 = 8;
@@ -77,15 +77,6 @@ fn execute<C: Connection>(conn: &mut C, index: usize) -> QueryResult<()> {
     dispatch!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17).map(drop)
 }
 
-/// Whether `C` is diesel's `SqliteConnection` (whose manager is `AnsiTransactionManager`).
-///
-/// `C` may be generic and not `'static`, so `TypeId` is not available; its type name is, and a
-/// unit test pins it.
-#[inline]
-pub(crate) fn is_sqlite<C>() -> bool {
-    std::any::type_name::<C>() == "diesel::sqlite::connection::SqliteConnection"
-}
-
 /// BEGIN at depth 0, `SAVEPOINT diesel_savepoint_{depth}` below; `None` when not cached.
 fn begin_statement(depth: u32) -> Option<usize> {
     match depth {
@@ -139,25 +130,19 @@ mod tests {
         for depth in 1..=CACHED_DEPTHS {
             // diesel: SAVEPOINT diesel_savepoint_{depth} at `depth`, and at depth + 1 the
             // RELEASE of diesel_savepoint_{depth}.
+            let name = crate::adapter::internals::savepoint_name(depth);
             assert_eq!(
                 STATEMENTS[begin_statement(depth).unwrap()],
-                format!("SAVEPOINT diesel_savepoint_{depth}")
+                format!("SAVEPOINT {name}")
             );
             assert_eq!(
                 STATEMENTS[commit_statement(depth + 1).unwrap()],
-                format!("RELEASE SAVEPOINT diesel_savepoint_{depth}")
+                format!("RELEASE SAVEPOINT {name}")
             );
         }
         assert_eq!(begin_statement(CACHED_DEPTHS + 1), None);
         assert_eq!(commit_statement(CACHED_DEPTHS + 2), None);
         assert_eq!(commit_statement(0), None);
-    }
-
-    #[cfg(feature = "sqlite")]
-    #[test]
-    fn knows_sqlite_by_name() {
-        assert!(is_sqlite::<diesel::SqliteConnection>());
-        assert!(!is_sqlite::<String>());
     }
 
     #[cfg(feature = "sqlite")]

@@ -11,46 +11,17 @@
 use std::cell::{Cell, RefCell};
 use std::panic::{self, AssertUnwindSafe};
 
-use crate::atomic::{self, BlockOptions, Entered};
-use crate::begin::BeginOptions;
 use crate::databases;
+use crate::engine::block;
+use crate::engine::hooks;
+use crate::engine::rules::{AliasEnd, RequestEnd, RequestScope, RequestTransaction};
 use crate::error::Error;
-use crate::hooks;
+use crate::options::BlockOptions;
 
 thread_local! {
     /// Whether a `request()` runs on this thread: the one check every use of an alias pays.
     static ACTIVE: Cell<bool> = const { Cell::new(false) };
-    static SCOPE: RefCell<Scope> = const { RefCell::new(Scope::new()) };
-}
-
-/// The running request on this thread.
-struct Scope {
-    /// The aliases with `atomic_requests(true)`, in registration order.
-    aliases: Vec<AliasRequest>,
-    /// Aliases exempted by the `#[non_atomic_requests]` functions running now (a stack).
-    exempt: Vec<&'static str>,
-}
-
-impl Scope {
-    const fn new() -> Self {
-        Scope {
-            aliases: Vec::new(),
-            exempt: Vec::new(),
-        }
-    }
-}
-
-struct AliasRequest {
-    alias: String,
-    transaction: Transaction,
-}
-
-enum Transaction {
-    /// Not used by the view yet.
-    Pending,
-    /// Its BEGIN is under way (the block's own entry must not begin it again).
-    Beginning,
-    Begun(Entered),
+    static SCOPE: RefCell<RequestScope> = const { RefCell::new(RequestScope::new()) };
 }
 
 /// Runs `view` as Django runs a view under `ATOMIC_REQUESTS`.
@@ -130,13 +101,9 @@ pub(crate) fn run<T, E: From<Error>>(
     view: impl FnOnce() -> Result<T, E>,
 ) -> Result<(std::thread::Result<Result<T, E>>, RequestReport), Error> {
     if ACTIVE.with(Cell::get) {
-        return Err(Error::TransactionManagement(
-            "request() is already running on this thread; a view cannot run another request \
-             inside itself (call the inner view function directly)"
-                .to_owned(),
-        ));
+        return Err(Error::RequestNested);
     }
-    let aliases: Vec<AliasRequest> = databases::current()
+    let aliases: Vec<(String, RequestTransaction)> = databases::current()
         .map(|databases| {
             databases
                 .aliases()
@@ -145,10 +112,7 @@ pub(crate) fn run<T, E: From<Error>>(
                         .get(alias)
                         .is_ok_and(|db| db.has_atomic_requests())
                 })
-                .map(|alias| AliasRequest {
-                    alias: alias.to_owned(),
-                    transaction: Transaction::Pending,
-                })
+                .map(|alias| (alias.to_owned(), RequestTransaction::Pending))
                 .collect()
         })
         .unwrap_or_default();
@@ -166,58 +130,55 @@ pub(crate) fn run<T, E: From<Error>>(
     // The request is over before its transactions end: callbacks that run after a commit
     // work in autocommit mode, as after any outermost block.
     ACTIVE.with(|active| active.set(false));
-    let begun: Vec<(String, Entered)> = SCOPE.with_borrow_mut(|scope| {
-        scope.exempt.clear();
-        std::mem::take(&mut scope.aliases)
-            .into_iter()
-            .filter_map(|request| match request.transaction {
-                Transaction::Begun(entered) => Some((request.alias, entered)),
-                Transaction::Pending | Transaction::Beginning => None,
-            })
-            .collect()
-    });
+    let begun = SCOPE.with_borrow_mut(RequestScope::end);
 
-    // Django wraps the view in one atomic block per alias, the first-registered innermost:
-    // each alias commits and runs its callbacks before the next one ends. So a COMMIT that
-    // fails, or a plain callback that panics, rolls back every alias after it (Q3), and every
-    // alias leaves its block whatever happens.
-    let mut commit = matches!(outcome, Ok(Ok(_)));
+    // Rule Q3, nested as Django nests one atomic wrapper per alias: each alias commits and
+    // runs its callbacks before the next one ends, and every alias leaves its block whatever
+    // happens.
+    let mut end = RequestEnd::new(matches!(outcome, Ok(Ok(_))));
     let mut commit_error = None;
     let mut report = RequestReport::default();
     for (alias, entered) in begun {
-        let exit = atomic::leave(&alias, entered, None, commit);
-        match exit.error {
+        let commit = end.commits();
+        let exit = block::leave(&alias, entered, None, commit);
+        let ended = match exit.error {
             None if commit => {
                 report.committed.push(alias.clone());
                 let callbacks = exit.callbacks;
                 let ran = panic::catch_unwind(AssertUnwindSafe(|| {
                     hooks::run_after_commit(&alias, callbacks);
                 }));
-                if let Err(payload) = ran {
-                    tracing::error!(
-                        alias,
-                        "an on_commit callback panicked after the request's COMMIT; the \
-                         aliases committed after it roll back"
-                    );
-                    commit = false;
-                    report.callback_panicked = Some(alias);
-                    outcome = Err(payload);
+                match ran {
+                    Ok(()) => AliasEnd::Committed,
+                    Err(payload) => {
+                        tracing::error!(
+                            alias,
+                            "an on_commit callback panicked after the request's COMMIT; the \
+                             aliases committed after it roll back"
+                        );
+                        report.callback_panicked = Some(alias);
+                        outcome = Err(payload);
+                        AliasEnd::CallbackPanicked
+                    }
                 }
             }
-            None => report.rolled_back.push(alias),
+            None => {
+                report.rolled_back.push(alias);
+                AliasEnd::RolledBack
+            }
             Some(error) if commit => {
-                // Q3: no two-phase commit. The aliases before this one stay committed; the
-                // ones after it roll back, as Django's nested wrappers do.
                 tracing::error!(alias, %error, "the request's COMMIT failed");
                 report.rolled_back.push(alias);
-                commit = false;
                 commit_error = Some(error);
+                AliasEnd::CommitFailed
             }
             Some(error) => {
                 tracing::error!(alias, %error, "rolling back the request's transaction failed");
                 report.rolled_back.push(alias);
+                AliasEnd::RolledBack
             }
-        }
+        };
+        end.ended(ended);
     }
 
     let outcome = match (outcome, commit_error) {
@@ -227,7 +188,8 @@ pub(crate) fn run<T, E: From<Error>>(
     Ok((outcome, report))
 }
 
-/// Called by every use of `alias`: begins the request's transaction on it if one is due.
+/// Called by every API entry point that uses `alias` (never by the engine): begins the
+/// request's transaction on it if one is due (rule Q1's laziness).
 #[inline]
 pub(crate) fn touch(alias: &str) -> Result<(), Error> {
     if ACTIVE.with(Cell::get) {
@@ -238,54 +200,23 @@ pub(crate) fn touch(alias: &str) -> Result<(), Error> {
 }
 
 fn begin_if_due(alias: &str) -> Result<(), Error> {
-    let due = SCOPE.with_borrow_mut(|scope| {
-        if scope.exempt.contains(&alias) {
-            return false;
-        }
-        match scope
-            .aliases
-            .iter_mut()
-            .find(|request| request.alias == alias)
-        {
-            Some(request) if matches!(request.transaction, Transaction::Pending) => {
-                request.transaction = Transaction::Beginning;
-                true
-            }
-            _ => false,
-        }
-    });
-    if !due {
+    if !SCOPE.with_borrow_mut(|scope| scope.begin_due(alias)) {
         return Ok(());
     }
-    let options = BlockOptions {
-        using: alias,
-        savepoint: true,
-        durable: false,
-        begin: BeginOptions::DEFAULT,
-    };
-    let (transaction, result) = match atomic::enter(&options, None) {
-        Ok(entered) => (Transaction::Begun(entered), Ok(())),
+    let begun = block::enter(&BlockOptions::nested(alias), None);
+    let (entered, result) = match begun {
+        Ok(entered) => (Some(entered), Ok(())),
         // Not begun: the next use tries again.
-        Err(error) => (Transaction::Pending, Err(error)),
+        Err(error) => (None, Err(error)),
     };
-    SCOPE.with_borrow_mut(|scope| {
-        if let Some(request) = scope.aliases.iter_mut().find(|r| r.alias == alias) {
-            request.transaction = transaction;
-        }
-    });
+    SCOPE.with_borrow_mut(|scope| scope.begun(alias, entered));
     result
 }
 
 /// Whether `alias`'s request transaction is due but not begun: the view already counts as
 /// inside an atomic block there (`in_atomic_block`, `get_rollback`).
 pub(crate) fn pending(alias: &str) -> bool {
-    ACTIVE.with(Cell::get)
-        && SCOPE.with_borrow(|scope| {
-            !scope.exempt.contains(&alias)
-                && scope.aliases.iter().any(|request| {
-                    request.alias == alias && matches!(request.transaction, Transaction::Pending)
-                })
-        })
+    ACTIVE.with(Cell::get) && SCOPE.with_borrow(|scope| scope.pending(alias))
 }
 
 /// `#[non_atomic_requests(using = alias)]`: runs `body` with `alias` exempt from the request's
@@ -295,10 +226,7 @@ pub(crate) fn non_atomic<R>(alias: &'static str, body: impl FnOnce() -> R) -> R 
         return body();
     }
     SCOPE.with_borrow_mut(|scope| {
-        let begun = scope.aliases.iter().any(|request| {
-            request.alias == alias && !matches!(request.transaction, Transaction::Pending)
-        });
-        if begun {
+        if scope.exempt_too_late(alias) {
             tracing::warn!(
                 alias,
                 "#[non_atomic_requests]: the request already began its transaction on this \

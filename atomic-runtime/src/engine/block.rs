@@ -1,0 +1,638 @@
+//! The sync executor: carries out the plans of `engine::rules` with diesel's synchronous
+//! connections — checks connections out, sends BEGIN / SAVEPOINT / RELEASE / COMMIT /
+//! ROLLBACK (with rule X4's recovery), and runs a block's body.
+//!
+//! One path for every outcome: [`attempt`] runs the body under `catch_unwind`, so `Err`, `Ok`
+//! with the rollback flag set, and a panic all leave through [`leave`], and [`finish`] then
+//! returns the error or resumes the panic unchanged (rule X3). Nothing here decides a rule:
+//! each decision is a call into `rules`.
+
+use std::panic::{self, AssertUnwindSafe};
+
+use crate::adapter::connection::release_rolled_back_savepoint;
+use crate::adapter::{ConnectionId, PooledConn, TxConnection};
+use crate::databases;
+use crate::engine::hooks;
+use crate::engine::rules::{
+    self, BeginOptionsUse, CallersConnection, EnterPlan, Leave, ReleaseRecovery, Route,
+    SavepointExit,
+};
+use crate::engine::state::{self, Callback, Entered, Foreign};
+use crate::error::Error;
+use crate::options::BlockOptions;
+
+/// What running a block's body once produced: the body's outcome (a panic caught) and what
+/// leaving the block produced.
+pub(crate) type Attempt<T, E> = (std::thread::Result<Result<T, E>>, Exit);
+
+/// Runs `body` once as a block: enter, the body under `catch_unwind`, leave. The block runs on
+/// the connection `connection` finds in `owner` (explicit mode), or on the alias's ambient
+/// connection when it finds none. `body` gets `owner` back, so an explicit-mode body can use
+/// the connection (and, for `#[atomic(conn = self.conn)]`, the rest of its owner) in between.
+#[inline]
+pub(crate) fn attempt<S, C, T, E>(
+    options: &BlockOptions<'_>,
+    owner: &mut S,
+    connection: impl Fn(&mut S) -> Option<&mut C>,
+    body: impl FnOnce(&mut S) -> Result<T, E>,
+) -> Result<Attempt<T, E>, Error>
+where
+    S: ?Sized,
+    C: TxConnection + ?Sized,
+{
+    let entered = enter(options, connection(owner).map(C::as_tx))?;
+    let outcome = panic::catch_unwind(AssertUnwindSafe(|| body(&mut *owner)));
+    let exit = leave(
+        options.using,
+        entered,
+        connection(owner).map(C::as_tx),
+        succeeded(&outcome),
+    );
+    Ok((outcome, exit))
+}
+
+/// The `connection` of an ambient block: none, the alias's own.
+#[inline]
+pub(crate) fn ambient(_: &mut ()) -> Option<&mut (dyn TxConnection + 'static)> {
+    None
+}
+
+/// [`attempt`], then [`finish`]: a block, as `#[atomic]` runs it.
+#[inline]
+pub(crate) fn run<S, C, T, E>(
+    options: &BlockOptions<'_>,
+    owner: &mut S,
+    connection: impl Fn(&mut S) -> Option<&mut C>,
+    body: impl FnOnce(&mut S) -> Result<T, E>,
+) -> Result<T, E>
+where
+    S: ?Sized,
+    C: TxConnection + ?Sized,
+    E: From<Error>,
+{
+    let (outcome, exit) = attempt(options, owner, connection, body)?;
+    finish(options.using, outcome, exit)
+}
+
+/// Whether the body returned `Ok` (neither `Err` nor a panic).
+#[inline]
+pub(crate) fn succeeded<T, E>(outcome: &std::thread::Result<Result<T, E>>) -> bool {
+    matches!(outcome, Ok(Ok(_)))
+}
+
+/// Turns the body's outcome and the exit's result into what the block returns (X3), and runs
+/// the callbacks of a COMMIT (C3).
+pub(crate) fn finish<T, E: From<Error>>(
+    alias: &str,
+    outcome: std::thread::Result<Result<T, E>>,
+    exit: Exit,
+) -> Result<T, E> {
+    match outcome {
+        Err(payload) => {
+            if let Some(error) = exit.error {
+                tracing::error!(alias, %error, "leaving an atomic block after a panic failed");
+            }
+            panic::resume_unwind(payload)
+        }
+        Ok(Err(error)) => {
+            if let Some(exit_error) = exit.error {
+                tracing::error!(alias, error = %exit_error, "leaving a failed atomic block failed too");
+            }
+            Err(error)
+        }
+        Ok(Ok(value)) => match exit.error {
+            Some(error) => Err(error.into()),
+            None => {
+                hooks::run_after_commit(alias, exit.callbacks);
+                Ok(value)
+            }
+        },
+    }
+}
+
+// --- Entering -------------------------------------------------------------------------------
+
+/// Enters a block: ambient when `caller` is `None` (rules E1–E3 in `rules::plan_enter`).
+///
+/// On the caller's connection the state is borrowed once: the block is pushed before its
+/// BEGIN or SAVEPOINT and taken back if that fails (no user code runs in between).
+#[inline]
+pub(crate) fn enter(
+    options: &BlockOptions<'_>,
+    mut caller: Option<&mut dyn TxConnection>,
+) -> Result<Entered, Error> {
+    let alias = options.using;
+    let callers_connection = match caller.as_deref_mut() {
+        Some(conn) => Some(callers_connection(alias, conn)?),
+        None => None,
+    };
+    let plan = state::with(alias, |state| {
+        rules::plan_enter(state, options, callers_connection.as_ref())
+    })?;
+    match plan {
+        EnterPlan::Merged(entered) => Ok(entered),
+        EnterPlan::OnCallersConnection { entered, begin } => {
+            let conn = caller.expect("a plan on the caller's connection comes with one");
+            match begin_on(alias, conn, options, begin) {
+                Ok(()) => {
+                    let depth = callers_connection.map_or(0, |conn| conn.depth) + 1;
+                    tracing::debug!(
+                        alias,
+                        depth,
+                        "BEGIN (depth 1) or SAVEPOINT on the caller's connection"
+                    );
+                    Ok(entered)
+                }
+                Err(error) => {
+                    state::with(alias, |state| rules::unpush(state, &entered));
+                    Err(error)
+                }
+            }
+        }
+        EnterPlan::CheckOut => enter_checked_out(options),
+        EnterPlan::AmbientSavepoint => enter_ambient_savepoint(alias),
+    }
+}
+
+/// diesel's view of the caller's connection, and (inside the caller's own transaction) the
+/// other alias whose block runs on it.
+#[inline]
+fn callers_connection(
+    alias: &str,
+    conn: &mut dyn TxConnection,
+) -> Result<CallersConnection, Error> {
+    let depth = conn.depth()?;
+    let foreign = rules::foreign_transaction(depth, || conn.open_transaction_is_test());
+    let id = conn.id();
+    let host = match foreign {
+        Foreign::CallersTransaction => host_block(alias, id, depth),
+        Foreign::None | Foreign::DieselTestTransaction => None,
+    };
+    Ok(CallersConnection {
+        id,
+        depth,
+        foreign,
+        host,
+    })
+}
+
+#[cold]
+fn host_block(alias: &str, id: ConnectionId, depth: u32) -> Option<Box<str>> {
+    let on_connection = state::find_map(|state| {
+        (state.alias() != alias && state.in_atomic_block() && state.block_connection == Some(id))
+            .then(|| (state.alias().to_owned(), state.block_depth()))
+    });
+    rules::host_of(
+        on_connection
+            .as_ref()
+            .map(|(host, depth)| (host.as_str(), *depth)),
+        depth,
+    )
+}
+
+/// BEGIN (with the block's options when the plan says so) or SAVEPOINT.
+#[inline]
+fn begin_on(
+    alias: &str,
+    conn: &mut dyn TxConnection,
+    options: &BlockOptions<'_>,
+    begin: BeginOptionsUse,
+) -> Result<(), Error> {
+    match begin {
+        BeginOptionsUse::Apply => conn.begin_with(alias, &options.begin),
+        BeginOptionsUse::Plain => Ok(conn.begin()?),
+        BeginOptionsUse::IgnoredInTest => {
+            tracing::debug!(
+                alias,
+                options = %options.begin.describe(),
+                "begin options ignored inside a test transaction"
+            );
+            Ok(conn.begin()?)
+        }
+    }
+}
+
+/// E2 for an ambient block: a connection from the alias's pool, BEGIN, push.
+fn enter_checked_out(options: &BlockOptions<'_>) -> Result<Entered, Error> {
+    let alias = options.using;
+    let mut pooled = databases::lookup(alias)?.checkout(alias)?;
+    let conn = pooled.inner();
+    let depth_before = conn.depth()?;
+    let foreign = rules::foreign_transaction(depth_before, || conn.open_transaction_is_test());
+    let begin = state::with(alias, |state| {
+        rules::begin_checked_out(state, options, foreign)
+    })?;
+    begin_on(alias, conn, options, begin)?;
+    tracing::debug!(alias, depth = depth_before + 1, "BEGIN");
+    Ok(state::with(alias, |state| {
+        state.hold(pooled);
+        rules::push_checked_out(state, depth_before, foreign, options, begin)
+    }))
+}
+
+/// E3 for an ambient block: SAVEPOINT on the held connection, push.
+fn enter_ambient_savepoint(alias: &str) -> Result<Entered, Error> {
+    let mut pooled = state::with(alias, |state| state.take_held())
+        .expect("an ambient block holds its connection");
+    let conn = pooled.inner();
+    let begun = conn.depth().and_then(|depth_before| {
+        conn.begin()?;
+        tracing::trace!(alias, depth = depth_before + 1, "SAVEPOINT");
+        Ok(depth_before)
+    });
+    state::with(alias, |state| {
+        state.put_back(pooled);
+        Ok(rules::push_savepoint(state, begun?))
+    })
+}
+
+/// Opens the outermost block of a `testing::TestTransaction` on the alias's pooled connection
+/// (rule T1).
+pub(crate) fn enter_test_block(alias: &str) -> Result<Entered, Error> {
+    state::with(alias, |state| rules::check_test_transaction_start(state))?;
+    let mut pooled = databases::lookup(alias)?.checkout(alias)?;
+    let conn = pooled.inner();
+    let depth_before = conn.depth()?;
+    let foreign = rules::foreign_transaction(depth_before, || conn.open_transaction_is_test());
+    conn.begin()?;
+    tracing::debug!(alias, depth = depth_before + 1, "BEGIN (test transaction)");
+    Ok(state::with(alias, |state| {
+        state.hold(pooled);
+        rules::push_test_transaction(state, depth_before, foreign)
+    }))
+}
+
+// --- Leaving --------------------------------------------------------------------------------
+
+/// What leaving a block produced.
+pub(crate) struct Exit {
+    /// The exit's own failure (COMMIT or RELEASE failed, block ended elsewhere).
+    pub(crate) error: Option<Error>,
+    /// Callbacks to run now: the transaction committed.
+    pub(crate) callbacks: Vec<Callback>,
+}
+
+impl Exit {
+    fn clean() -> Self {
+        Exit {
+            error: None,
+            callbacks: Vec::new(),
+        }
+    }
+
+    fn failed(error: Error) -> Self {
+        Exit {
+            error: Some(error),
+            callbacks: Vec::new(),
+        }
+    }
+}
+
+/// Leaves a block (rules X1–X4 in `rules::plan_leave`); `body_succeeded` is false for `Err`
+/// and panics.
+#[inline]
+pub(crate) fn leave(
+    alias: &str,
+    entered: Entered,
+    caller: Option<&mut dyn TxConnection>,
+    body_succeeded: bool,
+) -> Exit {
+    let (plan, pooled) = state::with_at(entered.index, |state| {
+        let plan = rules::plan_leave(state, &entered, body_succeeded);
+        let pooled = match &plan.action {
+            Leave::Savepoint { .. } => state.take_held(),
+            Leave::Outermost { .. } => state.release_held(),
+            _ => None,
+        };
+        (plan, pooled)
+    });
+    // Discarded callbacks drop outside the state's borrow (their `Drop` may call us).
+    drop(plan.discarded);
+    match plan.action {
+        Leave::Done => Exit::clean(),
+        Leave::Lost => Exit::failed(Error::BlockEndedElsewhere {
+            alias: alias.to_owned(),
+        }),
+        Leave::Orphaned { success } => {
+            tracing::debug!(
+                alias,
+                "the block's connection is lent to a connection() call; it rolls back when \
+                 that call returns"
+            );
+            if success {
+                Exit::failed(connection_missing(alias))
+            } else {
+                Exit::clean()
+            }
+        }
+        Leave::Savepoint {
+            depth_before,
+            success,
+            callbacks_mark,
+        } => leave_savepoint(alias, caller, pooled, depth_before, success, callbacks_mark),
+        Leave::Outermost {
+            success,
+            depth_before,
+            foreign,
+            callbacks,
+            route,
+        } => leave_outermost(
+            alias,
+            caller,
+            pooled,
+            depth_before,
+            success,
+            foreign,
+            callbacks,
+            route,
+        ),
+    }
+}
+
+/// X1/X2 for the outermost block: COMMIT or ROLLBACK, the connection back to the pool, then
+/// the callbacks of a COMMIT where they belong.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn leave_outermost(
+    alias: &str,
+    caller: Option<&mut dyn TxConnection>,
+    mut pooled: Option<Box<dyn PooledConn>>,
+    depth_before: u32,
+    success: bool,
+    foreign: Foreign,
+    callbacks: Vec<Callback>,
+    route: Route,
+) -> Exit {
+    let end = |conn: &mut dyn TxConnection| {
+        if success {
+            commit_outermost(alias, conn, depth_before)
+        } else {
+            rollback_outermost(alias, conn, depth_before);
+            None
+        }
+    };
+    let error = match (&mut pooled, caller) {
+        (Some(pooled), _) => end(pooled.inner()),
+        (None, Some(conn)) => end(conn),
+        (None, None) => return Exit::failed(connection_missing(alias)),
+    };
+    // Back to the pool before the callbacks run (C3); r2d2 discards it if diesel reports it
+    // broken or still inside a transaction (X4, X5).
+    drop(pooled);
+    let committed = error.is_none() && success;
+    let callbacks = if rules::callbacks_survive(foreign, committed) {
+        route_callbacks(alias, route, callbacks)
+    } else {
+        drop(callbacks);
+        Vec::new()
+    };
+    Exit {
+        error: error.map(Error::from),
+        callbacks,
+    }
+}
+
+/// Sends committed callbacks where the plan routed them; returns those that run now.
+#[inline]
+fn route_callbacks(alias: &str, route: Route, callbacks: Vec<Callback>) -> Vec<Callback> {
+    match route {
+        Route::RunNow => callbacks,
+        Route::AfterLend {
+            same_alias,
+            connection,
+        } => defer_until_lend_ends(alias, same_alias, connection, callbacks),
+        Route::Join(host) => join_host(alias, &host, callbacks),
+    }
+}
+
+#[cold]
+fn defer_until_lend_ends(
+    alias: &str,
+    same_alias: bool,
+    connection: ConnectionId,
+    callbacks: Vec<Callback>,
+) -> Vec<Callback> {
+    let lender = if same_alias {
+        Some(alias.to_owned())
+    } else {
+        state::find_map(|state| {
+            (!state.in_atomic_block() && state.slot == state::Slot::Lent(connection))
+                .then(|| state.alias().to_owned())
+        })
+    };
+    let Some(lender) = lender else {
+        return callbacks;
+    };
+    // Not lent any more (cannot happen while the block's body ran inside the closure): now.
+    state::with(&lender, |state| {
+        rules::defer_until_lend_ends(state, same_alias, connection, callbacks)
+    })
+    .err()
+    .unwrap_or_default()
+}
+
+#[cold]
+fn join_host(alias: &str, host: &str, callbacks: Vec<Callback>) -> Vec<Callback> {
+    if let Err(lost) = state::with(host, |state| rules::join_queue(state, callbacks)) {
+        tracing::error!(
+            alias,
+            host,
+            dropped = lost.len(),
+            "on_commit callbacks dropped: the block of the alias whose transaction carried \
+             this block's work ended first"
+        );
+    }
+    Vec::new()
+}
+
+/// X1/X2/X4 for a nested block with a savepoint: RELEASE on success, else ROLLBACK TO.
+#[inline(never)]
+fn leave_savepoint(
+    alias: &str,
+    caller: Option<&mut dyn TxConnection>,
+    mut pooled: Option<Box<dyn PooledConn>>,
+    depth_before: u32,
+    success: bool,
+    callbacks_mark: usize,
+) -> Exit {
+    let conn: &mut dyn TxConnection = match (&mut pooled, caller) {
+        (Some(pooled), _) => pooled.inner(),
+        (None, Some(conn)) => conn,
+        (None, None) => return Exit::failed(connection_missing(alias)),
+    };
+    let (error, transaction_lost) = if success {
+        release_savepoint(alias, conn, depth_before)
+    } else {
+        (None, !rollback_savepoint(alias, conn, depth_before))
+    };
+    let exit = SavepointExit {
+        release_failed: error.is_some(),
+        transaction_lost,
+    };
+    if pooled.is_some() || exit != SavepointExit::default() {
+        let discarded = state::with(alias, |state| {
+            if let Some(pooled) = pooled {
+                state.put_back(pooled);
+            }
+            rules::after_savepoint(state, callbacks_mark, exit)
+        });
+        drop(discarded);
+    }
+    Exit {
+        error: error.map(Error::from),
+        callbacks: Vec::new(),
+    }
+}
+
+/// X1/X4 for a savepoint: RELEASE; on failure ROLLBACK TO + RELEASE, else the transaction is
+/// lost. Returns the RELEASE error and whether the transaction is lost.
+fn release_savepoint(
+    alias: &str,
+    conn: &mut dyn TxConnection,
+    depth_before: u32,
+) -> (Option<diesel::result::Error>, bool) {
+    match conn.commit() {
+        Ok(()) => {
+            tracing::trace!(alias, depth = depth_before + 1, "RELEASE SAVEPOINT");
+            (None, false)
+        }
+        Err(error) => {
+            tracing::error!(alias, %error, "RELEASE SAVEPOINT failed");
+            let recovered = match rules::recover_release(conn.depth().ok(), depth_before) {
+                ReleaseRecovery::RollbackTo => rollback_savepoint(alias, conn, depth_before),
+                ReleaseRecovery::ReleaseOnly => {
+                    release_after_diesels_rollback(alias, conn, depth_before)
+                }
+                ReleaseRecovery::Lost => false,
+            };
+            (Some(error), !recovered)
+        }
+    }
+}
+
+/// The RELEASE half of X4 after diesel rolled back to the savepoint itself.
+fn release_after_diesels_rollback(
+    alias: &str,
+    conn: &mut dyn TxConnection,
+    depth_before: u32,
+) -> bool {
+    match release_rolled_back_savepoint(conn, depth_before) {
+        Ok(()) => {
+            tracing::trace!(
+                alias,
+                depth = depth_before + 1,
+                "ROLLBACK TO SAVEPOINT (by diesel)"
+            );
+            true
+        }
+        Err(error) => {
+            tracing::error!(alias, %error, "RELEASE SAVEPOINT after diesel's ROLLBACK TO failed; marking the transaction for rollback");
+            false
+        }
+    }
+}
+
+/// X2 for a savepoint: ROLLBACK TO + RELEASE; false when that failed.
+fn rollback_savepoint(alias: &str, conn: &mut dyn TxConnection, depth_before: u32) -> bool {
+    let rolled_back = conn
+        .rollback()
+        .and_then(|()| release_rolled_back_savepoint(conn, depth_before));
+    match rolled_back {
+        Ok(()) => {
+            tracing::trace!(alias, depth = depth_before + 1, "ROLLBACK TO SAVEPOINT");
+            true
+        }
+        Err(error) => {
+            tracing::error!(alias, %error, "ROLLBACK TO SAVEPOINT failed; marking the transaction for rollback");
+            false
+        }
+    }
+}
+
+/// X1/X4 for the outermost block: COMMIT; on failure make sure the transaction is gone.
+fn commit_outermost(
+    alias: &str,
+    conn: &mut dyn TxConnection,
+    depth_before: u32,
+) -> Option<diesel::result::Error> {
+    match conn.commit() {
+        Ok(()) => {
+            tracing::debug!(alias, "COMMIT");
+            None
+        }
+        Err(error) => {
+            tracing::error!(alias, %error, "COMMIT failed; rolling back");
+            if rules::rollback_after_failed_commit(conn.depth().ok(), depth_before) {
+                rollback_outermost(alias, conn, depth_before);
+            }
+            Some(error)
+        }
+    }
+}
+
+/// X2 for the outermost block: ROLLBACK. A failure leaves diesel's manager broken, so the
+/// pool discards the connection when it comes back.
+fn rollback_outermost(alias: &str, conn: &mut dyn TxConnection, depth_before: u32) {
+    let rolled_back = if depth_before == 0 {
+        conn.rollback()
+    } else {
+        conn.rollback()
+            .and_then(|()| release_rolled_back_savepoint(conn, depth_before))
+    };
+    match rolled_back {
+        Ok(()) => tracing::debug!(alias, "ROLLBACK"),
+        Err(error) => {
+            tracing::error!(alias, %error, "ROLLBACK failed; the connection is discarded")
+        }
+    }
+}
+
+/// Rolls a connection whose block ended while it was lent back to `depth_before`.
+pub(crate) fn roll_back_to(alias: &str, conn: &mut dyn TxConnection, depth_before: u32) {
+    while conn.depth().is_ok_and(|depth| depth > depth_before) {
+        if let Err(error) = conn.rollback() {
+            tracing::error!(alias, %error, "rolling back an abandoned block failed; the connection is discarded");
+            return;
+        }
+    }
+    tracing::debug!(
+        alias,
+        "ROLLBACK (the block ended while its connection was lent)"
+    );
+}
+
+#[cold]
+fn connection_missing(alias: &str) -> Error {
+    Error::ConnectionMissing {
+        alias: alias.to_owned(),
+    }
+}
+
+/// Ends a TestTransaction's block on `alias`, and whatever is still open above it (T1).
+pub(crate) fn abandon_test_block(alias: &str, entered: Entered) {
+    let on_top = state::try_with(alias, |state| {
+        state.blocks.last().map(|block| block.token) == Some(entered.token)
+    });
+    match on_top {
+        Some(true) => {
+            let exit = leave(alias, entered, None, false);
+            if let Some(error) = exit.error {
+                tracing::error!(alias, %error, "rolling back a TestTransaction failed");
+            }
+        }
+        Some(false) => {
+            let abandoned = state::try_with(alias, |state| {
+                let abandoned = rules::abandon_from(state, entered.token)?;
+                Some((abandoned, state.release_held()))
+            })
+            .flatten();
+            if let Some((abandoned, pooled)) = abandoned {
+                drop(abandoned.discarded);
+                if let Some(mut pooled) = pooled {
+                    roll_back_to(alias, pooled.inner(), abandoned.depth_before);
+                }
+            }
+        }
+        None => {}
+    }
+}

@@ -1,0 +1,935 @@
+//! Django's rules (docs/SEMANTICS.md), as decisions over an alias's state.
+//!
+//! Every function here is pure in the sense that matters: no SQL, no pool, no user code, no
+//! logging; it reads and updates the in-memory state and returns a plan that an executor
+//! carries out (`engine::block` for sync code). So each rule is written once, for every
+//! executor, and unit-tested below without a database. A function's doc names the rules it
+//! implements; docs/SEMANTICS.md names the function for each rule.
+
+use crate::adapter::ConnectionId;
+use crate::engine::state::{
+    AliasState, Block, BlockKind, BlockToken, Callback, Entered, Foreign, Outermost, Slot,
+};
+use crate::error::Error;
+use crate::options::{BeginOptions, BlockOptions};
+
+// --- Entering a block: E1–E3 -----------------------------------------------------------------
+
+/// diesel's view of the caller's connection (explicit mode), read before the state is
+/// borrowed.
+#[derive(Debug)]
+pub(crate) struct CallersConnection {
+    pub(crate) id: ConnectionId,
+    /// diesel's transaction depth now.
+    pub(crate) depth: u32,
+    /// Whose transaction is open at that depth, if any (see [`foreign_transaction`]).
+    pub(crate) foreign: Foreign,
+    /// Inside the caller's own transaction: the other alias whose open block runs on this
+    /// connection with nothing of the caller's in between (see [`host_of`]).
+    pub(crate) host: Option<Box<str>>,
+}
+
+/// Whose transaction is open on a connection at `depth` before an outermost block begins:
+/// none, diesel's test transaction (asked only when one is open), or the caller's own.
+#[inline]
+pub(crate) fn foreign_transaction(depth: u32, is_test: impl FnOnce() -> bool) -> Foreign {
+    match depth {
+        0 => Foreign::None,
+        _ if is_test() => Foreign::DieselTestTransaction,
+        _ => Foreign::CallersTransaction,
+    }
+}
+
+/// Rule C3 across aliases: the alias (other than `alias`) whose open block runs on connection
+/// `id` with its innermost block at exactly `depth`. Its COMMIT makes the work of a block of
+/// `alias` begun there durable.
+pub(crate) fn host_of(states_on_connection: Option<(&str, u32)>, depth: u32) -> Option<Box<str>> {
+    states_on_connection
+        .filter(|(_, host_depth)| *host_depth == depth)
+        .map(|(host, _)| host.into())
+}
+
+/// Whether the block's begin options go into its BEGIN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BeginOptionsUse {
+    /// A plain BEGIN (or SAVEPOINT): no options, or a nested block.
+    Plain,
+    /// BEGIN with the options.
+    Apply,
+    /// Inside diesel's test transaction, whose BEGIN already ran: ignored, as `durable` is
+    /// (rule T1).
+    IgnoredInTest,
+}
+
+/// What the executor does to enter a block.
+#[derive(Debug)]
+pub(crate) enum EnterPlan {
+    /// E2 for an ambient block: check a connection out of the alias's pool, ask
+    /// [`begin_checked_out`], BEGIN, then [`push_checked_out`].
+    CheckOut,
+    /// The block is pushed: BEGIN (E2) or SAVEPOINT (E3) on the caller's connection, then keep
+    /// `entered`, or [`unpush`] it if that failed.
+    OnCallersConnection {
+        entered: Entered,
+        begin: BeginOptionsUse,
+    },
+    /// E3 for an ambient block: SAVEPOINT on the held connection, then [`push_savepoint`].
+    AmbientSavepoint,
+    /// E3 without a savepoint: pushed, no SQL.
+    Merged(Entered),
+}
+
+/// Rules E1–E3 and durable: how to enter a block with `options` on `state`'s alias, ambient
+/// when `caller` is `None`. Pushes the block when no SQL must come first.
+#[inline]
+pub(crate) fn plan_enter(
+    state: &mut AliasState,
+    options: &BlockOptions<'_>,
+    caller: Option<&CallersConnection>,
+) -> Result<EnterPlan, Error> {
+    // E1: first, with no state change.
+    if options.durable && refuses_durable(state) {
+        return Err(durable_nested(state));
+    }
+    if !state.in_atomic_block() {
+        return match (caller, state.slot) {
+            (Some(conn), _) => {
+                let begin = begin_outermost(state, options, conn.foreign)?;
+                let restore_lent = state.bind_explicit(conn.id);
+                let begun_isolation = options
+                    .begin
+                    .isolation
+                    .filter(|_| begin == BeginOptionsUse::Apply);
+                let entered = push_outermost(
+                    state,
+                    Outermost {
+                        opened_by_test_transaction: false,
+                        on_callers_connection: true,
+                        restore_lent,
+                        depth_before: conn.depth,
+                        foreign: conn.foreign,
+                        callbacks_join: conn.host.clone(),
+                    },
+                    begun_isolation,
+                );
+                Ok(EnterPlan::OnCallersConnection { entered, begin })
+            }
+            (None, Slot::Empty) => Ok(EnterPlan::CheckOut),
+            (None, Slot::Explicit(_)) => Err(alias_bound_to_explicit_connection(state)),
+            (None, Slot::Held(_) | Slot::Lent(_)) => Err(connection_in_use(state)),
+        };
+    }
+    // Begin options belong to the BEGIN; a nested block has none (rule S2's options, E2).
+    if !options.begin.is_default() && refuses_durable(state) {
+        return Err(begin_options_nested(state, &options.begin));
+    }
+    match (caller, state.slot) {
+        (Some(conn), _) if Some(conn.id) != state.block_connection => Err(Error::AliasInUse {
+            alias: state.alias().to_owned(),
+        }),
+        (None, Slot::Explicit(_)) => Err(alias_bound_to_explicit_connection(state)),
+        (None, Slot::Lent(_) | Slot::Empty) => Err(connection_in_use(state)),
+        // E3: no savepoint asked for, or none allowed once marked for rollback.
+        (caller, _) if !options.savepoint || state.needs_rollback => {
+            let out_of_sight = nested_out_of_sight(state, caller);
+            let depth = caller.map_or(state.block_depth(), |conn| conn.depth);
+            Ok(EnterPlan::Merged(push(
+                state,
+                BlockKind::Merged,
+                depth,
+                out_of_sight,
+            )))
+        }
+        (Some(conn), _) => {
+            let out_of_sight = nested_out_of_sight(state, caller);
+            let depth_before = conn.depth;
+            let entered = push(
+                state,
+                BlockKind::Savepoint { depth_before },
+                depth_before + 1,
+                out_of_sight,
+            );
+            Ok(EnterPlan::OnCallersConnection {
+                entered,
+                begin: BeginOptionsUse::Plain,
+            })
+        }
+        (None, _) => Ok(EnterPlan::AmbientSavepoint),
+    }
+}
+
+/// Rule E1: durable is refused inside any block but a lone TestTransaction block (T1).
+#[inline]
+pub(crate) fn refuses_durable(state: &AliasState) -> bool {
+    match state.blocks.as_slice() {
+        [] => false,
+        [only] => !matches!(
+            &only.kind,
+            BlockKind::Outermost(Outermost {
+                opened_by_test_transaction: true,
+                ..
+            })
+        ),
+        _ => true,
+    }
+}
+
+/// An outermost block's BEGIN on a connection where `foreign` is open: durable is refused
+/// inside the caller's own transaction (E1); begin options apply to a real BEGIN only.
+#[inline]
+pub(crate) fn begin_outermost(
+    state: &AliasState,
+    options: &BlockOptions<'_>,
+    foreign: Foreign,
+) -> Result<BeginOptionsUse, Error> {
+    if options.durable && foreign == Foreign::CallersTransaction {
+        return Err(durable_nested(state));
+    }
+    if options.begin.is_default() {
+        return Ok(BeginOptionsUse::Plain);
+    }
+    match foreign {
+        Foreign::None => Ok(BeginOptionsUse::Apply),
+        Foreign::DieselTestTransaction => Ok(BeginOptionsUse::IgnoredInTest),
+        Foreign::CallersTransaction => Err(begin_options_nested(state, &options.begin)),
+    }
+}
+
+/// [`begin_outermost`] for a connection just checked out of the pool (a pool may hand out a
+/// connection inside a transaction: r2d2's `TestCustomizer`).
+#[inline]
+pub(crate) fn begin_checked_out(
+    state: &AliasState,
+    options: &BlockOptions<'_>,
+    foreign: Foreign,
+) -> Result<BeginOptionsUse, Error> {
+    begin_outermost(state, options, foreign)
+}
+
+/// E2 for an ambient block after its BEGIN on the connection the state now holds.
+#[inline]
+pub(crate) fn push_checked_out(
+    state: &mut AliasState,
+    depth_before: u32,
+    foreign: Foreign,
+    options: &BlockOptions<'_>,
+    begin: BeginOptionsUse,
+) -> Entered {
+    let begun_isolation = options
+        .begin
+        .isolation
+        .filter(|_| begin == BeginOptionsUse::Apply);
+    push_outermost(
+        state,
+        Outermost {
+            opened_by_test_transaction: false,
+            on_callers_connection: false,
+            restore_lent: None,
+            depth_before,
+            foreign,
+            callbacks_join: None,
+        },
+        begun_isolation,
+    )
+}
+
+/// E3 for an ambient block after its SAVEPOINT at `depth_before`.
+#[inline]
+pub(crate) fn push_savepoint(state: &mut AliasState, depth_before: u32) -> Entered {
+    let out_of_sight = nested_out_of_sight(state, None);
+    push(
+        state,
+        BlockKind::Savepoint { depth_before },
+        depth_before + 1,
+        out_of_sight,
+    )
+}
+
+/// Rule T1: a TestTransaction begins outside every block and `connection()` call of the
+/// alias.
+pub(crate) fn check_test_transaction_start(state: &AliasState) -> Result<(), Error> {
+    if state.in_atomic_block() || state.slot != Slot::Empty {
+        return Err(Error::TestTransactionNested {
+            alias: state.alias().to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Rule T1: the outermost block of a TestTransaction, on the connection the state now holds.
+pub(crate) fn push_test_transaction(
+    state: &mut AliasState,
+    depth_before: u32,
+    foreign: Foreign,
+) -> Entered {
+    push_outermost(
+        state,
+        Outermost {
+            opened_by_test_transaction: true,
+            on_callers_connection: false,
+            restore_lent: None,
+            depth_before,
+            foreign,
+            callbacks_join: None,
+        },
+        None,
+    )
+}
+
+/// Takes back an explicit-mode block whose BEGIN or SAVEPOINT failed.
+pub(crate) fn unpush(state: &mut AliasState, entered: &Entered) {
+    if state.blocks.last().map(|block| block.token) != Some(entered.token) {
+        return;
+    }
+    if let Some(Block {
+        kind:
+            BlockKind::Outermost(Outermost {
+                on_callers_connection: true,
+                restore_lent,
+                ..
+            }),
+        ..
+    }) = state.blocks.pop()
+    {
+        state.unbind_explicit(restore_lent);
+    }
+}
+
+/// Whether a nested block's commit is out of sight: its parent's is, or it begins on the
+/// caller's connection deeper than the parent block runs, inside a `conn.transaction(..)` of
+/// the caller's whose rollback diesel-atomic would not see.
+#[inline]
+fn nested_out_of_sight(state: &AliasState, caller: Option<&CallersConnection>) -> bool {
+    let parent = state.blocks.last();
+    parent.is_some_and(|block| block.commit_out_of_sight)
+        || caller.is_some_and(|conn| conn.depth != state.block_depth())
+}
+
+/// E2: the flag is cleared, nothing else of a former transaction survives.
+#[inline]
+fn push_outermost(
+    state: &mut AliasState,
+    outermost: Outermost,
+    begun_isolation: Option<crate::options::Isolation>,
+) -> Entered {
+    state.needs_rollback = false;
+    state.begun_isolation = begun_isolation;
+    // The caller's own transaction commits out of sight, unless another alias's block on the
+    // same connection will commit it (then the callbacks join that block's queue).
+    let commit_out_of_sight =
+        outermost.foreign == Foreign::CallersTransaction && outermost.callbacks_join.is_none();
+    let depth = outermost.depth_before + 1;
+    push(
+        state,
+        BlockKind::Outermost(outermost),
+        depth,
+        commit_out_of_sight,
+    )
+}
+
+#[inline]
+fn push(state: &mut AliasState, kind: BlockKind, depth: u32, commit_out_of_sight: bool) -> Entered {
+    let token = BlockToken::next();
+    state.blocks.push(Block {
+        token,
+        kind,
+        callbacks_mark: state.callbacks.len(),
+        depth,
+        commit_out_of_sight,
+    });
+    Entered {
+        token,
+        index: state.index,
+    }
+}
+
+// --- Leaving a block: X1–X5, C2, C3 ----------------------------------------------------------
+
+/// What the executor does to leave a block.
+pub(crate) struct LeavePlan {
+    pub(crate) action: Leave,
+    /// Callbacks the exit discards (C2), to drop after the state's borrow: their captures'
+    /// `Drop` may call the runtime.
+    pub(crate) discarded: Vec<Callback>,
+}
+
+pub(crate) enum Leave {
+    /// Nothing to run (a merged block, X1/X2).
+    Done,
+    /// The block is not the innermost one any more: it was ended from elsewhere.
+    Lost,
+    /// X1/X2 for a savepoint: RELEASE on `success`, else ROLLBACK TO + RELEASE; then
+    /// [`after_savepoint`].
+    Savepoint {
+        depth_before: u32,
+        success: bool,
+        callbacks_mark: usize,
+    },
+    /// X1/X2 for the outermost block: COMMIT on `success`, else ROLLBACK. The state is reset
+    /// already (C3); `callbacks` run, or go where `route` says, only if the COMMIT succeeded
+    /// and [`callbacks_survive`].
+    Outermost {
+        success: bool,
+        depth_before: u32,
+        foreign: Foreign,
+        callbacks: Vec<Callback>,
+        route: Route,
+    },
+    /// The block's connection is lent to a `connection()` closure that is still running (a
+    /// TestTransaction dropped inside it): it is rolled back when the closure gives it back.
+    Orphaned { success: bool },
+}
+
+/// Where an outermost block's committed callbacks go.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// They run now, after the block's exit (C3).
+    RunNow,
+    /// The block ran while a `connection()` call held the connection: this alias's own call
+    /// (`same_alias`, which holds the alias whatever connection the block used), or another
+    /// alias's call that lent this very connection. They run when that call gives it back.
+    AfterLend {
+        same_alias: bool,
+        connection: ConnectionId,
+    },
+    /// Into the queue of this other alias's open block, which commits the work.
+    Join(Box<str>),
+}
+
+/// Rules X1–X3 and C2: how to leave the block `entered`, given whether its body succeeded
+/// (`Ok`, not `Err` or a panic). Pops the block; for the outermost one also resets the state
+/// (C3) and moves its connection out (an ambient block's is in `state.pooled` until the
+/// executor takes it with [`AliasState::release_held`]).
+#[inline]
+pub(crate) fn plan_leave(
+    state: &mut AliasState,
+    entered: &Entered,
+    body_succeeded: bool,
+) -> LeavePlan {
+    let mut discarded = Vec::new();
+    if state.blocks.last().map(|block| block.token) != Some(entered.token) {
+        return LeavePlan {
+            action: Leave::Lost,
+            discarded,
+        };
+    }
+    let block = state.blocks.pop().expect("checked above");
+    // X2: a failed body, or the rollback flag, rolls back.
+    let success = body_succeeded && !state.needs_rollback;
+    // X2: the flag is cleared first; a merged block sets it again for its parent.
+    state.needs_rollback = false;
+    let action = match block.kind {
+        BlockKind::Merged => {
+            state.needs_rollback = !success;
+            Leave::Done
+        }
+        BlockKind::Savepoint { depth_before } => {
+            if !success {
+                discarded = split_off_callbacks(state, block.callbacks_mark);
+            }
+            Leave::Savepoint {
+                depth_before,
+                success,
+                callbacks_mark: block.callbacks_mark,
+            }
+        }
+        BlockKind::Outermost(outermost) => {
+            // C3: the state is reset before the callbacks run.
+            let callbacks = std::mem::take(&mut state.callbacks);
+            let connection = state.block_connection;
+            if outermost.on_callers_connection {
+                state.unbind_explicit(outermost.restore_lent);
+            } else if matches!(state.slot, Slot::Lent(_)) {
+                state.block_connection = None;
+                discarded = callbacks;
+                state.orphaned_at_depth = Some(outermost.depth_before);
+                return LeavePlan {
+                    action: Leave::Orphaned { success },
+                    discarded,
+                };
+            }
+            let route = match (
+                &outermost.callbacks_join,
+                outermost.restore_lent,
+                connection,
+            ) {
+                _ if callbacks.is_empty() => Route::RunNow,
+                (Some(host), _, _) => Route::Join(host.clone()),
+                (None, Some(_), Some(connection)) => Route::AfterLend {
+                    same_alias: true,
+                    connection,
+                },
+                (None, None, Some(connection)) if outermost.on_callers_connection => {
+                    Route::AfterLend {
+                        same_alias: false,
+                        connection,
+                    }
+                }
+                _ => Route::RunNow,
+            };
+            Leave::Outermost {
+                success,
+                depth_before: outermost.depth_before,
+                foreign: outermost.foreign,
+                callbacks,
+                route,
+            }
+        }
+    };
+    LeavePlan { action, discarded }
+}
+
+/// The callbacks after `mark`, taken out of the queue (C2), to be dropped outside the borrow.
+#[inline]
+pub(crate) fn split_off_callbacks(state: &mut AliasState, mark: usize) -> Vec<Callback> {
+    let mark = mark.min(state.callbacks.len());
+    state.callbacks.split_off(mark)
+}
+
+/// C3 (and T1): whether the callbacks of an outermost block that ended run (or are routed):
+/// only after a COMMIT that diesel-atomic saw succeed, and never inside diesel's test
+/// transaction, which never commits.
+#[inline]
+pub(crate) fn callbacks_survive(foreign: Foreign, committed: bool) -> bool {
+    committed && foreign != Foreign::DieselTestTransaction
+}
+
+/// How a savepoint's exit went, for [`after_savepoint`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct SavepointExit {
+    /// The RELEASE failed (X4).
+    pub(crate) release_failed: bool,
+    /// The savepoint could not be rolled back either: the transaction is lost (X4).
+    pub(crate) transaction_lost: bool,
+}
+
+/// Rule X4 after a savepoint's SQL: a failed RELEASE rolled the savepoint back (its callbacks
+/// go, C2) or lost the transaction, which is then marked for rollback. Returns the callbacks
+/// to drop outside the borrow.
+pub(crate) fn after_savepoint(
+    state: &mut AliasState,
+    callbacks_mark: usize,
+    exit: SavepointExit,
+) -> Vec<Callback> {
+    if exit.transaction_lost {
+        state.needs_rollback = true;
+    }
+    if exit.release_failed {
+        split_off_callbacks(state, callbacks_mark)
+    } else {
+        Vec::new()
+    }
+}
+
+/// What to do after a RELEASE failed (X4), from diesel's depth now (`None`: its transaction
+/// manager broke).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ReleaseRecovery {
+    /// ROLLBACK TO + RELEASE.
+    RollbackTo,
+    /// The backend flagged the transaction and diesel already rolled back to the savepoint
+    /// (PostgreSQL after an error): only the RELEASE is left.
+    ReleaseOnly,
+    /// The transaction is lost (the depth is not ours): mark it for rollback.
+    Lost,
+}
+
+/// Rule X4 for a savepoint begun at `depth_before` whose RELEASE failed.
+pub(crate) fn recover_release(depth_now: Option<u32>, depth_before: u32) -> ReleaseRecovery {
+    match depth_now {
+        Some(depth) if depth > depth_before => ReleaseRecovery::RollbackTo,
+        Some(depth) if depth == depth_before => ReleaseRecovery::ReleaseOnly,
+        _ => ReleaseRecovery::Lost,
+    }
+}
+
+/// Rule X4 for the outermost block whose COMMIT failed: roll back if the transaction is still
+/// open (diesel ≥ 2.3.14 usually rolled back already; a broken manager makes the pool
+/// discard the connection).
+pub(crate) fn rollback_after_failed_commit(depth_now: Option<u32>, depth_before: u32) -> bool {
+    depth_now.is_some_and(|depth| depth > depth_before)
+}
+
+/// Rule C3 across aliases: a block of another alias that ran inside this alias's open block
+/// on the same connection hands over its committed callbacks; they join this queue and run
+/// after this alias's outermost COMMIT (or go with its rollback). `Err` gives them back when
+/// the block has ended already.
+pub(crate) fn join_queue(
+    host: &mut AliasState,
+    callbacks: Vec<Callback>,
+) -> Result<(), Vec<Callback>> {
+    if !host.in_atomic_block() {
+        return Err(callbacks);
+    }
+    host.callbacks.extend(callbacks);
+    Ok(())
+}
+
+/// Rule C3 for a block that committed while a `connection()` call held the connection (see
+/// [`Route::AfterLend`]): the callbacks wait in the lender's state until that call gives the
+/// connection back. `Err` gives them back when nothing is lent any more.
+pub(crate) fn defer_until_lend_ends(
+    lender: &mut AliasState,
+    same_alias: bool,
+    connection: ConnectionId,
+    callbacks: Vec<Callback>,
+) -> Result<(), Vec<Callback>> {
+    match lender.slot {
+        Slot::Lent(lent) if same_alias || lent == connection => {
+            lender.after_lend.extend(callbacks);
+            Ok(())
+        }
+        _ => Err(callbacks),
+    }
+}
+
+/// Ends a TestTransaction's outermost block with whatever is still open above it (T1: the
+/// TestTransaction was moved into a block of its own and dropped there). Those blocks report
+/// the loss at their exit.
+pub(crate) struct Abandoned {
+    /// Roll the held connection back to this depth, then return it to the pool.
+    pub(crate) depth_before: u32,
+    pub(crate) discarded: Vec<Callback>,
+}
+
+pub(crate) fn abandon_from(state: &mut AliasState, token: BlockToken) -> Option<Abandoned> {
+    let depth_before = match state.blocks.first() {
+        Some(Block {
+            kind: BlockKind::Outermost(outermost),
+            token: first,
+            ..
+        }) if *first == token => outermost.depth_before,
+        _ => return None,
+    };
+    state.blocks.clear();
+    state.needs_rollback = false;
+    let discarded = std::mem::take(&mut state.callbacks);
+    if matches!(state.slot, Slot::Lent(_)) {
+        // Lent to a `connection()` closure: rolled back when it comes back.
+        state.block_connection = None;
+        state.orphaned_at_depth = Some(depth_before);
+    }
+    Some(Abandoned {
+        depth_before,
+        discarded,
+    })
+}
+
+// --- The rollback flag: F1–F3 ----------------------------------------------------------------
+
+/// Rules F1 and F2: `set_rollback(flag)` marks the innermost block with a savepoint (or the
+/// outermost) to roll back on exit without an error, or cancels that; only inside a block.
+pub(crate) fn set_rollback(state: &mut AliasState, flag: bool) -> Result<(), Error> {
+    if !state.in_atomic_block() {
+        return Err(not_in_atomic_block(state.alias(), "set_rollback"));
+    }
+    state.needs_rollback = flag;
+    Ok(())
+}
+
+/// Rule F1: `get_rollback()` only inside a block.
+pub(crate) fn get_rollback(state: Option<&AliasState>, alias: &str) -> Result<bool, Error> {
+    match state {
+        Some(state) if state.in_atomic_block() => Ok(state.needs_rollback),
+        _ => Err(not_in_atomic_block(alias, "get_rollback")),
+    }
+}
+
+/// Where ambient access to an alias gets its connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Lend {
+    /// The open block's: take it out with [`AliasState::take_held`].
+    FromBlock,
+    /// None is held: check one out of the pool, in autocommit mode for the call, and mark it
+    /// lent with [`lend_checked_out`].
+    CheckOut,
+}
+
+/// Ambient access (`connection()`, manual savepoints): rule F3 while the block is marked for
+/// rollback, and one borrower at a time (the connection is lent, or bound to an explicit-mode
+/// block).
+pub(crate) fn lend(state: &AliasState) -> Result<Lend, Error> {
+    match state.slot {
+        Slot::Explicit(_) => Err(alias_bound_to_explicit_connection(state)),
+        Slot::Lent(_) => Err(connection_in_use(state)),
+        _ if state.needs_rollback && state.in_atomic_block() => {
+            Err(Error::broken_transaction(state.alias()))
+        }
+        Slot::Held(_) => Ok(Lend::FromBlock),
+        Slot::Empty => Ok(Lend::CheckOut),
+    }
+}
+
+/// A connection checked out for ambient access outside any block is lent to the caller.
+pub(crate) fn lend_checked_out(state: &mut AliasState, id: ConnectionId) {
+    state.slot = Slot::Lent(id);
+}
+
+/// What giving a lent connection back means.
+pub(crate) struct GiveBack {
+    /// It goes back to the open block that lent it.
+    pub(crate) to_block: bool,
+    /// The block that owned it ended meanwhile: roll it back to this depth first (then it
+    /// goes to the pool).
+    pub(crate) orphaned_at_depth: Option<u32>,
+    /// Callbacks of blocks that committed on it, to run once it is back (C3).
+    pub(crate) after_lend: Vec<Callback>,
+}
+
+/// The end of ambient access: the connection goes back to its block, or to the pool.
+pub(crate) fn give_back(state: &mut AliasState, from_block: bool) -> GiveBack {
+    let orphaned_at_depth = state.orphaned_at_depth.take();
+    let to_block = from_block && orphaned_at_depth.is_none();
+    if !to_block {
+        state.slot = Slot::Empty;
+    }
+    GiveBack {
+        to_block,
+        orphaned_at_depth,
+        after_lend: std::mem::take(&mut state.after_lend),
+    }
+}
+
+// --- on_commit: C1, C2, C5 ---------------------------------------------------------------------
+
+/// What becomes of a callback registered now.
+pub(crate) enum OnCommit {
+    /// Queued on the open block (C1).
+    Queued,
+    /// Outside any block: run it now (C1).
+    RunNow(Callback),
+    /// The commit is out of sight: refused, with the reason (the callback is handed back to
+    /// be dropped outside the borrow).
+    Refused(Callback, &'static str),
+}
+
+/// Rules C1 and C5: `on_commit` on `state`'s alias. Refused where the commit is out of sight:
+/// inside a block that runs in the caller's own `conn.transaction(..)`, and inside a
+/// `connection()` call outside any block, whose closure may have opened such a transaction on
+/// the connection it holds (Django refuses on_commit in manual transaction management).
+#[inline]
+pub(crate) fn on_commit(state: &mut AliasState, callback: Callback) -> OnCommit {
+    match state.blocks.last() {
+        Some(block) if block.commit_out_of_sight => {
+            OnCommit::Refused(callback, INSIDE_CALLERS_TRANSACTION)
+        }
+        Some(_) => {
+            state.callbacks.push(callback);
+            OnCommit::Queued
+        }
+        None if matches!(state.slot, Slot::Lent(_)) => {
+            OnCommit::Refused(callback, INSIDE_LENT_CONNECTION)
+        }
+        None => OnCommit::RunNow(callback),
+    }
+}
+
+const INSIDE_CALLERS_TRANSACTION: &str = "the innermost atomic block runs inside a \
+     transaction that diesel-atomic did not open, the caller's own `conn.transaction(..)`, whose \
+     commit or rollback it cannot see; open that transaction with an atomic block instead \
+     (`#[atomic]`, `transaction::Atomic::run_on`), so the callback runs after it commits";
+
+const INSIDE_LENT_CONNECTION: &str = "inside a `connection()` call outside any atomic block, \
+     the closure holds the connection and may have opened a transaction of diesel's own \
+     (`conn.transaction(..)`) that diesel-atomic cannot see; open an atomic block around the \
+     work (`#[atomic]`, `transaction::atomic`), or register the callback after `connection()` \
+     returns";
+
+/// Rule T2: the callbacks registered since `mark` that are still queued, taken out.
+pub(crate) fn take_callbacks_since(state: &mut AliasState, mark: usize) -> Vec<Callback> {
+    split_off_callbacks(state, mark)
+}
+
+// --- Per-request transactions: Q1–Q3 -----------------------------------------------------------
+
+/// One alias's request transaction.
+#[derive(Debug)]
+pub(crate) enum RequestTransaction {
+    /// Not used by the view yet.
+    Pending,
+    /// Its BEGIN is under way (the block's own entry must not begin it again).
+    Beginning,
+    Begun(Entered),
+}
+
+/// The running request on a thread: the `atomic_requests` aliases in registration order, and
+/// the aliases the running `#[non_atomic_requests]` functions exempt (a stack).
+#[derive(Debug, Default)]
+pub(crate) struct RequestScope {
+    pub(crate) aliases: Vec<(String, RequestTransaction)>,
+    pub(crate) exempt: Vec<&'static str>,
+}
+
+impl RequestScope {
+    pub(crate) const fn new() -> Self {
+        RequestScope {
+            aliases: Vec::new(),
+            exempt: Vec::new(),
+        }
+    }
+
+    /// Rule Q1 (laziness): whether the view's use of `alias` must begin its request
+    /// transaction now; marks it beginning. Q2: never for an exempt alias.
+    pub(crate) fn begin_due(&mut self, alias: &str) -> bool {
+        if self.exempt.contains(&alias) {
+            return false;
+        }
+        match self.aliases.iter_mut().find(|(name, _)| name == alias) {
+            Some((_, transaction @ RequestTransaction::Pending)) => {
+                *transaction = RequestTransaction::Beginning;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// After the BEGIN of `alias`'s request transaction: begun, or pending again when it
+    /// failed (the next use tries again).
+    pub(crate) fn begun(&mut self, alias: &str, entered: Option<Entered>) {
+        if let Some((_, transaction)) = self.aliases.iter_mut().find(|(name, _)| name == alias) {
+            *transaction = match entered {
+                Some(entered) => RequestTransaction::Begun(entered),
+                None => RequestTransaction::Pending,
+            };
+        }
+    }
+
+    /// Rule Q1: a request transaction due but not begun already counts as an open block
+    /// (`in_atomic_block`, `get_rollback`), unless the alias is exempt (Q2).
+    pub(crate) fn pending(&self, alias: &str) -> bool {
+        !self.exempt.contains(&alias)
+            && self.aliases.iter().any(|(name, transaction)| {
+                name == alias && matches!(transaction, RequestTransaction::Pending)
+            })
+    }
+
+    /// Rule Q2: whether exempting `alias` comes too late (its transaction has begun: the view
+    /// runs inside it).
+    pub(crate) fn exempt_too_late(&self, alias: &str) -> bool {
+        self.aliases.iter().any(|(name, transaction)| {
+            name == alias && !matches!(transaction, RequestTransaction::Pending)
+        })
+    }
+
+    /// The end of the view: the begun transactions, in registration order (Q3).
+    pub(crate) fn end(&mut self) -> Vec<(String, Entered)> {
+        self.exempt.clear();
+        std::mem::take(&mut self.aliases)
+            .into_iter()
+            .filter_map(|(alias, transaction)| match transaction {
+                RequestTransaction::Begun(entered) => Some((alias, entered)),
+                RequestTransaction::Pending | RequestTransaction::Beginning => None,
+            })
+            .collect()
+    }
+}
+
+/// Rule Q3 as Django nests it (one atomic wrapper per alias, the first-registered innermost):
+/// the aliases leave in order, each committing only while every earlier one committed and ran
+/// its callbacks without a panic.
+#[derive(Debug)]
+pub(crate) struct RequestEnd {
+    commit: bool,
+}
+
+/// How one alias's request transaction ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AliasEnd {
+    Committed,
+    /// Its COMMIT failed: the aliases after it roll back, and the request returns the error.
+    CommitFailed,
+    /// Committed, then a plain callback panicked: the aliases after it roll back, and the
+    /// panic goes on.
+    CallbackPanicked,
+    RolledBack,
+}
+
+impl RequestEnd {
+    /// The view's outcome: only `Ok` commits.
+    pub(crate) fn new(view_succeeded: bool) -> Self {
+        RequestEnd {
+            commit: view_succeeded,
+        }
+    }
+
+    /// Whether the next alias commits.
+    pub(crate) fn commits(&self) -> bool {
+        self.commit
+    }
+
+    /// Records how an alias ended.
+    pub(crate) fn ended(&mut self, end: AliasEnd) {
+        if matches!(end, AliasEnd::CommitFailed | AliasEnd::CallbackPanicked) {
+            self.commit = false;
+        }
+    }
+}
+
+// --- Retry: which failed attempt is rerun (P3 and the retry contract) --------------------------
+
+/// What an attempt's failure looked like, for [`retry_reason`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct AttemptFailure {
+    /// The body panicked (never retried).
+    pub(crate) panicked: bool,
+    /// The transient code of the body's error (`adapter::classify::transient_code`).
+    pub(crate) body_transient: Option<&'static str>,
+    /// The body's error is a unique violation.
+    pub(crate) body_unique_violation: bool,
+    /// The transient code of the exit's error (a failed COMMIT), when the body succeeded.
+    pub(crate) commit_transient: Option<&'static str>,
+    /// `get_or_create` lost a race its snapshot hides during the attempt.
+    pub(crate) hidden_conflict: bool,
+}
+
+/// Whether a failed attempt is worth rerunning the whole transaction for, named as the
+/// database names the failure: a transient failure of the body or of its COMMIT (a broken
+/// connection's COMMIT is not transient: its outcome is unknown), or a race the snapshot hid,
+/// counted only when the block failed with the unique violation such a race ends in.
+pub(crate) fn retry_reason(failure: AttemptFailure) -> Option<&'static str> {
+    if failure.panicked {
+        return None;
+    }
+    failure
+        .body_transient
+        .or(failure.commit_transient)
+        .or((failure.hidden_conflict && failure.body_unique_violation)
+            .then_some("snapshot conflict"))
+}
+
+// --- Errors the rules return ------------------------------------------------------------------
+
+fn durable_nested(state: &AliasState) -> Error {
+    Error::DurableNested {
+        alias: state.alias().to_owned(),
+    }
+}
+
+fn connection_in_use(state: &AliasState) -> Error {
+    Error::ConnectionInUse {
+        alias: state.alias().to_owned(),
+    }
+}
+
+fn alias_bound_to_explicit_connection(state: &AliasState) -> Error {
+    Error::AliasBoundToExplicitConnection {
+        alias: state.alias().to_owned(),
+    }
+}
+
+fn begin_options_nested(state: &AliasState, begin: &BeginOptions) -> Error {
+    Error::BeginOptionsNested {
+        alias: state.alias().to_owned(),
+        options: begin.describe(),
+    }
+}
+
+fn not_in_atomic_block(alias: &str, operation: &'static str) -> Error {
+    Error::NotInAtomicBlock {
+        alias: alias.to_owned(),
+        operation,
+    }
+}
+
+#[cfg(test)]
+mod tests;
