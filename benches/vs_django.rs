@@ -1,4 +1,4 @@
-//! The Rust half of the Django side-by-side benchmark (issue 8); `bench/django/run` runs it
+//! The Rust half of the Django side-by-side benchmark; `bench/django/run` runs it
 //! alternately with `bench/django/bench.py` and prints the ratio table.
 //!
 //! The workloads of `bench.py`, each `BLOCKS` outermost blocks on a SQLite file database in WAL

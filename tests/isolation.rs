@@ -1,4 +1,4 @@
-//! Isolation level, read-only and SQLite's lock mode at BEGIN (issue 7), checked by asking the
+//! Isolation level, read-only and SQLite's lock mode at BEGIN (rule E2), checked by asking the
 //! server what the open transaction runs with and by what a concurrent commit shows.
 
 // Server-only tests are compiled only with the server features (scripts/test turns both on).

@@ -1,4 +1,4 @@
-//! Rerunning durable blocks after transient failures (issue 7): genuine serialization
+//! Rerunning durable blocks after transient failures (rule R1): genuine serialization
 //! conflicts and deadlocks between two threads on the real servers, SQLite's stale-snapshot
 //! BUSY, and what is never retried.
 
