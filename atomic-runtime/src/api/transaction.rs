@@ -184,11 +184,43 @@ impl Atomic {
     }
 
     /// Runs `f` as a block on the alias's ambient connection.
+    ///
+    /// ```
+    /// # extern crate atomic_runtime as diesel_atomic;
+    /// # use diesel::r2d2::{ConnectionManager, Pool};
+    /// # use diesel::SqliteConnection;
+    /// use diesel_atomic::{transaction::Atomic, Database, Databases, Error};
+    ///
+    /// # let pool = Pool::builder().max_size(1)
+    /// #     .build(ConnectionManager::<SqliteConnection>::new(":memory:")).unwrap();
+    /// let _registry = Databases::new().add("other", Database::new(pool)).enter();
+    /// let inside = Atomic::new()
+    ///     .using("other")
+    ///     .run(|| Ok::<_, Error>(diesel_atomic::db("other").in_atomic_block()))?;
+    /// assert!(inside);
+    /// # Ok::<(), Error>(())
+    /// ```
     pub fn run<T, E: From<Error>>(&self, f: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
         ambient::run_ambient(&self.options(), f)
     }
 
     /// Runs `f` as a block on `conn` (explicit mode; no registry needed).
+    ///
+    /// ```
+    /// # extern crate atomic_runtime as diesel_atomic;
+    /// use diesel::connection::SimpleConnection;
+    /// use diesel::{Connection, SqliteConnection};
+    /// use diesel_atomic::transaction::Atomic;
+    ///
+    /// let mut conn = SqliteConnection::establish(":memory:").unwrap();
+    /// conn.batch_execute("CREATE TABLE t (id INTEGER)")?;
+    /// let failed = Atomic::new().run_on(&mut conn, |conn| {
+    ///     conn.batch_execute("INSERT INTO t VALUES (1)")?;
+    ///     Err::<(), _>(diesel::result::Error::RollbackTransaction)
+    /// });
+    /// assert!(failed.is_err(), "the INSERT was rolled back");
+    /// # Ok::<(), diesel::result::Error>(())
+    /// ```
     pub fn run_on<C, T, E>(
         &self,
         conn: &mut C,

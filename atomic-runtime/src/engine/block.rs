@@ -219,9 +219,8 @@ fn enter_checked_out(options: &BlockOptions<'_>) -> Result<Entered, Error> {
     let conn = pooled.inner();
     let depth_before = conn.depth()?;
     let foreign = rules::foreign_transaction(depth_before, || conn.open_transaction_is_test());
-    let begin = state::with(alias, |state| {
-        rules::begin_checked_out(state, options, foreign)
-    })?;
+    // A pool may hand out a connection inside a transaction (r2d2's `TestCustomizer`).
+    let begin = rules::begin_outermost(options, foreign)?;
     begin_on(alias, conn, options, begin)?;
     tracing::debug!(alias, depth = depth_before + 1, "BEGIN");
     Ok(state::with(alias, |state| {

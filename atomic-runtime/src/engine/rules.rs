@@ -65,7 +65,7 @@ pub(crate) enum BeginOptionsUse {
 #[derive(Debug)]
 pub(crate) enum EnterPlan {
     /// E2 for an ambient block: check a connection out of the alias's pool, ask
-    /// [`begin_checked_out`], BEGIN, then [`push_checked_out`].
+    /// [`begin_outermost`], BEGIN, then [`push_checked_out`].
     CheckOut,
     /// The block is pushed: BEGIN (E2) or SAVEPOINT (E3) on the caller's connection, then keep
     /// `entered`, or [`unpush`] it if that failed.
@@ -94,7 +94,7 @@ pub(crate) fn plan_enter(
     if !state.in_atomic_block() {
         return match (caller, state.slot) {
             (Some(conn), _) => {
-                let begin = begin_outermost(state, options, conn.foreign)?;
+                let begin = begin_outermost(options, conn.foreign)?;
                 let restore_lent = state.bind_explicit(conn.id);
                 let begun_isolation = options
                     .begin
@@ -121,7 +121,7 @@ pub(crate) fn plan_enter(
     }
     // Begin options belong to the BEGIN; a nested block has none (rule S2's options, E2).
     if !options.begin.is_default() && refuses_durable(state) {
-        return Err(begin_options_nested(state, &options.begin));
+        return Err(begin_options_nested(state.alias(), &options.begin));
     }
     match (caller, state.slot) {
         (Some(conn), _) if Some(conn.id) != state.block_connection => Err(Error::AliasInUse {
@@ -178,12 +178,13 @@ pub(crate) fn refuses_durable(state: &AliasState) -> bool {
 /// inside the caller's own transaction (E1); begin options apply to a real BEGIN only.
 #[inline]
 pub(crate) fn begin_outermost(
-    state: &AliasState,
     options: &BlockOptions<'_>,
     foreign: Foreign,
 ) -> Result<BeginOptionsUse, Error> {
     if options.durable && foreign == Foreign::CallersTransaction {
-        return Err(durable_nested(state));
+        return Err(Error::DurableNested {
+            alias: options.using.to_owned(),
+        });
     }
     if options.begin.is_default() {
         return Ok(BeginOptionsUse::Plain);
@@ -191,19 +192,8 @@ pub(crate) fn begin_outermost(
     match foreign {
         Foreign::None => Ok(BeginOptionsUse::Apply),
         Foreign::DieselTestTransaction => Ok(BeginOptionsUse::IgnoredInTest),
-        Foreign::CallersTransaction => Err(begin_options_nested(state, &options.begin)),
+        Foreign::CallersTransaction => Err(begin_options_nested(options.using, &options.begin)),
     }
-}
-
-/// [`begin_outermost`] for a connection just checked out of the pool (a pool may hand out a
-/// connection inside a transaction: r2d2's `TestCustomizer`).
-#[inline]
-pub(crate) fn begin_checked_out(
-    state: &AliasState,
-    options: &BlockOptions<'_>,
-    foreign: Foreign,
-) -> Result<BeginOptionsUse, Error> {
-    begin_outermost(state, options, foreign)
 }
 
 /// E2 for an ambient block after its BEGIN on the connection the state now holds.
@@ -917,9 +907,9 @@ fn alias_bound_to_explicit_connection(state: &AliasState) -> Error {
     }
 }
 
-fn begin_options_nested(state: &AliasState, begin: &BeginOptions) -> Error {
+fn begin_options_nested(alias: &str, begin: &BeginOptions) -> Error {
     Error::BeginOptionsNested {
-        alias: state.alias().to_owned(),
+        alias: alias.to_owned(),
         options: begin.describe(),
     }
 }

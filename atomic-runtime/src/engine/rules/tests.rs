@@ -245,7 +245,6 @@ fn e3_an_explicit_block_on_another_connection_is_alias_in_use() {
 
 #[test]
 fn begin_options_apply_only_to_a_real_begin() {
-    let state = fresh();
     let cases = [
         (Foreign::None, Ok(BeginOptionsUse::Apply)),
         (
@@ -255,14 +254,14 @@ fn begin_options_apply_only_to_a_real_begin() {
         (Foreign::CallersTransaction, Err("BeginOptionsNested")),
     ];
     for (foreign, expected) in cases {
-        let got = begin_outermost(&state, &serializable(), foreign).map_err(|error| match error {
+        let got = begin_outermost(&serializable(), foreign).map_err(|error| match error {
             Error::BeginOptionsNested { .. } => "BeginOptionsNested",
             other => panic!("{other:?}"),
         });
         assert_eq!(got, expected, "{foreign:?}");
     }
     assert_eq!(
-        begin_outermost(&state, &options(), Foreign::CallersTransaction).ok(),
+        begin_outermost(&options(), Foreign::CallersTransaction).ok(),
         Some(BeginOptionsUse::Plain)
     );
     let immediate = BlockOptions {
@@ -273,7 +272,7 @@ fn begin_options_apply_only_to_a_real_begin() {
         ..options()
     };
     assert_eq!(
-        begin_outermost(&state, &immediate, Foreign::None).ok(),
+        begin_outermost(&immediate, Foreign::None).ok(),
         Some(BeginOptionsUse::Apply)
     );
 }
