@@ -8,6 +8,7 @@
 //! (`is_broken`: in error, or still inside a transaction → discarded) stays right.
 
 use std::any::Any;
+use std::num::NonZeroUsize;
 
 use diesel::connection::{Connection, TransactionManager};
 use diesel::r2d2::{ConnectionManager, PooledConnection, R2D2Connection};
@@ -22,13 +23,15 @@ use crate::options::BeginOptions;
 /// dereferenced, the same whether the connection is reached explicitly (`&mut C`) or through
 /// the pool's wrapper.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct ConnectionId(usize);
+pub(crate) struct ConnectionId(NonZeroUsize);
 
 impl ConnectionId {
     /// The id of `conn`.
     #[inline]
     pub(crate) fn of<C: ?Sized>(conn: &C) -> ConnectionId {
-        ConnectionId(conn as *const C as *const () as usize)
+        let address = conn as *const C as *const () as usize;
+        // A reference is never null; the fallback only keeps this free of `unsafe`.
+        ConnectionId(NonZeroUsize::new(address).unwrap_or(NonZeroUsize::MAX))
     }
 }
 

@@ -298,21 +298,21 @@ pub(crate) fn leave(
 ) -> Exit {
     let (plan, pooled) = state::with_at(entered.index, |state| {
         let plan = rules::plan_leave(state, &entered, body_succeeded);
-        let pooled = match &plan.action {
+        let pooled = match &plan {
             Leave::Savepoint { .. } => state.take_held(),
             Leave::Outermost { .. } => state.release_held(),
             _ => None,
         };
         (plan, pooled)
     });
-    // Discarded callbacks drop outside the state's borrow (their `Drop` may call us).
-    drop(plan.discarded);
-    match plan.action {
+    match plan {
         Leave::Done => Exit::clean(),
         Leave::Lost => Exit::failed(Error::BlockEndedElsewhere {
             alias: alias.to_owned(),
         }),
-        Leave::Orphaned { success } => {
+        Leave::Orphaned { success, discarded } => {
+            // Dropped outside the state's borrow (their `Drop` may call us).
+            drop(discarded);
             tracing::debug!(
                 alias,
                 "the block's connection is lent to a connection() call; it rolls back when \
@@ -328,7 +328,11 @@ pub(crate) fn leave(
             depth_before,
             success,
             callbacks_mark,
-        } => leave_savepoint(alias, caller, pooled, depth_before, success, callbacks_mark),
+            discarded,
+        } => {
+            drop(discarded);
+            leave_savepoint(alias, caller, pooled, depth_before, success, callbacks_mark)
+        }
         Leave::Outermost {
             success,
             depth_before,

@@ -108,9 +108,9 @@ pub(crate) fn plan_enter(
                         restore_lent,
                         depth_before: conn.depth,
                         foreign: conn.foreign,
-                        callbacks_join: conn.host.clone(),
                     },
                     begun_isolation,
+                    conn.host.clone(),
                 );
                 Ok(EnterPlan::OnCallersConnection { entered, begin })
             }
@@ -217,9 +217,9 @@ pub(crate) fn push_checked_out(
             restore_lent: None,
             depth_before,
             foreign,
-            callbacks_join: None,
         },
         begun_isolation,
+        None,
     )
 }
 
@@ -260,8 +260,8 @@ pub(crate) fn push_test_transaction(
             restore_lent: None,
             depth_before,
             foreign,
-            callbacks_join: None,
         },
+        None,
         None,
     )
 }
@@ -301,13 +301,15 @@ fn push_outermost(
     state: &mut AliasState,
     outermost: Outermost,
     begun_isolation: Option<crate::options::Isolation>,
+    callbacks_join: Option<Box<str>>,
 ) -> Entered {
     state.needs_rollback = false;
     state.begun_isolation = begun_isolation;
     // The caller's own transaction commits out of sight, unless another alias's block on the
     // same connection will commit it (then the callbacks join that block's queue).
     let commit_out_of_sight =
-        outermost.foreign == Foreign::CallersTransaction && outermost.callbacks_join.is_none();
+        outermost.foreign == Foreign::CallersTransaction && callbacks_join.is_none();
+    state.callbacks_join = callbacks_join;
     let depth = outermost.depth_before + 1;
     push(
         state,
@@ -335,14 +337,8 @@ fn push(state: &mut AliasState, kind: BlockKind, depth: u32, commit_out_of_sight
 
 // --- Leaving a block: X1–X5, C2, C3 ----------------------------------------------------------
 
-/// What the executor does to leave a block.
-pub(crate) struct LeavePlan {
-    pub(crate) action: Leave,
-    /// Callbacks the exit discards (C2), to drop after the state's borrow: their captures'
-    /// `Drop` may call the runtime.
-    pub(crate) discarded: Vec<Callback>,
-}
-
+/// What the executor does to leave a block. Callbacks the exit discards (C2) are handed out
+/// to be dropped after the state's borrow: their captures' `Drop` may call the runtime.
 pub(crate) enum Leave {
     /// Nothing to run (a merged block, X1/X2).
     Done,
@@ -354,6 +350,7 @@ pub(crate) enum Leave {
         depth_before: u32,
         success: bool,
         callbacks_mark: usize,
+        discarded: Vec<Callback>,
     },
     /// X1/X2 for the outermost block: COMMIT on `success`, else ROLLBACK. The state is reset
     /// already (C3); `callbacks` run, or go where `route` says, only if the COMMIT succeeded
@@ -367,7 +364,10 @@ pub(crate) enum Leave {
     },
     /// The block's connection is lent to a `connection()` closure that is still running (a
     /// TestTransaction dropped inside it): it is rolled back when the closure gives it back.
-    Orphaned { success: bool },
+    Orphaned {
+        success: bool,
+        discarded: Vec<Callback>,
+    },
 }
 
 /// Where an outermost block's committed callbacks go.
@@ -391,71 +391,49 @@ pub(crate) enum Route {
 /// (C3) and moves its connection out (an ambient block's is in `state.pooled` until the
 /// executor takes it with [`AliasState::release_held`]).
 #[inline]
-pub(crate) fn plan_leave(
-    state: &mut AliasState,
-    entered: &Entered,
-    body_succeeded: bool,
-) -> LeavePlan {
-    let mut discarded = Vec::new();
+pub(crate) fn plan_leave(state: &mut AliasState, entered: &Entered, body_succeeded: bool) -> Leave {
     if state.blocks.last().map(|block| block.token) != Some(entered.token) {
-        return LeavePlan {
-            action: Leave::Lost,
-            discarded,
-        };
+        return Leave::Lost;
     }
     let block = state.blocks.pop().expect("checked above");
     // X2: a failed body, or the rollback flag, rolls back.
     let success = body_succeeded && !state.needs_rollback;
     // X2: the flag is cleared first; a merged block sets it again for its parent.
     state.needs_rollback = false;
-    let action = match block.kind {
+    match block.kind {
         BlockKind::Merged => {
             state.needs_rollback = !success;
             Leave::Done
         }
-        BlockKind::Savepoint { depth_before } => {
-            if !success {
-                discarded = split_off_callbacks(state, block.callbacks_mark);
-            }
-            Leave::Savepoint {
-                depth_before,
-                success,
-                callbacks_mark: block.callbacks_mark,
-            }
-        }
+        BlockKind::Savepoint { depth_before } => Leave::Savepoint {
+            depth_before,
+            success,
+            callbacks_mark: block.callbacks_mark,
+            discarded: if success {
+                Vec::new()
+            } else {
+                split_off_callbacks(state, block.callbacks_mark)
+            },
+        },
         BlockKind::Outermost(outermost) => {
             // C3: the state is reset before the callbacks run.
             let callbacks = std::mem::take(&mut state.callbacks);
+            let callbacks_join = state.callbacks_join.take();
             let connection = state.block_connection;
             if outermost.on_callers_connection {
                 state.unbind_explicit(outermost.restore_lent);
             } else if matches!(state.slot, Slot::Lent(_)) {
                 state.block_connection = None;
-                discarded = callbacks;
                 state.orphaned_at_depth = Some(outermost.depth_before);
-                return LeavePlan {
-                    action: Leave::Orphaned { success },
-                    discarded,
+                return Leave::Orphaned {
+                    success,
+                    discarded: callbacks,
                 };
             }
-            let route = match (
-                &outermost.callbacks_join,
-                outermost.restore_lent,
-                connection,
-            ) {
-                _ if callbacks.is_empty() => Route::RunNow,
-                (Some(host), _, _) => Route::Join(host.clone()),
-                (None, Some(_), Some(connection)) => Route::AfterLend {
-                    same_alias: true,
-                    connection,
-                },
-                (None, None, Some(connection)) if outermost.on_callers_connection => {
-                    Route::AfterLend {
-                        same_alias: false,
-                        connection,
-                    }
-                }
-                _ => Route::RunNow,
+            let route = if callbacks.is_empty() {
+                Route::RunNow
+            } else {
+                route(&outermost, callbacks_join, connection)
             };
             Leave::Outermost {
                 success,
@@ -465,8 +443,28 @@ pub(crate) fn plan_leave(
                 route,
             }
         }
-    };
-    LeavePlan { action, discarded }
+    }
+}
+
+/// Rule C3: where an outermost block's committed callbacks go.
+#[cold]
+fn route(
+    outermost: &Outermost,
+    callbacks_join: Option<Box<str>>,
+    connection: Option<ConnectionId>,
+) -> Route {
+    match (callbacks_join, outermost.restore_lent, connection) {
+        (Some(host), _, _) => Route::Join(host),
+        (None, Some(_), Some(connection)) => Route::AfterLend {
+            same_alias: true,
+            connection,
+        },
+        (None, None, Some(connection)) if outermost.on_callers_connection => Route::AfterLend {
+            same_alias: false,
+            connection,
+        },
+        _ => Route::RunNow,
+    }
 }
 
 /// The callbacks after `mark`, taken out of the queue (C2), to be dropped outside the borrow.

@@ -56,10 +56,6 @@ pub(crate) struct Outermost {
     /// diesel's depth before our BEGIN (0 unless `foreign` says otherwise).
     pub(crate) depth_before: u32,
     pub(crate) foreign: Foreign,
-    /// Inside the caller's transaction on the connection of another alias's open block, whose
-    /// COMMIT makes this block's work durable: the callbacks join that alias's queue at this
-    /// block's exit.
-    pub(crate) callbacks_join: Option<Box<str>>,
 }
 
 /// What one open block is, from the outside in.
@@ -153,6 +149,10 @@ pub(crate) struct AliasState {
     /// the server, because MariaDB's `@@tx_isolation` keeps showing the session's level inside
     /// a transaction begun after a one-shot `SET TRANSACTION ISOLATION LEVEL`.
     pub(crate) begun_isolation: Option<Isolation>,
+    /// Inside the caller's transaction on the connection of another alias's open block, whose
+    /// COMMIT makes this alias's work durable: the outermost block's callbacks join that
+    /// alias's queue at its exit. Meaningful while `blocks` is not empty.
+    pub(crate) callbacks_join: Option<Box<str>>,
     /// Callbacks of blocks that committed on the connection a `connection()` call of this
     /// alias lent out: they run when that call gives the connection back (rule C3: after the
     /// state is reset, so they may use the alias).
@@ -176,6 +176,7 @@ impl AliasState {
             block_connection: None,
             hidden_conflict: false,
             begun_isolation: None,
+            callbacks_join: None,
             after_lend: Vec::new(),
             orphaned_at_depth: None,
         }

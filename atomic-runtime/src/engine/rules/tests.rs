@@ -354,7 +354,7 @@ fn x_rules_as_a_table() {
         let inner = explicit(&mut state, options).unwrap();
         state.needs_rollback = *flag;
         let plan = plan_leave(&mut state, &inner, *body_succeeded);
-        let action = match plan.action {
+        let action = match plan {
             Leave::Savepoint { success: true, .. } => "release",
             Leave::Savepoint { success: false, .. } => "rollback to",
             Leave::Done => "done",
@@ -371,7 +371,7 @@ fn x1_outermost_commits_and_resets_the_state_before_its_callbacks_run() {
     let outer = explicit(&mut state, &options()).unwrap();
     state.callbacks.push(callback());
     let plan = plan_leave(&mut state, &outer, true);
-    match plan.action {
+    match plan {
         Leave::Outermost {
             success: true,
             callbacks,
@@ -391,10 +391,7 @@ fn x2_outermost_with_the_flag_rolls_back_silently() {
     let outer = ambient_outermost(&mut state);
     state.needs_rollback = true;
     let plan = plan_leave(&mut state, &outer, true);
-    assert!(matches!(
-        plan.action,
-        Leave::Outermost { success: false, .. }
-    ));
+    assert!(matches!(plan, Leave::Outermost { success: false, .. }));
     assert!(!state.needs_rollback);
 }
 
@@ -405,10 +402,7 @@ fn a_block_ended_elsewhere_is_lost() {
     let inner = explicit(&mut state, &no_savepoint());
     drop(inner);
     // The outer block is left while the inner one is still open.
-    assert!(matches!(
-        plan_leave(&mut state, &outer, true).action,
-        Leave::Lost
-    ));
+    assert!(matches!(plan_leave(&mut state, &outer, true), Leave::Lost));
 }
 
 #[test]
@@ -602,19 +596,14 @@ fn c2_a_rolled_back_savepoint_drops_its_callbacks_and_deeper_ones() {
     let mut state = fresh();
     let _outer = ambient_outermost(&mut state);
     state.callbacks.push(callback());
-    let inner = explicit(&mut state, &options());
-    let inner = inner.unwrap_or_else(|_| {
-        // The ambient outermost holds connection 0, so an explicit block on it nests.
-        unreachable!()
-    });
+    // The ambient outermost holds connection 0, so an explicit block on it nests.
+    let inner = explicit(&mut state, &options()).unwrap();
     state.callbacks.push(callback());
     state.callbacks.push(callback());
-    let plan = plan_leave(&mut state, &inner, false);
-    assert_eq!(
-        plan.discarded.len(),
-        2,
-        "handed out to drop outside the borrow"
-    );
+    let Leave::Savepoint { discarded, .. } = plan_leave(&mut state, &inner, false) else {
+        panic!("a savepoint");
+    };
+    assert_eq!(discarded.len(), 2, "handed out to drop outside the borrow");
     assert_eq!(state.callbacks.len(), 1);
 }
 
@@ -659,7 +648,7 @@ fn c3_callbacks_of_a_block_on_a_lent_connection_wait_for_it() {
     let plan = plan_leave(&mut state, &outer, true);
     let Leave::Outermost {
         route, callbacks, ..
-    } = plan.action
+    } = plan
     else {
         panic!("outermost");
     };
@@ -720,7 +709,7 @@ fn t1_a_test_transaction_abandoned_while_lent_is_rolled_back_when_given_back() {
     let test = push_test_transaction(&mut state, 0, Foreign::None);
     state.slot = Slot::Lent(connection(0));
     let plan = plan_leave(&mut state, &test, false);
-    assert!(matches!(plan.action, Leave::Orphaned { success: false }));
+    assert!(matches!(plan, Leave::Orphaned { success: false, .. }));
     assert_eq!(state.orphaned_at_depth, Some(0));
 }
 
