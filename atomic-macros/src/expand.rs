@@ -92,17 +92,17 @@ fn generate_atomic(args: &AtomicArgs, function: ItemFn, source: ConnectionSource
     };
     let call = match (source, &args.retry) {
         (ConnectionSource::Ambient, None) => quote_spanned! {span=>
-            #krate::__private::run_ambient(#options, move || #body)
+            #krate::__private::run_ambient(#options, || #body)
         },
         (ConnectionSource::Explicit(conn), None) => quote_spanned! {span=>
-            #krate::__private::run_explicit(#options, #conn, move |#conn| #body)
+            #krate::__private::run_explicit(#options, #conn, |#conn| #body)
         },
         // The body runs once per attempt, so it is an `FnMut` closure. The closure's tokens are
         // spanned on the `retry` key: when the body moves a captured parameter out, rustc's
         // "captured by this `FnMut` closure" points at the `retry` that made it `FnMut`.
         (ConnectionSource::Ambient, Some(retry)) => {
             let retries = &retry.retries;
-            let closure = quote_spanned!(retry.key.span()=> move ||);
+            let closure = quote_spanned!(retry.key.span()=> ||);
             quote_spanned! {span=>
                 #krate::__private::run_ambient_retry(
                     #options,
@@ -113,7 +113,7 @@ fn generate_atomic(args: &AtomicArgs, function: ItemFn, source: ConnectionSource
         }
         (ConnectionSource::Explicit(conn), Some(retry)) => {
             let retries = &retry.retries;
-            let closure = quote_spanned!(retry.key.span()=> move |#conn|);
+            let closure = quote_spanned!(retry.key.span()=> |#conn|);
             quote_spanned! {span=>
                 #krate::__private::run_explicit_retry(
                     #options,
@@ -169,7 +169,7 @@ fn generate_non_atomic_requests(args: &NonAtomicRequestsArgs, function: ItemFn) 
     quote! {
         #(#attrs)*
         #vis #sig {
-            #krate::__private::non_atomic_requests(#using, move || #body)
+            #krate::__private::non_atomic_requests(#using, || #body)
         }
     }
 }
@@ -371,7 +371,7 @@ mod tests {
             "{out}"
         );
         assert!(
-            out.contains(":: diesel_atomic :: RetryPolicy :: new (3) , move ||"),
+            out.contains(":: diesel_atomic :: RetryPolicy :: new (3) , ||"),
             "{out}"
         );
         let out = expand_atomic(
@@ -384,9 +384,63 @@ mod tests {
         );
         assert!(out.contains("run_explicit_retry"), "{out}");
         assert!(
-            out.contains("RetryPolicy :: new (1) , conn , move | conn |"),
+            out.contains("RetryPolicy :: new (1) , conn , | conn |"),
             "{out}"
         );
+    }
+
+    #[test]
+    fn closures_borrow_the_parameters() {
+        // A `move` closure would take the parameters into the block and drop them before
+        // COMMIT; without the attribute they live until the function returns.
+        for (args, item) in [
+            (
+                quote!(),
+                quote!(
+                    fn f(guard: G) -> Result<(), E> {
+                        Ok(())
+                    }
+                ),
+            ),
+            (
+                quote!(),
+                quote!(
+                    fn f(conn: &mut C, guard: G) -> QueryResult<()> {
+                        Ok(())
+                    }
+                ),
+            ),
+            (
+                quote!(durable = true, retry = 2),
+                quote!(
+                    fn f(guard: G) -> Result<(), E> {
+                        Ok(())
+                    }
+                ),
+            ),
+            (
+                quote!(durable = true, retry = 2),
+                quote!(
+                    fn f(conn: &mut C, guard: G) -> QueryResult<()> {
+                        Ok(())
+                    }
+                ),
+            ),
+        ] {
+            let out = expand_atomic(args.clone(), item);
+            assert!(out.contains("__private :: run_"), "{args}: {out}");
+            assert!(!out.contains("move"), "{args}: {out}");
+        }
+        let out = non_atomic_requests(
+            quote!(),
+            quote!(
+                fn view(guard: G) -> u8 {
+                    1
+                }
+            ),
+        )
+        .to_string();
+        assert!(!out.contains("move"), "{out}");
     }
 
     #[test]
@@ -473,9 +527,7 @@ mod tests {
         )
         .to_string();
         assert!(
-            out.contains(
-                ":: diesel_atomic :: __private :: non_atomic_requests (\"other\" , move ||"
-            ),
+            out.contains(":: diesel_atomic :: __private :: non_atomic_requests (\"other\" , ||"),
             "{out}"
         );
     }

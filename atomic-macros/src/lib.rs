@@ -80,6 +80,10 @@ use proc_macro::TokenStream;
 /// checks out the alias's connection from its pool (ambient mode) and the body reaches it with
 /// `diesel_atomic::connection`.
 ///
+/// The body only borrows the parameters it does not consume, so they are dropped when the
+/// function returns, after the `COMMIT` or `ROLLBACK`, as without the attribute: a
+/// `MutexGuard` argument still holds its lock while the transaction commits.
+///
 /// # Compile errors
 ///
 /// Each is reported on the tokens at fault, and problems that do not depend on each other
