@@ -124,12 +124,79 @@ fn generate_atomic(args: &AtomicArgs, function: ItemFn, source: ConnectionSource
             }
         }
     };
+    let check = error_type_check(&sig, &krate, span);
     quote! {
         #(#attrs)*
         #vis #sig {
+            #check
             #call
         }
     }
+}
+
+/// `check_error_type::<E>();` for a function declared `-> Result<T, E>`, so that an error
+/// type without `From<diesel_atomic::Error>` is reported in our words rather than as a bound
+/// of a `__private` function. Only the literal `Result<T, E>` names `E`; behind an alias
+/// (`QueryResult<T>`, `AppResult<T>`) the entry point's own bound reports it.
+///
+/// Every token of the check is spanned on the return type, where the entry point's bound is
+/// reported too: rustc keeps the first of two identical errors at one place, which is this one.
+fn error_type_check(sig: &Signature, krate: &TokenStream, span: Span) -> TokenStream {
+    let ReturnType::Type(_, ty) = &sig.output else {
+        return TokenStream::new();
+    };
+    match literal_result_error(ty) {
+        // `impl Trait` cannot be named in a turbofish, nor `!` on stable.
+        Some(error) if can_annotate_let(error) => {
+            let error = respanned(error.to_token_stream(), span);
+            quote_spanned!(span=> #krate::__private::check_error_type::<#error>();)
+        }
+        _ => TokenStream::new(),
+    }
+}
+
+/// `E` of a return type written `Result<T, E>` (any path ending in `Result`).
+fn literal_result_error(ty: &Type) -> Option<&Type> {
+    let Type::Path(path) = ty else {
+        return None;
+    };
+    let last = path.path.segments.last()?;
+    if path.qself.is_some() || last.ident != "Result" {
+        return None;
+    }
+    let syn::PathArguments::AngleBracketed(arguments) = &last.arguments else {
+        return None;
+    };
+    let types: Vec<&Type> = arguments
+        .args
+        .iter()
+        .filter_map(|argument| match argument {
+            syn::GenericArgument::Type(ty) => Some(ty),
+            _ => None,
+        })
+        .collect();
+    match types.as_slice() {
+        [_, error] => Some(error),
+        _ => None,
+    }
+}
+
+/// The same tokens, every one of them spanned on `span`.
+fn respanned(tokens: TokenStream, span: Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|mut token| {
+            if let TokenTree::Group(group) = &token {
+                let mut inner =
+                    proc_macro2::Group::new(group.delimiter(), respanned(group.stream(), span));
+                inner.set_span(span);
+                token = TokenTree::Group(inner);
+            } else {
+                token.set_span(span);
+            }
+            token
+        })
+        .collect()
 }
 
 /// What the block asks of its `BEGIN`: the runtime's constant for a plain `BEGIN` (nearly
@@ -441,6 +508,44 @@ mod tests {
         )
         .to_string();
         assert!(!out.contains("move"), "{out}");
+    }
+
+    #[test]
+    fn a_literal_result_has_its_error_type_checked_first() {
+        let out = expand_atomic(
+            quote!(),
+            quote!(
+                fn f() -> std::result::Result<u8, MyError<T>> {
+                    Ok(1)
+                }
+            ),
+        );
+        let check = out
+            .find(":: diesel_atomic :: __private :: check_error_type :: < MyError < T > > () ;")
+            .unwrap_or_else(|| panic!("{out}"));
+        let call = out.find("run_ambient").unwrap();
+        assert!(check < call, "{out}");
+        // Behind an alias the type is not known here; nor can `impl Trait` be named.
+        for item in [
+            quote!(
+                fn f() -> QueryResult<u8> {
+                    Ok(1)
+                }
+            ),
+            quote!(
+                fn f() -> io::Result<u8> {
+                    Ok(1)
+                }
+            ),
+            quote!(
+                fn f() -> Result<u8, impl Error> {
+                    Ok(1)
+                }
+            ),
+        ] {
+            let out = expand_atomic(quote!(), item);
+            assert!(!out.contains("check_error_type"), "{out}");
+        }
     }
 
     #[test]

@@ -149,8 +149,10 @@ use proc_macro::TokenStream;
 ///   #[atomic] function and call it`.
 ///
 /// Left to the compiler, and reported at the function's return type: an error type without
-/// `From<diesel_atomic::Error>` (E0277), with `retry` one without `AsDieselError` (E0277), and
-/// a type alias that is not a `Result` (E0308). With `retry`, a body that moves an argument
+/// `From<diesel_atomic::Error>` (E0277: ``the error type of an #[atomic] function must
+/// implement `From<diesel_atomic::Error>`, and `SignupError` does not``, with what to add;
+/// behind a type alias such as `AppResult<T>`, rustc's plain message), with `retry` one
+/// without `AsDieselError` (E0277), and a type alias that is not a `Result` (E0308). With `retry`, a body that moves an argument
 /// out is rustc's "cannot move out of `x`, a captured variable in an `FnMut` closure" (E0507)
 /// at the move, with the closure shown at `retry`. An unresolved `crate = "path"` is reported
 /// at the string (E0433).
