@@ -28,6 +28,7 @@ const ATOMIC_KEYS: &[&str] = &[
     "begin",
     "retry",
     "conn",
+    "ambient",
     "crate",
 ];
 
@@ -85,8 +86,8 @@ impl Alias {
     }
 }
 
-/// `savepoint = ...`, `durable = ...` or `read_only = ...`, with the tokens that set it for
-/// later messages.
+/// `savepoint = ...`, `durable = ...`, `read_only = ...` or `ambient = ...`, with the tokens
+/// that set it for later messages.
 pub(crate) struct Flag {
     pub(crate) value: bool,
     pub(crate) tokens: TokenStream,
@@ -122,6 +123,37 @@ pub(crate) struct Retry {
     pub(crate) key: Ident,
 }
 
+/// `conn = ...`: where the block's connection is.
+#[derive(Clone)]
+pub(crate) enum Conn {
+    /// `conn = db`: a parameter of the function.
+    Parameter(Ident),
+    /// `conn = self`, `conn = self.conn`, `conn = self.inner.conn`: the receiver itself, or a
+    /// field of it (the repository pattern).
+    Receiver(ReceiverPath),
+}
+
+/// `self` and the fields after it, as written.
+#[derive(Clone)]
+pub(crate) struct ReceiverPath {
+    /// The `self` token, spanned on the user's.
+    pub(crate) self_token: syn::Token![self],
+    /// The fields from `self` to the connection, outermost first; empty for `conn = self`.
+    pub(crate) fields: Vec<syn::Member>,
+    /// The whole value, for messages about it.
+    pub(crate) tokens: TokenStream,
+}
+
+impl Conn {
+    /// How messages quote the value: `db`, `self.conn`.
+    pub(crate) fn text(&self) -> String {
+        match self {
+            Conn::Parameter(name) => name.to_string(),
+            Conn::Receiver(path) => path.tokens.to_string().replace(' ', ""),
+        }
+    }
+}
+
 /// The parsed arguments of `#[atomic(...)]`.
 #[derive(Default)]
 pub(crate) struct AtomicArgs {
@@ -132,7 +164,8 @@ pub(crate) struct AtomicArgs {
     pub(crate) read_only: Option<Flag>,
     pub(crate) begin: Option<Choice>,
     pub(crate) retry: Option<Retry>,
-    pub(crate) conn: Option<Ident>,
+    pub(crate) conn: Option<Conn>,
+    pub(crate) ambient: Option<Flag>,
     pub(crate) krate: Option<TokenStream>,
 }
 
@@ -155,7 +188,8 @@ impl AtomicArgs {
                 "read_only" => parsed.read_only = Some(flag(argument)?),
                 "begin" => parsed.begin = Some(choice(argument, &BEGIN)?),
                 "retry" => parsed.retry = Some(retry(argument)?),
-                "conn" => parsed.conn = Some(parameter_name(argument)?),
+                "conn" => parsed.conn = Some(connection(argument)?),
+                "ambient" => parsed.ambient = Some(flag(argument)?),
                 _ => parsed.krate = Some(crate_path(argument)?),
             }
             Ok(())
@@ -367,6 +401,7 @@ fn example(key: &str) -> String {
         "begin" => "begin = \"immediate\"".to_owned(),
         "retry" => "retry = 5".to_owned(),
         "conn" => "conn = db".to_owned(),
+        "ambient" => "ambient = true".to_owned(),
         "crate" => "crate = \"diesel_atomic\"".to_owned(),
         other => format!("{other} = ..."),
     }
@@ -572,21 +607,58 @@ fn retry(argument: &Argument) -> syn::Result<Retry> {
     Err(syn::Error::new_spanned(value, problem))
 }
 
-/// `conn = name`: the name of a parameter, without quotes.
-fn parameter_name(argument: &Argument) -> syn::Result<Ident> {
-    if let Ok(name) = syn::parse2::<Ident>(argument.value.clone()) {
-        return Ok(name);
+/// `conn = name` (a parameter) or `conn = self.field` (the receiver or a field of it),
+/// without quotes.
+fn connection(argument: &Argument) -> syn::Result<Conn> {
+    if let Some(conn) = connection_value(&argument.value) {
+        return Ok(conn);
     }
-    let suggestion = match syn::parse2::<LitStr>(argument.value.clone()) {
-        Ok(text) if syn::parse_str::<Ident>(&text.value()).is_ok() => {
-            format!(", without quotes: `conn = {}`", text.value())
+    let message = match syn::parse2::<LitStr>(argument.value.clone()) {
+        Ok(text)
+            if text
+                .value()
+                .parse::<TokenStream>()
+                .is_ok_and(|value| connection_value(&value).is_some()) =>
+        {
+            format!(
+                "`conn` takes the name of the connection parameter, without quotes: `conn = {}`",
+                text.value()
+            )
         }
-        _ => ", such as `conn = db`".to_owned(),
+        _ => "`conn` takes the name of the connection parameter, such as `conn = db`, or a \
+              field of `self` that holds the connection, such as `conn = self.conn`"
+            .to_owned(),
     };
-    Err(syn::Error::new_spanned(
-        &argument.value,
-        format!("`conn` takes the name of the connection parameter{suggestion}"),
-    ))
+    Err(syn::Error::new_spanned(&argument.value, message))
+}
+
+/// `db`, `self`, `self.conn`, `self.0.conn`; anything else (a method call, an index, a path)
+/// is not a place the macro can reach the connection through.
+fn connection_value(value: &TokenStream) -> Option<Conn> {
+    if let Ok(name) = syn::parse2::<Ident>(value.clone()) {
+        return Some(Conn::Parameter(name));
+    }
+    let mut expr = syn::parse2::<syn::Expr>(value.clone()).ok()?;
+    let mut fields = Vec::new();
+    loop {
+        match expr {
+            syn::Expr::Field(field) if field.attrs.is_empty() => {
+                fields.push(field.member);
+                expr = *field.base;
+            }
+            syn::Expr::Path(path) if path.attrs.is_empty() && path.qself.is_none() => {
+                let receiver = path.path.get_ident().filter(|ident| *ident == "self")?;
+                let self_token = syn::Token![self](receiver.span());
+                fields.reverse();
+                return Some(Conn::Receiver(ReceiverPath {
+                    self_token,
+                    fields,
+                    tokens: value.clone(),
+                }));
+            }
+            _ => return None,
+        }
+    }
 }
 
 /// `crate = "path"`: where the `diesel_atomic` crate is, as a string. The path's tokens
@@ -673,6 +745,7 @@ mod tests {
             begin = "exclusive",
             retry = 4,
             conn = c,
+            ambient = false,
             crate = "x::y",
         ))
         .unwrap();
@@ -688,8 +761,84 @@ mod tests {
         assert_eq!(args.using.unwrap().name, "other");
         assert!(!args.savepoint.unwrap().value);
         assert!(args.durable.unwrap().value);
-        assert_eq!(args.conn.unwrap().to_string(), "c");
+        assert_eq!(args.conn.unwrap().text(), "c");
+        assert!(!args.ambient.unwrap().value);
         assert_eq!(args.krate.unwrap().to_string(), "x :: y");
+    }
+
+    #[test]
+    fn conn_names_a_parameter_or_a_field_of_self() {
+        for (args, expected) in [
+            (quote!(conn = db), "db"),
+            (quote!(conn = self), "self"),
+            (quote!(conn = self.conn), "self.conn"),
+            (quote!(conn = self.inner.conn), "self.inner.conn"),
+            (quote!(conn = self.0), "self.0"),
+        ] {
+            let conn = AtomicArgs::parse(args.clone()).unwrap().conn.unwrap();
+            assert_eq!(conn.text(), expected, "{args}");
+        }
+        let Some(Conn::Receiver(path)) = AtomicArgs::parse(quote!(conn = self.inner.conn))
+            .unwrap()
+            .conn
+        else {
+            panic!("a field of `self`");
+        };
+        let fields: Vec<String> = path
+            .fields
+            .iter()
+            .map(|field| field.to_token_stream().to_string())
+            .collect();
+        assert_eq!(fields, ["inner", "conn"]);
+    }
+
+    #[test]
+    fn conn_refuses_what_is_not_a_parameter_or_a_field_of_self() {
+        for args in [
+            quote!(conn = self.conn()),
+            quote!(conn = self[0]),
+            quote!(conn = other.conn),
+            quote!(conn = Self),
+            quote!(conn = self::conn),
+            quote!(conn = 1),
+        ] {
+            assert_eq!(
+                atomic_errors(args.clone()),
+                [
+                    "`conn` takes the name of the connection parameter, such as `conn = db`, or a \
+                  field of `self` that holds the connection, such as `conn = self.conn`"
+                        .to_owned()
+                ],
+                "{args}"
+            );
+        }
+        assert_eq!(
+            atomic_errors(quote!(conn = "self.conn")),
+            [
+                "`conn` takes the name of the connection parameter, without quotes: \
+              `conn = self.conn`"
+                    .to_owned()
+            ]
+        );
+    }
+
+    #[test]
+    fn ambient_takes_a_bool() {
+        assert!(
+            AtomicArgs::parse(quote!(ambient = true))
+                .unwrap()
+                .ambient
+                .unwrap()
+                .value
+        );
+        assert_eq!(
+            atomic_errors(quote!(ambient = "true")),
+            ["`ambient` takes a bool, without quotes: `ambient = true`".to_owned()]
+        );
+        assert_eq!(
+            atomic_errors(quote!(ambient)),
+            ["`ambient` needs a value: `ambient = true`".to_owned()]
+        );
     }
 
     #[test]
@@ -714,8 +863,8 @@ mod tests {
         );
         assert!(
             errors[0].ends_with(
-                "`savepoint`, `durable`, `isolation`, `read_only`, `begin`, `retry`, `conn` and \
-                 `crate`"
+                "`savepoint`, `durable`, `isolation`, `read_only`, `begin`, `retry`, `conn`, \
+                 `ambient` and `crate`"
             ),
             "{errors:?}"
         );
@@ -757,6 +906,7 @@ mod tests {
             "begin",
             "retry",
             "conn",
+            "ambient",
         ] {
             let key = Ident::new(key, Span::call_site());
             let errors = non_atomic_errors(quote!(#key = 1));

@@ -1,12 +1,13 @@
 //! Code generation: the function keeps its signature; only its body is wrapped.
 
-use proc_macro2::{Span, TokenStream, TokenTree};
+use proc_macro2::{Ident, Span, TokenStream, TokenTree};
 use quote::{ToTokens, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{Block, ItemFn, ReturnType, Signature, Type};
 
-use crate::args::{Alias, AtomicArgs, Attribute, NonAtomicRequestsArgs};
+use crate::args::{Alias, AtomicArgs, Attribute, NonAtomicRequestsArgs, ReceiverPath};
 use crate::errors::Errors;
+use crate::rename_self;
 use crate::valid::{self, ConnectionSource};
 
 /// `#[atomic(args)] item`.
@@ -47,7 +48,7 @@ fn try_atomic(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
     valid::options(&args, &mut errors);
     let alias = Alias::name_or_default(args.using.as_ref());
     valid::other_attributes(&function, Attribute::Atomic, alias, &mut errors);
-    let source = errors.keep(valid::connection(&function, args.conn.as_ref()));
+    let source = errors.keep(valid::connection(&function, &args));
     match source {
         Some(source) if errors.is_empty() => Ok(generate_atomic(&args, function, source)),
         _ => errors.finish(item),
@@ -74,7 +75,10 @@ fn try_non_atomic_requests(args: TokenStream, item: TokenStream) -> syn::Result<
 }
 
 fn generate_atomic(args: &AtomicArgs, function: ItemFn, source: ConnectionSource) -> TokenStream {
-    let (attrs, vis, sig, block) = split(function);
+    let (attrs, vis, sig, mut block) = split(function);
+    if let ConnectionSource::Receiver(_) = source {
+        rename_self::rename_self(&mut block);
+    }
     let span = return_span(&sig);
     let krate = runtime_path(args.krate.as_ref(), span);
     let using = Alias::literal(args.using.as_ref());
@@ -97,6 +101,16 @@ fn generate_atomic(args: &AtomicArgs, function: ItemFn, source: ConnectionSource
         (ConnectionSource::Explicit(conn), None) => quote_spanned! {span=>
             #krate::__private::run_explicit(#options, #conn, |#conn| #body)
         },
+        // The block holds `self` and reaches the connection through `field` whenever it needs
+        // it; the body gets `self` back as `__atomic_self`.
+        (ConnectionSource::Receiver(path), None) => {
+            let owner = &path.self_token;
+            let field = field_accessor(&path, &krate);
+            let receiver = Ident::new(rename_self::RECEIVER, span);
+            quote_spanned! {span=>
+                #krate::__private::run_explicit_field(#options, #owner, #field, |#receiver| #body)
+            }
+        }
         // The body runs once per attempt, so it is an `FnMut` closure. The closure's tokens are
         // spanned on the `retry` key: when the body moves a captured parameter out, rustc's
         // "captured by this `FnMut` closure" points at the `retry` that made it `FnMut`.
@@ -123,6 +137,22 @@ fn generate_atomic(args: &AtomicArgs, function: ItemFn, source: ConnectionSource
                 )
             }
         }
+        (ConnectionSource::Receiver(path), Some(retry)) => {
+            let retries = &retry.retries;
+            let owner = &path.self_token;
+            let field = field_accessor(&path, &krate);
+            let receiver = Ident::new(rename_self::RECEIVER, span);
+            let closure = quote_spanned!(retry.key.span()=> |#receiver|);
+            quote_spanned! {span=>
+                #krate::__private::run_explicit_field_retry(
+                    #options,
+                    #krate::RetryPolicy::new(#retries),
+                    #owner,
+                    #field,
+                    #closure #body,
+                )
+            }
+        }
     };
     let check = error_type_check(&sig, &krate, span);
     quote! {
@@ -130,6 +160,25 @@ fn generate_atomic(args: &AtomicArgs, function: ItemFn, source: ConnectionSource
         #vis #sig {
             #check
             #call
+        }
+    }
+}
+
+/// `|__atomic_self| __atomic_self.conn.__diesel_atomic_connection()` for `conn = self.conn`.
+/// Method-call autoderef makes it work for a field holding the connection and for one holding
+/// a `&mut` to it. Spanned on the last field, so that a field that is not a connection is
+/// reported there.
+fn field_accessor(path: &ReceiverPath, krate: &TokenStream) -> TokenStream {
+    let span = match path.fields.last() {
+        Some(field) => field.span(),
+        None => path.self_token.span,
+    };
+    let receiver = Ident::new(rename_self::RECEIVER, path.self_token.span);
+    let fields = &path.fields;
+    quote_spanned! {span=>
+        |#receiver| {
+            use #krate::__private::FieldConnection as _;
+            #receiver #(.#fields)* .__diesel_atomic_connection()
         }
     }
 }
@@ -358,6 +407,57 @@ mod tests {
         );
         assert!(out.contains("run_explicit"), "{out}");
         assert!(out.contains("\"other\""), "{out}");
+    }
+
+    #[test]
+    fn conn_self_field_runs_on_the_receiver_and_renames_self_in_the_body() {
+        let out = expand_atomic(
+            quote!(conn = self.store.conn),
+            quote!(
+                fn f(&mut self, id: u8) -> QueryResult<()> {
+                    self.store.insert(id)?;
+                    assert!(self.ok(), "{}", self::NAME);
+                    Ok(())
+                }
+            ),
+        );
+        assert!(
+            out.contains(
+                "run_explicit_field (& :: diesel_atomic :: __private :: Options { using : \
+                 \"default\" , savepoint : true , durable : false , begin : :: diesel_atomic :: \
+                 __private :: BeginOptions :: DEFAULT , } , self , | __atomic_self | { use :: \
+                 diesel_atomic :: __private :: FieldConnection as _ ; __atomic_self . store . \
+                 conn . __diesel_atomic_connection () } , | __atomic_self | {"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains("__atomic_self . store . insert (id) ?"),
+            "{out}"
+        );
+        assert!(
+            out.contains("assert ! (__atomic_self . ok () , \"{}\" , self :: NAME)"),
+            "{out}"
+        );
+        assert!(out.starts_with("fn f (& mut self , id : u8)"), "{out}");
+
+        let out = expand_atomic(
+            quote!(conn = self, durable = true, retry = 2),
+            quote!(
+                fn f(self: &mut Self) -> QueryResult<()> {
+                    self.execute()
+                }
+            ),
+        );
+        assert!(
+            out.contains(
+                "RetryPolicy :: new (2) , self , | __atomic_self | { use :: diesel_atomic :: \
+                 __private :: FieldConnection as _ ; __atomic_self . \
+                 __diesel_atomic_connection () } , | __atomic_self |"
+            ),
+            "{out}"
+        );
+        assert!(out.contains("run_explicit_field_retry"), "{out}");
     }
 
     #[test]

@@ -138,6 +138,16 @@ const ARGUMENTS: &[&str] = &[
     "conn = conn",
     "conn = db",
     "conn = \"db\"",
+    "conn = self",
+    "conn = self.conn",
+    "conn = self.inner.0",
+    "conn = self.conn()",
+    "conn = self.",
+    "conn = \"self.conn\"",
+    "ambient = true",
+    "ambient = false",
+    "ambient = \"true\"",
+    "ambient",
     "crate = \"diesel_atomic\"",
     "crate = \"crate::shim\"",
     "crate = \"a b\"",
@@ -181,6 +191,9 @@ const VALID_ARGUMENTS: &[&str] = &[
     "read_only = true",
     "begin = \"immediate\"",
     "conn = conn",
+    "conn = self.conn",
+    "conn = self",
+    "ambient = true",
     "crate = \"diesel_atomic\"",
 ];
 
@@ -250,6 +263,8 @@ const RECEIVERS: &[&str] = &[
     "self, ",
     "&self, ",
     "&mut self, ",
+    "self: &mut Self, ",
+    "&'a mut self, ",
     "mut self: Box<Self>, ",
 ];
 const PARAMETERS: &[&str] = &[
@@ -265,6 +280,10 @@ const PARAMETERS: &[&str] = &[
     "db: &mut SqliteConnection, ",
     "connection: &mut impl Connection, ",
     "(a, b): (u8, u8), ",
+    "(a, db): (u8, &mut DbConn), ",
+    "db: &mut DbConn, ",
+    "buffer: &mut Vec<u8>, ",
+    "conn: &'a mut C, ",
     "x: impl Sized, ",
     "name: &'a str, ",
 ];
@@ -297,6 +316,8 @@ const BODIES: &[&str] = &[
     "{ conn.execute()?; Ok(()) }",
     "{ async {}.await }",
     "{ fn inner() {} self.f() }",
+    "{ self.conn.execute()?; assert!(self.ok(), \"{}\", self::NAME); Ok(()) }",
+    "{ let f = || self.x; struct S; impl S { fn g(&self) {} } Ok(f()) }",
 ];
 const OTHER_ITEMS: &[&str] = &[
     "struct S;",
