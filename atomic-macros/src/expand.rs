@@ -49,6 +49,9 @@ fn try_atomic(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
     let alias = Alias::name_or_default(args.using.as_ref());
     valid::other_attributes(&function, Attribute::Atomic, alias, &mut errors);
     let source = errors.keep(valid::connection(&function, &args));
+    if let Some(source) = &source {
+        errors.keep(valid::returns_no_borrow_of_connection(&function, source));
+    }
     match source {
         Some(source) if errors.is_empty() => Ok(generate_atomic(&args, function, source)),
         _ => errors.finish(item),

@@ -181,6 +181,12 @@ use proc_macro::TokenStream;
 ///   in ambient mode;
 /// - ``` `conn = self.conn` needs a method that takes `&mut self`: a transaction needs `&mut`
 ///   access to its connection ```;
+/// - ``` an #[atomic] function cannot return a borrow of its connection `conn`: the block
+///   needs the connection after the body returns, to COMMIT; return owned values instead ```,
+///   on the connection's lifetime in the return type (`&'a mut C` and `-> QueryResult<Rows<'a>>`,
+///   unless another parameter has `'a` too), or on an elided lifetime there when the
+///   connection's is the only one it can be; and ``an #[atomic] method cannot return a borrow
+///   of `self`, which holds its connection: ...`` with `conn = self.conn`;
 /// - ``` `ambient = true` contradicts the parameter `conn`, which the block runs on: remove
 ///   `ambient = true`, or rename the parameter if the block should run on the alias's pooled
 ///   connection ```;

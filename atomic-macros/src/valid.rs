@@ -2,6 +2,7 @@
 
 use proc_macro2::TokenStream;
 use quote::{ToTokens, quote};
+use syn::visit::{self, Visit};
 use syn::{FnArg, Ident, Item, ItemFn, Meta, Pat, ReturnType, Type};
 
 use crate::args::{self, AtomicArgs, Attribute, Conn, ReceiverPath};
@@ -535,6 +536,163 @@ impl<'a> GenericTypes<'a> {
     }
 }
 
+/// The block needs its connection after the body returns, to COMMIT, so the function cannot
+/// return a borrow of it; without this check, rustc reports a lifetime error about a closure
+/// the user never wrote. A borrow is recognised by the connection's lifetime named in the
+/// return type (and by no other parameter), or by an elided lifetime there when the
+/// connection's is the only one elision can pick.
+pub(crate) fn returns_no_borrow_of_connection(
+    function: &ItemFn,
+    source: &ConnectionSource,
+) -> syn::Result<()> {
+    let ReturnType::Type(_, output) = &function.sig.output else {
+        return Ok(());
+    };
+    let inputs = &function.sig.inputs;
+    let (connection, reference) = match source {
+        ConnectionSource::Ambient => return Ok(()),
+        ConnectionSource::Explicit(name) => {
+            let found = inputs.iter().find_map(|input| match input {
+                FnArg::Typed(typed) => match (&*typed.pat, &*typed.ty) {
+                    (Pat::Ident(pat), Type::Reference(reference)) if pat.ident == *name => {
+                        Some((input, reference))
+                    }
+                    _ => None,
+                },
+                FnArg::Receiver(_) => None,
+            });
+            match found {
+                Some(found) => found,
+                None => return Ok(()),
+            }
+        }
+        ConnectionSource::Receiver(_) => {
+            let found = inputs.iter().find_map(|input| match input {
+                FnArg::Receiver(receiver) => match &*receiver.ty {
+                    Type::Reference(reference) => Some((input, reference)),
+                    _ => None,
+                },
+                FnArg::Typed(_) => None,
+            });
+            match found {
+                Some(found) => found,
+                None => return Ok(()),
+            }
+        }
+    };
+    let others = inputs
+        .iter()
+        .filter(|input| !std::ptr::eq(*input, connection));
+    match &reference.lifetime {
+        Some(lifetime) if lifetime.ident != "_" && lifetime.ident != "static" => {
+            let shared = others.into_iter().any(|input| {
+                let mut lifetimes = Lifetimes::default();
+                lifetimes.visit_fn_arg(input);
+                lifetimes
+                    .named
+                    .iter()
+                    .any(|named| named.ident == lifetime.ident)
+            });
+            let mut in_output = Lifetimes::default();
+            in_output.visit_type(output);
+            match in_output
+                .named
+                .iter()
+                .find(|named| named.ident == lifetime.ident)
+            {
+                Some(borrowed) if !shared => Err(syn::Error::new_spanned(
+                    borrowed,
+                    borrow_of_connection(source, false),
+                )),
+                _ => Ok(()),
+            }
+        }
+        Some(lifetime) if lifetime.ident == "static" => Ok(()),
+        // Elided (or `'_`): the output's elided lifetimes are the connection's when it is the
+        // only borrowed input, and always the receiver's for a method.
+        _ => {
+            let mut in_connection = Lifetimes::default();
+            in_connection.visit_type(&reference.elem);
+            let only_borrow = matches!(source, ConnectionSource::Receiver(_))
+                || (function.sig.receiver().is_none()
+                    && in_connection.is_empty()
+                    && others.into_iter().all(|input| {
+                        let mut lifetimes = Lifetimes::default();
+                        lifetimes.visit_fn_arg(input);
+                        lifetimes.is_empty()
+                    }));
+            let mut in_output = Lifetimes::default();
+            in_output.visit_type(output);
+            match in_output.elided.first() {
+                Some(elided) if only_borrow => Err(syn::Error::new_spanned(
+                    elided,
+                    borrow_of_connection(source, true),
+                )),
+                _ => Ok(()),
+            }
+        }
+    }
+}
+
+/// "... cannot return a borrow of its connection ...", saying whose lifetime an elided one is.
+fn borrow_of_connection(source: &ConnectionSource, elided: bool) -> String {
+    const WHY: &str = "the block needs the connection after the body returns, to COMMIT; return \
+                       owned values instead";
+    match source {
+        ConnectionSource::Explicit(name) if elided => format!(
+            "an #[atomic] function cannot return a borrow of its connection `{name}` (the \
+             lifetime elided here is `{name}`'s, the only borrowed parameter): {WHY}"
+        ),
+        ConnectionSource::Explicit(name) => format!(
+            "an #[atomic] function cannot return a borrow of its connection `{name}`: {WHY}"
+        ),
+        _ => format!(
+            "an #[atomic] method cannot return a borrow of `self`, which holds its connection: \
+             {WHY}"
+        ),
+    }
+}
+
+/// The lifetimes a type or parameter mentions: named ones, and where one is elided (a `&`
+/// without a lifetime, or `'_`). Function pointer types and `Fn(..)` sugar have their own
+/// elision scope, so what they contain does not count.
+#[derive(Default)]
+struct Lifetimes {
+    named: Vec<syn::Lifetime>,
+    elided: Vec<TokenStream>,
+}
+
+impl Lifetimes {
+    fn is_empty(&self) -> bool {
+        self.named.is_empty() && self.elided.is_empty()
+    }
+}
+
+impl<'ast> Visit<'ast> for Lifetimes {
+    fn visit_lifetime(&mut self, lifetime: &'ast syn::Lifetime) {
+        if lifetime.ident == "_" {
+            self.elided.push(lifetime.to_token_stream());
+        } else {
+            self.named.push(lifetime.clone());
+        }
+    }
+
+    fn visit_type_reference(&mut self, reference: &'ast syn::TypeReference) {
+        if reference.lifetime.is_none() {
+            self.elided.push(reference.to_token_stream());
+        }
+        visit::visit_type_reference(self, reference);
+    }
+
+    fn visit_type_bare_fn(&mut self, _: &'ast syn::TypeBareFn) {}
+
+    fn visit_parenthesized_generic_arguments(
+        &mut self,
+        _: &'ast syn::ParenthesizedGenericArguments,
+    ) {
+    }
+}
+
 /// "; did you mean `db`?" or "; its parameters are `a`, `b`" or "; it has no parameters".
 fn parameters_hint(function: &ItemFn, wanted: &str) -> String {
     let names: Vec<String> = function
@@ -988,6 +1146,128 @@ mod tests {
             Some(syn::parse_quote!(db)),
         );
         assert!(error.ends_with("it has no named parameters"), "{error}");
+    }
+
+    fn borrow_error(tokens: TokenStream, args: TokenStream) -> String {
+        let function = parse(tokens);
+        let args = AtomicArgs::parse(args).unwrap();
+        let source = connection(&function, &args).unwrap();
+        match returns_no_borrow_of_connection(&function, &source) {
+            Ok(()) => String::new(),
+            Err(error) => error.to_string(),
+        }
+    }
+
+    #[test]
+    fn returning_a_borrow_of_the_connection_is_refused() {
+        let named = "an #[atomic] function cannot return a borrow of its connection `conn`: the \
+                     block needs the connection after the body returns, to COMMIT; return owned \
+                     values instead";
+        let elided = "an #[atomic] function cannot return a borrow of its connection `conn` (the \
+                      lifetime elided here is `conn`'s, the only borrowed parameter): the block \
+                      needs the connection after the body returns, to COMMIT; return owned \
+                      values instead";
+        let receiver = "an #[atomic] method cannot return a borrow of `self`, which holds its \
+                        connection: the block needs the connection after the body returns, to \
+                        COMMIT; return owned values instead";
+        for (signature, args, expected) in [
+            (
+                quote!(fn f<'a>(conn: &'a mut C) -> QueryResult<&'a mut C>),
+                quote!(),
+                named,
+            ),
+            (
+                quote!(fn f<'a>(n: u8, conn: &'a mut C) -> QueryResult<Rows<'a>>),
+                quote!(),
+                named,
+            ),
+            (
+                quote!(fn f(conn: &mut C) -> QueryResult<Vec<&str>>),
+                quote!(),
+                elided,
+            ),
+            (
+                quote!(fn f(conn: &mut C, n: u32) -> QueryResult<Prepared<'_>>),
+                quote!(),
+                elided,
+            ),
+            (
+                quote!(fn f(conn: &'_ mut C) -> QueryResult<&u8>),
+                quote!(),
+                elided,
+            ),
+            (
+                quote!(fn f(&mut self) -> QueryResult<&str>),
+                quote!(conn = self.conn),
+                receiver,
+            ),
+            (
+                quote!(fn f<'a>(&'a mut self, n: &u8) -> QueryResult<&'a str>),
+                quote!(conn = self),
+                receiver,
+            ),
+        ] {
+            assert_eq!(
+                borrow_error(quote!(#signature { x }), args.clone()),
+                expected,
+                "{signature}"
+            );
+        }
+    }
+
+    #[test]
+    fn returning_other_borrows_is_fine() {
+        for (signature, args) in [
+            (
+                quote!(fn f<'a, 'b>(conn: &'a mut C, text: &'b str) -> QueryResult<&'b str>),
+                quote!(),
+            ),
+            // The same lifetime on another parameter: the body may return that one.
+            (
+                quote!(fn f<'a>(conn: &'a mut C, text: &'a str) -> QueryResult<&'a str>),
+                quote!(),
+            ),
+            (
+                quote!(fn f<'a>(conn: &mut C, text: &'a str) -> QueryResult<&'a str>),
+                quote!(),
+            ),
+            (
+                quote!(fn f(&self, conn: &mut C) -> QueryResult<&str>),
+                quote!(),
+            ),
+            // Ambiguous elision is rustc's own error (E0106).
+            (
+                quote!(fn f(conn: &mut C, text: &str) -> QueryResult<&str>),
+                quote!(),
+            ),
+            (
+                quote!(fn f(conn: &mut C) -> QueryResult<fn(&str) -> &str>),
+                quote!(),
+            ),
+            (
+                quote!(fn f(conn: &mut C) -> QueryResult<Box<dyn Fn(&str) -> &str>>),
+                quote!(),
+            ),
+            (
+                quote!(fn f(conn: &mut C) -> QueryResult<&'static str>),
+                quote!(),
+            ),
+            (
+                quote!(fn f(conn: &'static mut C) -> QueryResult<&'static str>),
+                quote!(),
+            ),
+            (
+                quote!(fn f<'b>(&mut self, text: &'b str) -> QueryResult<&'b str>),
+                quote!(conn = self.conn),
+            ),
+            (quote!(fn f(text: &str) -> Result<&str, E>), quote!()),
+        ] {
+            assert_eq!(
+                borrow_error(quote!(#signature { x }), args.clone()),
+                "",
+                "{signature}"
+            );
+        }
     }
 
     #[test]
