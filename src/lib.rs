@@ -127,6 +127,34 @@
 /// # Ok::<(), diesel::result::Error>(())
 /// ```
 ///
+/// Stacked attributes nest in reading order, the first-written outermost (as Python's
+/// decorators): here the block on `"b"` commits inside the block on `"a"`.
+///
+/// ```
+/// use diesel::prelude::*;
+/// use diesel::r2d2::{ConnectionManager, Pool};
+/// use diesel_atomic::{atomic, db, Database, Databases, Error};
+///
+/// #[atomic(using = "a")]
+/// #[atomic(using = "b")]
+/// fn both() -> Result<(), Error> {
+///     db("b").on_commit(|| assert!(db("a").in_atomic_block(), "\"a\" commits last"))
+/// }
+///
+/// let pool = || {
+///     Pool::builder()
+///         .max_size(1)
+///         .build(ConnectionManager::<SqliteConnection>::new(":memory:"))
+///         .unwrap()
+/// };
+/// let _registry = Databases::new()
+///     .add("a", Database::new(pool()))
+///     .add("b", Database::new(pool()))
+///     .enter();
+/// both()?;
+/// # Ok::<(), Error>(())
+/// ```
+///
 /// # How the transaction begins: `isolation`, `read_only`, `begin`
 ///
 /// They set up the `BEGIN` of the outermost block, so pair them with `durable = true`: on a

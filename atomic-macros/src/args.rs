@@ -213,13 +213,80 @@ impl NonAtomicRequestsArgs {
     }
 }
 
-/// The alias an attribute found on the same function applies to, if its arguments parse.
-pub(crate) fn alias_of(attribute: Attribute, args: TokenStream) -> Option<String> {
-    let using = match attribute {
-        Attribute::Atomic => AtomicArgs::parse(args).ok()?.using,
-        Attribute::NonAtomicRequests => NonAtomicRequestsArgs::parse(args).ok()?.using,
-    };
-    Some(Alias::name_or_default(using.as_ref()).to_owned())
+/// The parsed arguments of either attribute.
+pub(crate) enum AttributeArgs {
+    // Boxed: many more arguments than `#[non_atomic_requests]`'s two.
+    Atomic(Box<AtomicArgs>),
+    NonAtomicRequests(NonAtomicRequestsArgs),
+}
+
+impl AttributeArgs {
+    pub(crate) fn parse(attribute: Attribute, args: TokenStream) -> syn::Result<Self> {
+        match attribute {
+            Attribute::Atomic => {
+                AtomicArgs::parse(args).map(|args| AttributeArgs::Atomic(Box::new(args)))
+            }
+            Attribute::NonAtomicRequests => {
+                NonAtomicRequestsArgs::parse(args).map(AttributeArgs::NonAtomicRequests)
+            }
+        }
+    }
+
+    pub(crate) fn attribute(&self) -> Attribute {
+        match self {
+            AttributeArgs::Atomic(_) => Attribute::Atomic,
+            AttributeArgs::NonAtomicRequests(_) => Attribute::NonAtomicRequests,
+        }
+    }
+
+    /// The alias the attribute applies to.
+    pub(crate) fn alias(&self) -> &str {
+        let using = match self {
+            AttributeArgs::Atomic(args) => args.using.as_ref(),
+            AttributeArgs::NonAtomicRequests(args) => args.using.as_ref(),
+        };
+        Alias::name_or_default(using)
+    }
+}
+
+/// One of our attributes on the function, parsed: the one expanding, or one written below it
+/// that the expansion takes over (`written`).
+pub(crate) struct Layer {
+    pub(crate) args: AttributeArgs,
+    /// The attribute as written; `None` for the one expanding, of which the macro only gets
+    /// the arguments.
+    pub(crate) written: Option<syn::Attribute>,
+}
+
+/// One of our attributes written below the one expanding, on the same function.
+pub(crate) struct Stacked {
+    pub(crate) attribute: Attribute,
+    pub(crate) args: TokenStream,
+    /// As written, for messages about the attribute as a whole.
+    pub(crate) written: syn::Attribute,
+}
+
+/// Takes our attributes (recognised by the last segment of their path) out of `attrs`, in
+/// the order they are written. The `#[atomic = ...]` form is left for rustc to refuse.
+pub(crate) fn take_stacked(attrs: &mut Vec<syn::Attribute>) -> Vec<Stacked> {
+    let mut stacked = Vec::new();
+    attrs.retain(|attr| {
+        let Some(attribute) = Attribute::from_path(attr.path()) else {
+            return true;
+        };
+        let args = match &attr.meta {
+            syn::Meta::Path(_) => TokenStream::new(),
+            syn::Meta::List(list) => list.tokens.clone(),
+            syn::Meta::NameValue(_) => return true,
+        };
+        stacked.push(Stacked {
+            attribute,
+            args,
+            written: attr.clone(),
+        });
+        false
+    });
+    stacked
 }
 
 /// One well-formed `key = value` argument with a known key given once.
@@ -1214,15 +1281,48 @@ mod tests {
     }
 
     #[test]
-    fn alias_of_reads_sibling_attributes() {
-        assert_eq!(
-            alias_of(Attribute::Atomic, quote!()).as_deref(),
-            Some("default")
+    fn stacked_attributes_are_taken_in_order() {
+        let mut function: syn::ItemFn = syn::parse_quote!(
+            #[doc = "kept"]
+            #[non_atomic_requests(using = "b")]
+            #[inline]
+            #[diesel_atomic::atomic]
+            #[atomic = "left for rustc"]
+            fn f() {}
         );
+        let stacked = take_stacked(&mut function.attrs);
+        let taken: Vec<(Attribute, String)> = stacked
+            .into_iter()
+            .map(|stacked| (stacked.attribute, stacked.args.to_string()))
+            .collect();
         assert_eq!(
-            alias_of(Attribute::NonAtomicRequests, quote!(using = "b")).as_deref(),
-            Some("b")
+            taken,
+            [
+                (Attribute::NonAtomicRequests, "using = \"b\"".to_owned()),
+                (Attribute::Atomic, String::new()),
+            ]
         );
-        assert_eq!(alias_of(Attribute::Atomic, quote!(usin = "b")), None);
+        let kept: Vec<String> = function
+            .attrs
+            .iter()
+            .map(|attr| attr.to_token_stream().to_string())
+            .collect();
+        assert_eq!(
+            kept,
+            [
+                "# [doc = \"kept\"]",
+                "# [inline]",
+                "# [atomic = \"left for rustc\"]"
+            ]
+        );
+    }
+
+    #[test]
+    fn attribute_args_know_their_alias() {
+        let args = AttributeArgs::parse(Attribute::Atomic, quote!()).unwrap();
+        assert_eq!(args.alias(), "default");
+        let args = AttributeArgs::parse(Attribute::NonAtomicRequests, quote!(using = "b")).unwrap();
+        assert_eq!(args.alias(), "b");
+        assert_eq!(args.attribute(), Attribute::NonAtomicRequests);
     }
 }

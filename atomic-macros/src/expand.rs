@@ -3,91 +3,198 @@
 use proc_macro2::{Ident, Span, TokenStream, TokenTree};
 use quote::{ToTokens, quote, quote_spanned};
 use syn::spanned::Spanned;
-use syn::{Block, ItemFn, ReturnType, Signature, Type};
+use syn::{ItemFn, ReturnType, Signature, Type};
 
-use crate::args::{Alias, AtomicArgs, Attribute, NonAtomicRequestsArgs, ReceiverPath};
+use crate::args::{
+    self, Alias, AtomicArgs, Attribute, AttributeArgs, Layer, NonAtomicRequestsArgs, ReceiverPath,
+    Stacked,
+};
 use crate::errors::Errors;
 use crate::rename_self;
 use crate::valid::{self, ConnectionSource};
 
 /// `#[atomic(args)] item`.
 pub(crate) fn atomic(args: TokenStream, item: TokenStream) -> TokenStream {
-    with_fallback(item.clone(), try_atomic(args, item))
+    expand(Attribute::Atomic, args, item)
 }
 
 /// `#[non_atomic_requests(args)] item`.
 pub(crate) fn non_atomic_requests(args: TokenStream, item: TokenStream) -> TokenStream {
-    with_fallback(item.clone(), try_non_atomic_requests(args, item))
+    expand(Attribute::NonAtomicRequests, args, item)
 }
 
-/// On any error: the item unchanged plus the errors, so the user sees the precise messages
-/// and nothing else (callers of the function still type-check against its signature).
-fn with_fallback(item: TokenStream, expanded: syn::Result<TokenStream>) -> TokenStream {
-    match expanded {
+/// Either attribute, together with the ones of ours written below it on the same function:
+/// the expansion takes them over so that they nest in reading order, the first-written
+/// outermost, as Python's decorators do. (Left to rustc, each would expand on its own and
+/// wrap the blocks above it: the last-written outermost.)
+fn expand(attribute: Attribute, args: TokenStream, item: TokenStream) -> TokenStream {
+    match try_expand(attribute, args, item.clone()) {
         Ok(expanded) => expanded,
         Err(error) => {
-            let mut fallback = item;
+            let mut fallback = without_stacked_attributes(item);
             fallback.extend(error.into_compile_error());
             fallback
         }
     }
 }
 
-fn try_atomic(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
+/// On any error: the item unchanged plus the errors, so the user sees the precise messages
+/// and nothing else (callers of the function still type-check against its signature). Our
+/// attributes below this one are left out: they were checked with it, and would report the
+/// same problems again.
+fn without_stacked_attributes(item: TokenStream) -> TokenStream {
+    match syn::parse2::<ItemFn>(item.clone()) {
+        Ok(mut function) => {
+            let stacked = args::take_stacked(&mut function.attrs);
+            let uses = uses_of(&stacked);
+            if let Ok(uses) = syn::parse2::<syn::Block>(quote!({ #uses })) {
+                function.block.stmts.splice(0..0, uses.stmts);
+            }
+            function.into_token_stream()
+        }
+        Err(_) => item,
+    }
+}
+
+/// `use path as _;` for each attribute taken over: rustc never resolves their paths, and
+/// would otherwise call the user's `use diesel_atomic::non_atomic_requests` unused.
+fn uses_of(stacked: &[Stacked]) -> TokenStream {
+    let paths = stacked.iter().map(|stacked| stacked.written.path());
+    quote! {
+        #(
+            #[allow(unused_imports)]
+            use #paths as _;
+        )*
+    }
+}
+
+/// What one `#[atomic]` or `#[non_atomic_requests]` wraps around the body, checked.
+enum Wrapper {
+    Atomic {
+        args: Box<AtomicArgs>,
+        source: ConnectionSource,
+    },
+    NonAtomicRequests(NonAtomicRequestsArgs),
+}
+
+fn try_expand(
+    attribute: Attribute,
+    args: TokenStream,
+    item: TokenStream,
+) -> syn::Result<TokenStream> {
     let mut errors = Errors::default();
-    let args = errors.keep(AtomicArgs::parse(args));
-    let Some(function) = errors.keep(valid::function(item.clone(), Attribute::Atomic)) else {
-        return errors.finish(item);
+    let first = errors.keep(AttributeArgs::parse(attribute, args));
+    let Some(mut function) = errors.keep(valid::function(item, attribute)) else {
+        return errors.finish(TokenStream::new());
     };
+    let stacked = args::take_stacked(&mut function.attrs);
+    let uses = uses_of(&stacked);
+    let any_atomic = attribute == Attribute::Atomic
+        || stacked
+            .iter()
+            .any(|stacked| stacked.attribute == Attribute::Atomic);
+    let mut layers: Vec<Layer> = first
+        .map(|args| Layer {
+            args,
+            written: None,
+        })
+        .into_iter()
+        .collect();
+    for stacked in stacked {
+        if let Some(args) = errors.keep(AttributeArgs::parse(stacked.attribute, stacked.args)) {
+            layers.push(Layer {
+                args,
+                written: Some(stacked.written),
+            });
+        }
+    }
     // Checks on the signature alone are made even when the arguments are wrong.
-    valid::runs_at_run_time(&function, Attribute::Atomic, &mut errors);
-    errors.keep(valid::returns_result(&function));
-    let Some(args) = args else {
-        return errors.finish(item);
-    };
-    valid::options(&args, &mut errors);
-    let alias = Alias::name_or_default(args.using.as_ref());
-    valid::other_attributes(&function, Attribute::Atomic, alias, &mut errors);
-    let source = errors.keep(valid::connection(&function, &args));
-    if let Some(source) = &source {
-        errors.keep(valid::returns_no_borrow_of_connection(&function, source));
+    valid::runs_at_run_time(&function, attribute, &mut errors);
+    if any_atomic {
+        errors.keep(valid::returns_result(&function));
     }
-    match source {
-        Some(source) if errors.is_empty() => Ok(generate_atomic(&args, function, source)),
-        _ => errors.finish(item),
-    }
-}
-
-fn try_non_atomic_requests(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
-    let mut errors = Errors::default();
-    let args = errors.keep(NonAtomicRequestsArgs::parse(args));
-    let Some(function) = errors.keep(valid::function(item.clone(), Attribute::NonAtomicRequests))
-    else {
-        return errors.finish(item);
-    };
-    valid::runs_at_run_time(&function, Attribute::NonAtomicRequests, &mut errors);
-    let Some(args) = args else {
-        return errors.finish(item);
-    };
-    let alias = Alias::name_or_default(args.using.as_ref());
-    valid::other_attributes(&function, Attribute::NonAtomicRequests, alias, &mut errors);
     if !errors.is_empty() {
-        return errors.finish(item);
+        return errors.finish(TokenStream::new());
     }
-    Ok(generate_non_atomic_requests(&args, function))
+    valid::distinct_aliases(&layers, &mut errors);
+    let mut wrappers = Vec::with_capacity(layers.len());
+    for layer in layers {
+        match layer.args {
+            AttributeArgs::Atomic(args) => {
+                valid::options(&args, &mut errors);
+                // The checks of the function itself are reported once for several blocks.
+                let source = errors.keep_once(valid::connection(&function, &args));
+                if let Some(source) = source {
+                    errors.keep_once(valid::returns_no_borrow_of_connection(&function, &source));
+                    wrappers.push(Wrapper::Atomic { args, source });
+                }
+            }
+            AttributeArgs::NonAtomicRequests(args) => {
+                wrappers.push(Wrapper::NonAtomicRequests(args));
+            }
+        }
+    }
+    errors.finish(())?;
+    Ok(generate(function, &wrappers, uses))
 }
 
-fn generate_atomic(args: &AtomicArgs, function: ItemFn, source: ConnectionSource) -> TokenStream {
+/// The function with its body inside the blocks, the first one outermost.
+fn generate(function: ItemFn, wrappers: &[Wrapper], uses: TokenStream) -> TokenStream {
     let (attrs, vis, sig, mut block) = split(function);
-    if let ConnectionSource::Receiver(_) = source {
+    let lends_self = |wrapper: &Wrapper| {
+        matches!(
+            wrapper,
+            Wrapper::Atomic {
+                source: ConnectionSource::Receiver(_),
+                ..
+            }
+        )
+    };
+    if wrappers.iter().any(lends_self) {
         rename_self::rename_self(&mut block);
     }
     let span = return_span(&sig);
+    let mut inner = body_with_fake_return(&sig, block);
+    for (index, wrapper) in wrappers.iter().enumerate().rev() {
+        inner = match wrapper {
+            Wrapper::Atomic { args, source } => {
+                let inside_self_block = wrappers[..index].iter().any(lends_self);
+                atomic_call(args, source, inside_self_block, inner, span)
+            }
+            Wrapper::NonAtomicRequests(args) => non_atomic_requests_call(args, inner, span),
+        };
+    }
+    let check = wrappers.iter().find_map(|wrapper| match wrapper {
+        Wrapper::Atomic { args, .. } => {
+            let krate = runtime_path(args.krate.as_ref(), span);
+            Some(error_type_check(&sig, &krate, span))
+        }
+        Wrapper::NonAtomicRequests(_) => None,
+    });
+    quote! {
+        #(#attrs)*
+        #vis #sig {
+            #uses
+            #check
+            #inner
+        }
+    }
+}
+
+/// One `#[atomic]` block around `body` (the function's body, or the blocks inside this one).
+/// `inside_self_block`: an outer block already holds `self` and passes it on as
+/// `__atomic_self`.
+fn atomic_call(
+    args: &AtomicArgs,
+    source: &ConnectionSource,
+    inside_self_block: bool,
+    body: TokenStream,
+    span: Span,
+) -> TokenStream {
     let krate = runtime_path(args.krate.as_ref(), span);
     let using = Alias::literal(args.using.as_ref());
     let savepoint = args.savepoint.as_ref().is_none_or(|flag| flag.value);
     let durable = args.durable.as_ref().is_some_and(|flag| flag.value);
-    let body = body_with_fake_return(&sig, block);
     let begin = begin_options(args, &krate, span);
     let options = quote_spanned! {span=>
         &#krate::__private::Options {
@@ -97,7 +204,8 @@ fn generate_atomic(args: &AtomicArgs, function: ItemFn, source: ConnectionSource
             begin: #begin,
         }
     };
-    let call = match (source, &args.retry) {
+    let receiver = Ident::new(rename_self::RECEIVER, span);
+    match (source, &args.retry) {
         (ConnectionSource::Ambient, None) => quote_spanned! {span=>
             #krate::__private::run_ambient(#options, || #body)
         },
@@ -107,9 +215,8 @@ fn generate_atomic(args: &AtomicArgs, function: ItemFn, source: ConnectionSource
         // The block holds `self` and reaches the connection through `field` whenever it needs
         // it; the body gets `self` back as `__atomic_self`.
         (ConnectionSource::Receiver(path), None) => {
-            let owner = &path.self_token;
-            let field = field_accessor(&path, &krate);
-            let receiver = Ident::new(rename_self::RECEIVER, span);
+            let owner = owner(path, inside_self_block, span);
+            let field = field_accessor(path, &krate);
             quote_spanned! {span=>
                 #krate::__private::run_explicit_field(#options, #owner, #field, |#receiver| #body)
             }
@@ -142,9 +249,8 @@ fn generate_atomic(args: &AtomicArgs, function: ItemFn, source: ConnectionSource
         }
         (ConnectionSource::Receiver(path), Some(retry)) => {
             let retries = &retry.retries;
-            let owner = &path.self_token;
-            let field = field_accessor(&path, &krate);
-            let receiver = Ident::new(rename_self::RECEIVER, span);
+            let owner = owner(path, inside_self_block, span);
+            let field = field_accessor(path, &krate);
             let closure = quote_spanned!(retry.key.span()=> |#receiver|);
             quote_spanned! {span=>
                 #krate::__private::run_explicit_field_retry(
@@ -156,14 +262,29 @@ fn generate_atomic(args: &AtomicArgs, function: ItemFn, source: ConnectionSource
                 )
             }
         }
-    };
-    let check = error_type_check(&sig, &krate, span);
-    quote! {
-        #(#attrs)*
-        #vis #sig {
-            #check
-            #call
-        }
+    }
+}
+
+/// What a block on `self` is lent: `self`, or inside another such block, the receiver that
+/// block passes on.
+fn owner(path: &ReceiverPath, inside_self_block: bool, span: Span) -> TokenStream {
+    if inside_self_block {
+        Ident::new(rename_self::RECEIVER, span).into_token_stream()
+    } else {
+        path.self_token.into_token_stream()
+    }
+}
+
+/// One `#[non_atomic_requests]` around `body`.
+fn non_atomic_requests_call(
+    args: &NonAtomicRequestsArgs,
+    body: TokenStream,
+    span: Span,
+) -> TokenStream {
+    let krate = runtime_path(args.krate.as_ref(), span);
+    let using = Alias::literal(args.using.as_ref());
+    quote_spanned! {span=>
+        #krate::__private::non_atomic_requests(#using, || #body)
     }
 }
 
@@ -279,23 +400,9 @@ fn begin_options(args: &AtomicArgs, krate: &TokenStream, span: Span) -> TokenStr
     }
 }
 
-fn generate_non_atomic_requests(args: &NonAtomicRequestsArgs, function: ItemFn) -> TokenStream {
-    let (attrs, vis, sig, block) = split(function);
-    let span = return_span(&sig);
-    let krate = runtime_path(args.krate.as_ref(), span);
-    let using = Alias::literal(args.using.as_ref());
-    let body = body_with_fake_return(&sig, block);
-    quote! {
-        #(#attrs)*
-        #vis #sig {
-            #krate::__private::non_atomic_requests(#using, || #body)
-        }
-    }
-}
-
 /// The function's parts. syn puts the body's inner attributes (`#![allow(..)]`) among the
 /// function's attributes; they become outer attributes, where they mean the same.
-fn split(function: ItemFn) -> (Vec<syn::Attribute>, syn::Visibility, Signature, Block) {
+fn split(function: ItemFn) -> (Vec<syn::Attribute>, syn::Visibility, Signature, syn::Block) {
     let ItemFn {
         mut attrs,
         vis,
@@ -330,7 +437,7 @@ fn runtime_path(krate: Option<&TokenStream>, span: Span) -> TokenStream {
 /// never-taken `return` of a value of the declared return type. It makes the closure's return
 /// type the function's, so the body is type-checked against the declared type exactly as
 /// without the attribute, and a mismatch is reported at the user's code, not in ours.
-fn body_with_fake_return(sig: &Signature, block: Block) -> TokenStream {
+fn body_with_fake_return(sig: &Signature, block: syn::Block) -> TokenStream {
     let fake_return = match &sig.output {
         ReturnType::Type(_, ty) if can_annotate_let(ty) => quote_spanned! {ty.span()=>
             #[allow(
@@ -461,6 +568,125 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("run_explicit_field_retry"), "{out}");
+    }
+
+    #[test]
+    fn stacked_attributes_nest_in_reading_order() {
+        let out = expand_atomic(
+            quote!(using = "a"),
+            quote!(
+                #[doc = "kept"]
+                #[atomic(using = "b")]
+                #[inline]
+                #[diesel_atomic::non_atomic_requests(using = "c")]
+                fn f() -> Result<(), E> {
+                    Ok(())
+                }
+            ),
+        );
+        let a = out.find("using : \"a\"").unwrap_or_else(|| panic!("{out}"));
+        let b = out.find("using : \"b\"").unwrap_or_else(|| panic!("{out}"));
+        let c = out
+            .find("non_atomic_requests (\"c\" , ||")
+            .unwrap_or_else(|| panic!("{out}"));
+        assert!(a < b && b < c, "{out}");
+        assert_eq!(out.matches("run_ambient").count(), 2, "{out}");
+        assert_eq!(out.matches("check_error_type").count(), 1, "{out}");
+        assert!(
+            out.starts_with("# [doc = \"kept\"] # [inline] fn f ()"),
+            "ours are taken over, the others kept: {out}"
+        );
+        // Their paths are still resolved, so their imports are used.
+        assert!(
+            out.contains(
+                "{ # [allow (unused_imports)] use atomic as _ ; # [allow (unused_imports)] use \
+                 diesel_atomic :: non_atomic_requests as _ ;"
+            ),
+            "{out}"
+        );
+        assert_eq!(out.matches("__atomic_fake_return").count(), 2, "{out}");
+        let fake_return = out.find("__atomic_fake_return").unwrap();
+        assert!(c < fake_return, "the body is innermost: {out}");
+    }
+
+    #[test]
+    fn non_atomic_requests_takes_over_an_atomic_below_it() {
+        let out = non_atomic_requests(
+            quote!(),
+            quote!(
+                #[atomic(using = "other")]
+                fn view(conn: &mut C) -> QueryResult<()> {
+                    Ok(())
+                }
+            ),
+        )
+        .to_string();
+        assert!(
+            out.contains(
+                ":: diesel_atomic :: __private :: non_atomic_requests (\"default\" , || :: \
+                 diesel_atomic :: __private :: run_explicit (& :: diesel_atomic :: __private :: \
+                 Options { using : \"other\""
+            ),
+            "{out}"
+        );
+        assert!(!out.contains("# [atomic"), "{out}");
+    }
+
+    #[test]
+    fn a_block_on_self_inside_another_gets_the_receiver_passed_on() {
+        let out = expand_atomic(
+            quote!(conn = self.primary),
+            quote!(
+                #[atomic(conn = self.replica, using = "replica")]
+                fn f(&mut self) -> QueryResult<()> {
+                    self.primary.execute()
+                }
+            ),
+        );
+        assert!(out.contains("} , self , | __atomic_self | { use"), "{out}");
+        assert!(
+            out.contains("} , __atomic_self , | __atomic_self | { use"),
+            "{out}"
+        );
+        assert!(
+            out.contains("__atomic_self . primary . execute ()"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn a_stacked_attribute_with_errors_is_reported_and_left_out() {
+        let out = expand_atomic(
+            quote!(using = "a"),
+            quote!(
+                #[atomic(usin = "b")]
+                fn f() -> Result<(), E> {
+                    Ok(())
+                }
+            ),
+        );
+        assert_eq!(out.matches("compile_error").count(), 1, "{out}");
+        assert!(out.contains("unknown argument `usin`"), "{out}");
+        assert!(
+            out.starts_with("fn f () -> Result < () , E > { # [allow (unused_imports)] use atomic as _ ; Ok (()) }"),
+            "{out}"
+        );
+        assert!(!out.contains("run_ambient"), "{out}");
+    }
+
+    #[test]
+    fn a_problem_of_the_function_is_reported_once_for_several_blocks() {
+        let out = expand_atomic(
+            quote!(using = "a"),
+            quote!(
+                #[atomic(using = "b")]
+                fn f(db: &mut DbConn) -> Result<(), E> {
+                    Ok(())
+                }
+            ),
+        );
+        assert_eq!(out.matches("compile_error").count(), 1, "{out}");
+        assert!(out.contains("cannot tell whether `db`"), "{out}");
     }
 
     #[test]

@@ -103,6 +103,13 @@ use proc_macro::TokenStream;
 /// to the closure parameter that stands for it (nested items keep their own `self`). Only a
 /// `&mut self` (or `self: &mut Self`) method can lend its connection this way.
 ///
+/// Stacked attributes nest in reading order, as Python's decorators do: on
+/// `#[atomic(using = "a")] #[atomic(using = "b")] fn f()`, the block on `"a"` is the outer one
+/// and the block on `"b"` commits first, inside it; the same holds with
+/// `#[non_atomic_requests]` among them. (The first attribute expands them all, so that rustc's
+/// order of expansion, which would put the last-written outermost, does not decide.) Two of
+/// them for one alias are an error.
+///
 /// The body only borrows the parameters it does not consume, so they are dropped when the
 /// function returns, after the `COMMIT` or `ROLLBACK`, as without the attribute: a
 /// `MutexGuard` argument still holds its lock while the transaction commits.
@@ -222,7 +229,8 @@ pub fn atomic(args: TokenStream, item: TokenStream) -> TokenStream {
 /// | `crate = "path"` | `"diesel_atomic"` | Where the `diesel_atomic` crate is, for a renamed dependency. |
 ///
 /// One attribute per alias: stack them to opt out of several. The function may return
-/// anything; free functions and methods are accepted as for `#[atomic]`.
+/// anything; free functions and methods are accepted as for `#[atomic]`. Stacked with
+/// `#[atomic]`, the attributes nest in reading order, the first-written outermost.
 ///
 /// # Compile errors
 ///

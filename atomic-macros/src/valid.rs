@@ -3,9 +3,9 @@
 use proc_macro2::TokenStream;
 use quote::{ToTokens, quote};
 use syn::visit::{self, Visit};
-use syn::{FnArg, Ident, Item, ItemFn, Meta, Pat, ReturnType, Type};
+use syn::{FnArg, Ident, Item, ItemFn, Pat, ReturnType, Type};
 
-use crate::args::{self, AtomicArgs, Attribute, Conn, ReceiverPath};
+use crate::args::{AtomicArgs, Attribute, Conn, Layer, ReceiverPath};
 use crate::errors::Errors;
 use crate::suggest;
 
@@ -729,27 +729,21 @@ fn bound_is_connection(bound: &syn::TypeParamBound) -> bool {
     }
 }
 
-/// The other `#[atomic]` / `#[non_atomic_requests]` attributes on the same function (the ones
-/// that expand after this one) must not contradict or repeat it for the same alias.
-pub(crate) fn other_attributes(
-    function: &ItemFn,
-    this: Attribute,
-    alias: &str,
-    errors: &mut Errors,
-) {
-    for attr in &function.attrs {
-        let Some(other) = Attribute::from_path(attr.path()) else {
+/// Stacked attributes must not contradict or repeat each other for one alias; each later one
+/// that does is reported, on that attribute, against the first one for its alias.
+pub(crate) fn distinct_aliases(layers: &[Layer], errors: &mut Errors) {
+    for (index, later) in layers.iter().enumerate() {
+        let alias = later.args.alias();
+        let Some(earlier) = layers[..index]
+            .iter()
+            .find(|earlier| earlier.args.alias() == alias)
+        else {
             continue;
         };
-        let other_args = match &attr.meta {
-            Meta::Path(_) => TokenStream::new(),
-            Meta::List(list) => list.tokens.clone(),
-            Meta::NameValue(_) => continue,
-        };
-        // Arguments that do not parse are reported when that attribute expands.
-        if args::alias_of(other, other_args).as_deref() != Some(alias) {
+        let Some(written) = &later.written else {
             continue;
-        }
+        };
+        let (this, other) = (earlier.args.attribute(), later.args.attribute());
         let message = if other == this {
             let why = match this {
                 Attribute::Atomic => {
@@ -768,7 +762,7 @@ pub(crate) fn other_attributes(
                  that part into its own #[atomic] function and call it"
             )
         };
-        errors.push(syn::Error::new_spanned(attr, message));
+        errors.push(syn::Error::new_spanned(written, message));
     }
 }
 
@@ -1389,36 +1383,82 @@ mod tests {
         assert!(options_errors(quote!(retry = 3, durable = true)).is_empty());
     }
 
+    fn layers(item: TokenStream, first: Attribute, first_args: TokenStream) -> Vec<Layer> {
+        let mut function = parse(item);
+        let mut layers = vec![Layer {
+            args: crate::args::AttributeArgs::parse(first, first_args).unwrap(),
+            written: None,
+        }];
+        for stacked in crate::args::take_stacked(&mut function.attrs) {
+            layers.push(Layer {
+                args: crate::args::AttributeArgs::parse(stacked.attribute, stacked.args).unwrap(),
+                written: Some(stacked.written),
+            });
+        }
+        layers
+    }
+
+    fn alias_errors(layers: &[Layer]) -> Vec<String> {
+        let mut errors = Errors::default();
+        distinct_aliases(layers, &mut errors);
+        match errors.finish(()) {
+            Ok(()) => Vec::new(),
+            Err(error) => error.into_iter().map(|error| error.to_string()).collect(),
+        }
+    }
+
     #[test]
     fn contradicting_attributes_for_one_alias_are_refused() {
-        let function = parse(quote!(
+        let item = quote!(
             #[non_atomic_requests(using = "other")]
             #[diesel_atomic::non_atomic_requests]
             #[doc = "kept"]
             fn f() -> R {
                 x
             }
-        ));
-        let mut errors = Errors::default();
-        other_attributes(&function, Attribute::Atomic, "default", &mut errors);
-        let error = errors.finish(()).unwrap_err().to_string();
+        );
+        let errors = alias_errors(&layers(item.clone(), Attribute::Atomic, quote!()));
+        assert_eq!(errors.len(), 1, "{errors:?}");
         assert!(
-            error.contains("contradict each other for alias \"default\""),
-            "{error}"
+            errors[0].starts_with(
+                "#[atomic] and #[non_atomic_requests] contradict each other for alias \"default\""
+            ),
+            "{errors:?}"
         );
 
-        let mut errors = Errors::default();
-        other_attributes(
-            &function,
+        let errors = alias_errors(&layers(
+            item.clone(),
             Attribute::NonAtomicRequests,
-            "other",
-            &mut errors,
+            quote!(using = "other"),
+        ));
+        assert_eq!(
+            errors,
+            ["#[non_atomic_requests] is given twice for alias \"other\"; keep one".to_owned()]
         );
-        let error = errors.finish(()).unwrap_err().to_string();
-        assert!(error.contains("given twice for alias \"other\""), "{error}");
 
-        let mut errors = Errors::default();
-        other_attributes(&function, Attribute::Atomic, "third", &mut errors);
-        assert!(errors.is_empty());
+        let errors = alias_errors(&layers(item, Attribute::Atomic, quote!(using = "third")));
+        assert!(errors.is_empty(), "{errors:?}");
+    }
+
+    #[test]
+    fn a_repeated_alias_is_reported_once_per_attribute() {
+        let item = quote!(
+            #[atomic(savepoint = false)]
+            #[atomic(using = "other")]
+            #[atomic]
+            fn f() -> R {
+                x
+            }
+        );
+        let errors = alias_errors(&layers(item, Attribute::Atomic, quote!()));
+        assert_eq!(
+            errors,
+            [
+                "#[atomic] is given twice for alias \"default\" (the inner block would only be a \
+                 savepoint of the outer one); keep one",
+                "#[atomic] is given twice for alias \"default\" (the inner block would only be a \
+                 savepoint of the outer one); keep one",
+            ]
+        );
     }
 }
