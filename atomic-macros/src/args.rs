@@ -18,18 +18,95 @@ pub(crate) enum Attribute {
     NonAtomicRequests,
 }
 
-/// The arguments `#[atomic]` takes, in the order messages list them.
-const ATOMIC_KEYS: &[&str] = &[
-    "using",
-    "savepoint",
-    "durable",
-    "isolation",
-    "read_only",
-    "begin",
-    "retry",
-    "conn",
-    "ambient",
-    "crate",
+/// An argument of either attribute. The parsers `match` on it exhaustively, so a new key
+/// cannot be parsed as another one.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Key {
+    Using,
+    Savepoint,
+    Durable,
+    Isolation,
+    ReadOnly,
+    Begin,
+    Retry,
+    Conn,
+    Ambient,
+    Crate,
+}
+
+/// One argument: what users write, and a correct use of it for messages.
+pub(crate) struct KeyRow {
+    pub(crate) key: Key,
+    pub(crate) name: &'static str,
+    pub(crate) example: &'static str,
+    /// Whether `#[non_atomic_requests]` takes it too (`#[atomic]` takes every key).
+    pub(crate) non_atomic_requests: bool,
+}
+
+/// Every argument, in the order messages list them: the one place a key is named. Messages,
+/// suggestions and the property tests read it, and a unit test checks the docs tables in
+/// `lib.rs` against it.
+pub(crate) const KEYS: &[KeyRow] = &[
+    KeyRow {
+        key: Key::Using,
+        name: "using",
+        example: "using = \"other\"",
+        non_atomic_requests: true,
+    },
+    KeyRow {
+        key: Key::Savepoint,
+        name: "savepoint",
+        example: "savepoint = false",
+        non_atomic_requests: false,
+    },
+    KeyRow {
+        key: Key::Durable,
+        name: "durable",
+        example: "durable = true",
+        non_atomic_requests: false,
+    },
+    KeyRow {
+        key: Key::Isolation,
+        name: "isolation",
+        example: "isolation = \"serializable\"",
+        non_atomic_requests: false,
+    },
+    KeyRow {
+        key: Key::ReadOnly,
+        name: "read_only",
+        example: "read_only = true",
+        non_atomic_requests: false,
+    },
+    KeyRow {
+        key: Key::Begin,
+        name: "begin",
+        example: "begin = \"immediate\"",
+        non_atomic_requests: false,
+    },
+    KeyRow {
+        key: Key::Retry,
+        name: "retry",
+        example: "retry = 5",
+        non_atomic_requests: false,
+    },
+    KeyRow {
+        key: Key::Conn,
+        name: "conn",
+        example: "conn = db",
+        non_atomic_requests: false,
+    },
+    KeyRow {
+        key: Key::Ambient,
+        name: "ambient",
+        example: "ambient = true",
+        non_atomic_requests: false,
+    },
+    KeyRow {
+        key: Key::Crate,
+        name: "crate",
+        example: "crate = \"diesel_atomic\"",
+        non_atomic_requests: true,
+    },
 ];
 
 impl Attribute {
@@ -41,11 +118,17 @@ impl Attribute {
         }
     }
 
-    pub(crate) const fn keys(self) -> &'static [&'static str] {
-        match self {
-            Attribute::Atomic => ATOMIC_KEYS,
-            Attribute::NonAtomicRequests => &["using", "crate"],
-        }
+    /// The arguments it takes, in the order messages list them.
+    pub(crate) fn keys(self) -> impl Iterator<Item = &'static KeyRow> {
+        KEYS.iter().filter(move |row| match self {
+            Attribute::Atomic => true,
+            Attribute::NonAtomicRequests => row.non_atomic_requests,
+        })
+    }
+
+    /// The names of the arguments it takes.
+    pub(crate) fn key_names(self) -> Vec<&'static str> {
+        self.keys().map(|row| row.name).collect()
     }
 
     /// The attribute recognised by the last segment of an attribute path
@@ -180,17 +263,17 @@ impl AtomicArgs {
     pub(crate) fn parse(args: TokenStream) -> syn::Result<Self> {
         let mut parsed = AtomicArgs::default();
         let errors = for_each_argument(args, Attribute::Atomic, |argument| {
-            match argument.key.to_string().as_str() {
-                "using" => parsed.using = Some(alias(argument)?),
-                "savepoint" => parsed.savepoint = Some(flag(argument)?),
-                "durable" => parsed.durable = Some(flag(argument)?),
-                "isolation" => parsed.isolation = Some(choice(argument, &ISOLATION)?),
-                "read_only" => parsed.read_only = Some(flag(argument)?),
-                "begin" => parsed.begin = Some(choice(argument, &BEGIN)?),
-                "retry" => parsed.retry = Some(retry(argument)?),
-                "conn" => parsed.conn = Some(connection(argument)?),
-                "ambient" => parsed.ambient = Some(flag(argument)?),
-                _ => parsed.krate = Some(crate_path(argument)?),
+            match argument.key {
+                Key::Using => parsed.using = Some(alias(argument)?),
+                Key::Savepoint => parsed.savepoint = Some(flag(argument)?),
+                Key::Durable => parsed.durable = Some(flag(argument)?),
+                Key::Isolation => parsed.isolation = Some(choice(argument, &ISOLATION)?),
+                Key::ReadOnly => parsed.read_only = Some(flag(argument)?),
+                Key::Begin => parsed.begin = Some(choice(argument, &BEGIN)?),
+                Key::Retry => parsed.retry = Some(retry(argument)?),
+                Key::Conn => parsed.conn = Some(connection(argument)?),
+                Key::Ambient => parsed.ambient = Some(flag(argument)?),
+                Key::Crate => parsed.krate = Some(crate_path(argument)?),
             }
             Ok(())
         });
@@ -202,10 +285,20 @@ impl NonAtomicRequestsArgs {
     pub(crate) fn parse(args: TokenStream) -> syn::Result<Self> {
         let mut parsed = NonAtomicRequestsArgs::default();
         let errors = for_each_argument(args, Attribute::NonAtomicRequests, |argument| {
-            if argument.key == "using" {
-                parsed.using = Some(alias(argument)?);
-            } else {
-                parsed.krate = Some(crate_path(argument)?);
+            match argument.key {
+                Key::Using => parsed.using = Some(alias(argument)?),
+                Key::Crate => parsed.krate = Some(crate_path(argument)?),
+                // Refused by `check_key` before they get here.
+                Key::Savepoint
+                | Key::Durable
+                | Key::Isolation
+                | Key::ReadOnly
+                | Key::Begin
+                | Key::Retry
+                | Key::Conn
+                | Key::Ambient => {
+                    return Err(not_taken(&argument.ident, Attribute::NonAtomicRequests));
+                }
             }
             Ok(())
         });
@@ -291,7 +384,9 @@ pub(crate) fn take_stacked(attrs: &mut Vec<syn::Attribute>) -> Vec<Stacked> {
 
 /// One well-formed `key = value` argument with a known key given once.
 struct Argument {
-    key: Ident,
+    key: Key,
+    /// The key as written, for messages about it.
+    ident: Ident,
     value: TokenStream,
     /// The whole `key = value`, for messages about the argument as a whole.
     tokens: TokenStream,
@@ -305,20 +400,19 @@ fn for_each_argument(
     mut each: impl FnMut(&Argument) -> syn::Result<()>,
 ) -> Errors {
     let mut errors = Errors::default();
-    let mut seen: Vec<String> = Vec::new();
+    let mut seen: Vec<Key> = Vec::new();
     for segment in split_at_commas(args) {
         let Some(argument) = errors.keep(segment.and_then(|segment| argument(segment, attribute)))
         else {
             continue;
         };
-        let key = argument.key.to_string();
-        if seen.contains(&key) {
+        if seen.contains(&argument.key) {
             errors.push(syn::Error::new_spanned(
-                &argument.key,
-                format!("`{key}` is given more than once; keep one"),
+                &argument.ident,
+                format!("`{}` is given more than once; keep one", argument.ident),
             ));
         } else {
-            seen.push(key);
+            seen.push(argument.key);
             errors.keep(each(&argument));
         }
     }
@@ -355,8 +449,8 @@ fn split_at_commas(args: TokenStream) -> Vec<syn::Result<Vec<TokenTree>>> {
 fn argument(segment: Vec<TokenTree>, attribute: Attribute) -> syn::Result<Argument> {
     let tokens: TokenStream = segment.iter().cloned().collect();
     let mut rest = segment.into_iter();
-    let key = match rest.next() {
-        Some(TokenTree::Ident(key)) => key,
+    let ident = match rest.next() {
+        Some(TokenTree::Ident(ident)) => ident,
         _ => {
             return Err(syn::Error::new_spanned(
                 &tokens,
@@ -367,12 +461,11 @@ fn argument(segment: Vec<TokenTree>, attribute: Attribute) -> syn::Result<Argume
             ));
         }
     };
-    check_key(&key, attribute)?;
-    let name = key.to_string();
-    let example = example(&name);
+    let row = check_key(&ident, attribute)?;
+    let (name, example) = (row.name, row.example);
     match rest.next() {
         None => Err(syn::Error::new_spanned(
-            &key,
+            &ident,
             format!("`{name}` needs a value: `{example}`"),
         )),
         Some(TokenTree::Punct(eq))
@@ -385,13 +478,18 @@ fn argument(segment: Vec<TokenTree>, attribute: Attribute) -> syn::Result<Argume
                     format!("`{name} =` needs a value: `{example}`"),
                 ));
             }
-            Ok(Argument { key, value, tokens })
+            Ok(Argument {
+                key: row.key,
+                ident,
+                value,
+                tokens,
+            })
         }
         Some(TokenTree::Group(group)) if group.delimiter() == Delimiter::Parenthesis => {
             let inner = group.stream();
             let suggestion = if inner.is_empty() {
-                example
-            } else if matches!(name.as_str(), "isolation" | "begin")
+                example.to_owned()
+            } else if matches!(row.key, Key::Isolation | Key::Begin)
                 && single_ident(&inner).is_some()
             {
                 // Their values are strings: `isolation(serializable)` is
@@ -415,27 +513,37 @@ fn argument(segment: Vec<TokenTree>, attribute: Attribute) -> syn::Result<Argume
     }
 }
 
-fn check_key(key: &Ident, attribute: Attribute) -> syn::Result<()> {
-    let name = key.to_string();
-    if attribute.keys().contains(&name.as_str()) {
-        return Ok(());
+/// The row of a key the attribute takes; else an error naming the keys it does take.
+fn check_key(ident: &Ident, attribute: Attribute) -> syn::Result<&'static KeyRow> {
+    let name = ident.to_string();
+    if let Some(row) = attribute.keys().find(|row| row.name == name) {
+        return Ok(row);
     }
-    let message = if Attribute::Atomic.keys().contains(&name.as_str()) {
-        format!(
-            "`{name}` is an argument of #[atomic], not of {}, which takes only {}",
-            attribute.name(),
-            listed_keys(attribute)
-        )
-    } else {
-        let hint = suggest::nearest(&name, attribute.keys())
-            .map(|nearest| format!(" did you mean `{nearest}`?"))
-            .unwrap_or_default();
+    if KEYS.iter().any(|row| row.name == name) {
+        return Err(not_taken(ident, attribute));
+    }
+    let hint = suggest::nearest(&name, &attribute.key_names())
+        .map(|nearest| format!(" did you mean `{nearest}`?"))
+        .unwrap_or_default();
+    Err(syn::Error::new_spanned(
+        ident,
         format!(
             "unknown argument `{name}`;{hint} {}",
             expected_keys(attribute)
-        )
-    };
-    Err(syn::Error::new_spanned(key, message))
+        ),
+    ))
+}
+
+/// A key of `#[atomic]` given to `#[non_atomic_requests]`.
+fn not_taken(ident: &Ident, attribute: Attribute) -> syn::Error {
+    syn::Error::new_spanned(
+        ident,
+        format!(
+            "`{ident}` is an argument of #[atomic], not of {}, which takes only {}",
+            attribute.name(),
+            listed_keys(attribute)
+        ),
+    )
 }
 
 /// "#[atomic] takes `using`, `savepoint`, ... and `crate`".
@@ -447,30 +555,12 @@ fn expected_keys(attribute: Attribute) -> String {
 fn listed_keys(attribute: Attribute) -> String {
     let keys: Vec<String> = attribute
         .keys()
-        .iter()
-        .map(|key| format!("`{key}`"))
+        .map(|row| format!("`{}`", row.name))
         .collect();
     match keys.split_last() {
         Some((last, [])) => last.clone(),
         Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
         None => "no arguments".to_owned(),
-    }
-}
-
-/// A correct use of `key`, for messages.
-fn example(key: &str) -> String {
-    match key {
-        "using" => "using = \"other\"".to_owned(),
-        "savepoint" => "savepoint = false".to_owned(),
-        "durable" => "durable = true".to_owned(),
-        "isolation" => "isolation = \"serializable\"".to_owned(),
-        "read_only" => "read_only = true".to_owned(),
-        "begin" => "begin = \"immediate\"".to_owned(),
-        "retry" => "retry = 5".to_owned(),
-        "conn" => "conn = db".to_owned(),
-        "ambient" => "ambient = true".to_owned(),
-        "crate" => "crate = \"diesel_atomic\"".to_owned(),
-        other => format!("{other} = ..."),
     }
 }
 
@@ -522,7 +612,7 @@ fn flag(argument: &Argument) -> syn::Result<Flag> {
             tokens: argument.tokens.clone(),
         }),
         parsed => {
-            let key = &argument.key;
+            let key = &argument.ident;
             let quoted = match parsed {
                 Ok(Lit::Str(text)) if matches!(text.value().as_str(), "true" | "false") => {
                     format!(", without quotes: `{key} = {}`", text.value())
@@ -653,7 +743,7 @@ fn retry(argument: &Argument) -> syn::Result<Retry> {
                         literal.set_span(number.span());
                         return Ok(Retry {
                             retries: literal,
-                            key: argument.key.clone(),
+                            key: argument.ident.clone(),
                         });
                     }
                     Err(_) => format!(
@@ -905,6 +995,46 @@ mod tests {
         assert_eq!(
             atomic_errors(quote!(ambient)),
             ["`ambient` needs a value: `ambient = true`".to_owned()]
+        );
+    }
+
+    #[test]
+    fn every_example_in_messages_parses() {
+        for attribute in [Attribute::Atomic, Attribute::NonAtomicRequests] {
+            for row in attribute.keys() {
+                let example: TokenStream = row.example.parse().unwrap();
+                let parsed = match attribute {
+                    Attribute::Atomic => AtomicArgs::parse(example).err(),
+                    Attribute::NonAtomicRequests => NonAtomicRequestsArgs::parse(example).err(),
+                };
+                assert!(parsed.is_none(), "{}: {parsed:?}", row.example);
+                assert!(row.example.starts_with(&format!("{} = ", row.name)));
+            }
+        }
+        let names: Vec<&str> = KEYS.iter().map(|row| row.name).collect();
+        for (index, name) in names.iter().enumerate() {
+            assert!(!names[..index].contains(name), "`{name}` has two rows");
+        }
+    }
+
+    /// The first column of a docs table in lib.rs: `/// | `using = "alias"` | ...`.
+    fn documented_keys(docs: &str) -> Vec<&str> {
+        docs.lines()
+            .filter_map(|line| line.trim().strip_prefix("/// | `"))
+            .filter_map(|cell| cell.split_once(" ="))
+            .map(|(key, _)| key)
+            .collect()
+    }
+
+    #[test]
+    fn the_docs_tables_list_exactly_the_keys() {
+        const LIB: &str = include_str!("lib.rs");
+        let (atomic_docs, rest) = LIB.split_once("pub fn atomic(").unwrap();
+        let (non_atomic_requests_docs, _) = rest.split_once("pub fn non_atomic_requests(").unwrap();
+        assert_eq!(documented_keys(atomic_docs), Attribute::Atomic.key_names());
+        assert_eq!(
+            documented_keys(non_atomic_requests_docs),
+            Attribute::NonAtomicRequests.key_names()
         );
     }
 

@@ -5,7 +5,7 @@
 use proc_macro2::{Delimiter, Group, Ident, Literal, Punct, Spacing, Span, TokenStream, TokenTree};
 use proptest::prelude::*;
 
-use crate::args::Attribute;
+use crate::args::KEYS;
 use crate::expand;
 
 /// Enough to cover every key, value kind and separator many times over; still a few seconds.
@@ -83,9 +83,10 @@ fn tokens_from_codes(codes: &[u32]) -> TokenStream {
                 None => continue,
             },
             2..=5 => {
-                let keys = Attribute::Atomic.keys();
-                let n = pick(keys.len() + OTHER_IDENTS.len());
-                let ident = keys.get(n).unwrap_or_else(|| &OTHER_IDENTS[n - keys.len()]);
+                let n = pick(KEYS.len() + OTHER_IDENTS.len());
+                let ident = KEYS
+                    .get(n)
+                    .map_or_else(|| OTHER_IDENTS[n - KEYS.len()], |row| row.name);
                 TokenTree::Ident(Ident::new(ident, Span::call_site()))
             }
             6 => TokenTree::Ident(Ident::new_raw("using", Span::call_site())),
