@@ -108,12 +108,13 @@ fn try_expand(
             });
         }
     }
+    let arguments_parsed = errors.is_empty();
     // Checks on the signature alone are made even when the arguments are wrong.
     valid::runs_at_run_time(&function, attribute, &mut errors);
     if any_atomic {
         errors.keep(valid::returns_result(&function));
     }
-    if !errors.is_empty() {
+    if !arguments_parsed {
         return errors.finish(TokenStream::new());
     }
     valid::distinct_aliases(&layers, &mut errors);
@@ -932,6 +933,29 @@ mod tests {
             ),
         );
         assert_eq!(out.matches("compile_error").count(), 3, "{out}");
+    }
+
+    #[test]
+    fn option_and_signature_problems_are_reported_together() {
+        let out = expand_atomic(
+            quote!(retry = 3),
+            quote!(
+                async fn f(db: &mut DbConn) -> i32 {
+                    1
+                }
+            ),
+        );
+        assert_eq!(out.matches("compile_error").count(), 4, "{out}");
+        assert!(out.contains("does not support `async fn`"), "{out}");
+        assert!(
+            out.contains("needs a function that returns `Result"),
+            "{out}"
+        );
+        assert!(
+            out.contains("`retry` reruns the whole transaction"),
+            "{out}"
+        );
+        assert!(out.contains("cannot tell whether `db`"), "{out}");
     }
 
     #[test]
