@@ -100,8 +100,10 @@ use proc_macro::TokenStream;
 /// `#[atomic(ambient = true)]` checks out the alias's connection, as for a free function; a
 /// `conn` parameter also settles it. With `conn = self...` the body still uses `self` as it
 /// would without the attribute: the macro hands the block `self` and renames the body's `self`
-/// to the closure parameter that stands for it (nested items keep their own `self`). Only a
-/// `&mut self` (or `self: &mut Self`) method can lend its connection this way.
+/// to the closure parameter that stands for it (nested items keep their own `self`). One
+/// `self` it cannot see is one captured inside a format string, `format!("{self}")`, which
+/// rustc then reports as a second borrow of `self` (E0502); write `format!("{}", self)`. Only
+/// a `&mut self` (or `self: &mut Self`) method can lend its connection this way.
 ///
 /// Stacked attributes nest in reading order, as Python's decorators do: on
 /// `#[atomic(using = "a")] #[atomic(using = "b")] fn f()`, the block on `"a"` is the outer one
