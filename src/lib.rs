@@ -79,6 +79,82 @@
 /// # Ok::<(), Error>(())
 /// ```
 ///
+/// A method whose receiver holds the connection (the repository pattern) names the field
+/// with `conn = self.field`; the body uses `self` as usual. A `&mut self` method that says
+/// nothing is a compile error, since the macro cannot tell whether `self` holds the connection
+/// the body writes to; `ambient = true` says the block checks out the alias's connection on
+/// purpose.
+///
+/// ```
+/// use diesel::connection::SimpleConnection;
+/// use diesel::prelude::*;
+/// use diesel_atomic::atomic;
+///
+/// struct Accounts {
+///     conn: SqliteConnection,
+/// }
+///
+/// impl Accounts {
+///     #[atomic(conn = self.conn)]
+///     fn transfer(&mut self, from: i32, to: i32, amount: i64) -> QueryResult<()> {
+///         self.conn.batch_execute(&format!(
+///             "UPDATE accounts SET balance = balance - {amount} WHERE id = {from};
+///              UPDATE accounts SET balance = balance + {amount} WHERE id = {to};"
+///         ))?;
+///         let overdrawn: i64 = diesel::dsl::sql::<diesel::sql_types::BigInt>(
+///             "SELECT COUNT(*) FROM accounts WHERE balance < 0",
+///         )
+///         .get_result(&mut self.conn)?;
+///         if overdrawn > 0 {
+///             return Err(diesel::result::Error::RollbackTransaction);
+///         }
+///         Ok(())
+///     }
+/// }
+///
+/// let mut accounts = Accounts { conn: SqliteConnection::establish(":memory:").unwrap() };
+/// accounts.conn.batch_execute(
+///     "CREATE TABLE accounts (id INTEGER PRIMARY KEY, balance INTEGER NOT NULL);
+///      INSERT INTO accounts VALUES (1, 100), (2, 0);",
+/// )?;
+/// accounts.transfer(1, 2, 30)?;
+/// assert!(accounts.transfer(1, 2, 500).is_err(), "rolled back: it would overdraw");
+/// let balance: i64 = diesel::dsl::sql::<diesel::sql_types::BigInt>(
+///     "SELECT balance FROM accounts WHERE id = 1",
+/// )
+/// .get_result(&mut accounts.conn)?;
+/// assert_eq!(balance, 70);
+/// # Ok::<(), diesel::result::Error>(())
+/// ```
+///
+/// Stacked attributes nest in reading order, the first-written outermost (as Python's
+/// decorators): here the block on `"b"` commits inside the block on `"a"`.
+///
+/// ```
+/// use diesel::prelude::*;
+/// use diesel::r2d2::{ConnectionManager, Pool};
+/// use diesel_atomic::{atomic, db, Database, Databases, Error};
+///
+/// #[atomic(using = "a")]
+/// #[atomic(using = "b")]
+/// fn both() -> Result<(), Error> {
+///     db("b").on_commit(|| assert!(db("a").in_atomic_block(), "\"a\" commits last"))
+/// }
+///
+/// let pool = || {
+///     Pool::builder()
+///         .max_size(1)
+///         .build(ConnectionManager::<SqliteConnection>::new(":memory:"))
+///         .unwrap()
+/// };
+/// let _registry = Databases::new()
+///     .add("a", Database::new(pool()))
+///     .add("b", Database::new(pool()))
+///     .enter();
+/// both()?;
+/// # Ok::<(), Error>(())
+/// ```
+///
 /// # How the transaction begins: `isolation`, `read_only`, `begin`
 ///
 /// They set up the `BEGIN` of the outermost block, so pair them with `durable = true`: on a
@@ -205,6 +281,18 @@
 ///
 /// #[diesel_atomic::atomic]
 /// fn count_users(conn: &SqliteConnection) -> QueryResult<i64> { Ok(0) }
+/// ```
+///
+/// A `&mut` parameter the macro cannot recognise as a connection or not, such as a type alias
+/// (``#[atomic] cannot tell whether `db` is a connection: write `#[atomic(conn = db)]` ...``):
+///
+/// ```compile_fail
+/// use diesel::prelude::*;
+///
+/// type DbConn = SqliteConnection;
+///
+/// #[diesel_atomic::atomic]
+/// fn count_users(db: &mut DbConn) -> QueryResult<i64> { Ok(0) }
 /// ```
 ///
 /// `async fn`, not supported yet:

@@ -492,8 +492,9 @@ impl Desk {
         if fail { Err(TestError::Oops) } else { Ok(()) }
     }
 
-    /// Ambient mode from a `&mut self` method.
-    #[atomic]
+    /// Ambient mode from a `&mut self` method: `self` holds no connection, which the
+    /// attribute says with `ambient = true`.
+    #[atomic(ambient = true)]
     fn hire_ambient(&mut self, name: &str, fail: bool) -> Result<u32, TestError> {
         self.calls += 1;
         add(&format!("{}{}", self.prefix, name))?;

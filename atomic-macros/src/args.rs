@@ -18,17 +18,95 @@ pub(crate) enum Attribute {
     NonAtomicRequests,
 }
 
-/// The arguments `#[atomic]` takes, in the order messages list them.
-const ATOMIC_KEYS: &[&str] = &[
-    "using",
-    "savepoint",
-    "durable",
-    "isolation",
-    "read_only",
-    "begin",
-    "retry",
-    "conn",
-    "crate",
+/// An argument of either attribute. The parsers `match` on it exhaustively, so a new key
+/// cannot be parsed as another one.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Key {
+    Using,
+    Savepoint,
+    Durable,
+    Isolation,
+    ReadOnly,
+    Begin,
+    Retry,
+    Conn,
+    Ambient,
+    Crate,
+}
+
+/// One argument: what users write, and a correct use of it for messages.
+pub(crate) struct KeyRow {
+    pub(crate) key: Key,
+    pub(crate) name: &'static str,
+    pub(crate) example: &'static str,
+    /// Whether `#[non_atomic_requests]` takes it too (`#[atomic]` takes every key).
+    pub(crate) non_atomic_requests: bool,
+}
+
+/// Every argument, in the order messages list them: the one place a key is named. Messages,
+/// suggestions and the property tests read it, and a unit test checks the docs tables in
+/// `lib.rs` against it.
+pub(crate) const KEYS: &[KeyRow] = &[
+    KeyRow {
+        key: Key::Using,
+        name: "using",
+        example: "using = \"other\"",
+        non_atomic_requests: true,
+    },
+    KeyRow {
+        key: Key::Savepoint,
+        name: "savepoint",
+        example: "savepoint = false",
+        non_atomic_requests: false,
+    },
+    KeyRow {
+        key: Key::Durable,
+        name: "durable",
+        example: "durable = true",
+        non_atomic_requests: false,
+    },
+    KeyRow {
+        key: Key::Isolation,
+        name: "isolation",
+        example: "isolation = \"serializable\"",
+        non_atomic_requests: false,
+    },
+    KeyRow {
+        key: Key::ReadOnly,
+        name: "read_only",
+        example: "read_only = true",
+        non_atomic_requests: false,
+    },
+    KeyRow {
+        key: Key::Begin,
+        name: "begin",
+        example: "begin = \"immediate\"",
+        non_atomic_requests: false,
+    },
+    KeyRow {
+        key: Key::Retry,
+        name: "retry",
+        example: "retry = 5",
+        non_atomic_requests: false,
+    },
+    KeyRow {
+        key: Key::Conn,
+        name: "conn",
+        example: "conn = db",
+        non_atomic_requests: false,
+    },
+    KeyRow {
+        key: Key::Ambient,
+        name: "ambient",
+        example: "ambient = true",
+        non_atomic_requests: false,
+    },
+    KeyRow {
+        key: Key::Crate,
+        name: "crate",
+        example: "crate = \"diesel_atomic\"",
+        non_atomic_requests: true,
+    },
 ];
 
 impl Attribute {
@@ -40,11 +118,17 @@ impl Attribute {
         }
     }
 
-    pub(crate) const fn keys(self) -> &'static [&'static str] {
-        match self {
-            Attribute::Atomic => ATOMIC_KEYS,
-            Attribute::NonAtomicRequests => &["using", "crate"],
-        }
+    /// The arguments it takes, in the order messages list them.
+    pub(crate) fn keys(self) -> impl Iterator<Item = &'static KeyRow> {
+        KEYS.iter().filter(move |row| match self {
+            Attribute::Atomic => true,
+            Attribute::NonAtomicRequests => row.non_atomic_requests,
+        })
+    }
+
+    /// The names of the arguments it takes.
+    pub(crate) fn key_names(self) -> Vec<&'static str> {
+        self.keys().map(|row| row.name).collect()
     }
 
     /// The attribute recognised by the last segment of an attribute path
@@ -85,8 +169,8 @@ impl Alias {
     }
 }
 
-/// `savepoint = ...`, `durable = ...` or `read_only = ...`, with the tokens that set it for
-/// later messages.
+/// `savepoint = ...`, `durable = ...`, `read_only = ...` or `ambient = ...`, with the tokens
+/// that set it for later messages.
 pub(crate) struct Flag {
     pub(crate) value: bool,
     pub(crate) tokens: TokenStream,
@@ -122,6 +206,37 @@ pub(crate) struct Retry {
     pub(crate) key: Ident,
 }
 
+/// `conn = ...`: where the block's connection is.
+#[derive(Clone)]
+pub(crate) enum Conn {
+    /// `conn = db`: a parameter of the function.
+    Parameter(Ident),
+    /// `conn = self`, `conn = self.conn`, `conn = self.inner.conn`: the receiver itself, or a
+    /// field of it (the repository pattern).
+    Receiver(ReceiverPath),
+}
+
+/// `self` and the fields after it, as written.
+#[derive(Clone)]
+pub(crate) struct ReceiverPath {
+    /// The `self` token, spanned on the user's.
+    pub(crate) self_token: syn::Token![self],
+    /// The fields from `self` to the connection, outermost first; empty for `conn = self`.
+    pub(crate) fields: Vec<syn::Member>,
+    /// The whole value, for messages about it.
+    pub(crate) tokens: TokenStream,
+}
+
+impl Conn {
+    /// How messages quote the value: `db`, `self.conn`.
+    pub(crate) fn text(&self) -> String {
+        match self {
+            Conn::Parameter(name) => name.to_string(),
+            Conn::Receiver(path) => path.tokens.to_string().replace(' ', ""),
+        }
+    }
+}
+
 /// The parsed arguments of `#[atomic(...)]`.
 #[derive(Default)]
 pub(crate) struct AtomicArgs {
@@ -132,7 +247,8 @@ pub(crate) struct AtomicArgs {
     pub(crate) read_only: Option<Flag>,
     pub(crate) begin: Option<Choice>,
     pub(crate) retry: Option<Retry>,
-    pub(crate) conn: Option<Ident>,
+    pub(crate) conn: Option<Conn>,
+    pub(crate) ambient: Option<Flag>,
     pub(crate) krate: Option<TokenStream>,
 }
 
@@ -147,16 +263,17 @@ impl AtomicArgs {
     pub(crate) fn parse(args: TokenStream) -> syn::Result<Self> {
         let mut parsed = AtomicArgs::default();
         let errors = for_each_argument(args, Attribute::Atomic, |argument| {
-            match argument.key.to_string().as_str() {
-                "using" => parsed.using = Some(alias(argument)?),
-                "savepoint" => parsed.savepoint = Some(flag(argument)?),
-                "durable" => parsed.durable = Some(flag(argument)?),
-                "isolation" => parsed.isolation = Some(choice(argument, &ISOLATION)?),
-                "read_only" => parsed.read_only = Some(flag(argument)?),
-                "begin" => parsed.begin = Some(choice(argument, &BEGIN)?),
-                "retry" => parsed.retry = Some(retry(argument)?),
-                "conn" => parsed.conn = Some(parameter_name(argument)?),
-                _ => parsed.krate = Some(crate_path(argument)?),
+            match argument.key {
+                Key::Using => parsed.using = Some(alias(argument)?),
+                Key::Savepoint => parsed.savepoint = Some(flag(argument)?),
+                Key::Durable => parsed.durable = Some(flag(argument)?),
+                Key::Isolation => parsed.isolation = Some(choice(argument, &ISOLATION)?),
+                Key::ReadOnly => parsed.read_only = Some(flag(argument)?),
+                Key::Begin => parsed.begin = Some(choice(argument, &BEGIN)?),
+                Key::Retry => parsed.retry = Some(retry(argument)?),
+                Key::Conn => parsed.conn = Some(connection(argument)?),
+                Key::Ambient => parsed.ambient = Some(flag(argument)?),
+                Key::Crate => parsed.krate = Some(crate_path(argument)?),
             }
             Ok(())
         });
@@ -168,10 +285,20 @@ impl NonAtomicRequestsArgs {
     pub(crate) fn parse(args: TokenStream) -> syn::Result<Self> {
         let mut parsed = NonAtomicRequestsArgs::default();
         let errors = for_each_argument(args, Attribute::NonAtomicRequests, |argument| {
-            if argument.key == "using" {
-                parsed.using = Some(alias(argument)?);
-            } else {
-                parsed.krate = Some(crate_path(argument)?);
+            match argument.key {
+                Key::Using => parsed.using = Some(alias(argument)?),
+                Key::Crate => parsed.krate = Some(crate_path(argument)?),
+                // Refused by `check_key` before they get here.
+                Key::Savepoint
+                | Key::Durable
+                | Key::Isolation
+                | Key::ReadOnly
+                | Key::Begin
+                | Key::Retry
+                | Key::Conn
+                | Key::Ambient => {
+                    return Err(not_taken(&argument.ident, Attribute::NonAtomicRequests));
+                }
             }
             Ok(())
         });
@@ -179,18 +306,87 @@ impl NonAtomicRequestsArgs {
     }
 }
 
-/// The alias an attribute found on the same function applies to, if its arguments parse.
-pub(crate) fn alias_of(attribute: Attribute, args: TokenStream) -> Option<String> {
-    let using = match attribute {
-        Attribute::Atomic => AtomicArgs::parse(args).ok()?.using,
-        Attribute::NonAtomicRequests => NonAtomicRequestsArgs::parse(args).ok()?.using,
-    };
-    Some(Alias::name_or_default(using.as_ref()).to_owned())
+/// The parsed arguments of either attribute.
+pub(crate) enum AttributeArgs {
+    // Boxed: many more arguments than `#[non_atomic_requests]`'s two.
+    Atomic(Box<AtomicArgs>),
+    NonAtomicRequests(NonAtomicRequestsArgs),
+}
+
+impl AttributeArgs {
+    pub(crate) fn parse(attribute: Attribute, args: TokenStream) -> syn::Result<Self> {
+        match attribute {
+            Attribute::Atomic => {
+                AtomicArgs::parse(args).map(|args| AttributeArgs::Atomic(Box::new(args)))
+            }
+            Attribute::NonAtomicRequests => {
+                NonAtomicRequestsArgs::parse(args).map(AttributeArgs::NonAtomicRequests)
+            }
+        }
+    }
+
+    pub(crate) fn attribute(&self) -> Attribute {
+        match self {
+            AttributeArgs::Atomic(_) => Attribute::Atomic,
+            AttributeArgs::NonAtomicRequests(_) => Attribute::NonAtomicRequests,
+        }
+    }
+
+    /// The alias the attribute applies to.
+    pub(crate) fn alias(&self) -> &str {
+        let using = match self {
+            AttributeArgs::Atomic(args) => args.using.as_ref(),
+            AttributeArgs::NonAtomicRequests(args) => args.using.as_ref(),
+        };
+        Alias::name_or_default(using)
+    }
+}
+
+/// One of our attributes on the function, parsed: the one expanding, or one written below it
+/// that the expansion takes over (`written`).
+pub(crate) struct Layer {
+    pub(crate) args: AttributeArgs,
+    /// The attribute as written; `None` for the one expanding, of which the macro only gets
+    /// the arguments.
+    pub(crate) written: Option<syn::Attribute>,
+}
+
+/// One of our attributes written below the one expanding, on the same function.
+pub(crate) struct Stacked {
+    pub(crate) attribute: Attribute,
+    pub(crate) args: TokenStream,
+    /// As written, for messages about the attribute as a whole.
+    pub(crate) written: syn::Attribute,
+}
+
+/// Takes our attributes (recognised by the last segment of their path) out of `attrs`, in
+/// the order they are written. The `#[atomic = ...]` form is left for rustc to refuse.
+pub(crate) fn take_stacked(attrs: &mut Vec<syn::Attribute>) -> Vec<Stacked> {
+    let mut stacked = Vec::new();
+    attrs.retain(|attr| {
+        let Some(attribute) = Attribute::from_path(attr.path()) else {
+            return true;
+        };
+        let args = match &attr.meta {
+            syn::Meta::Path(_) => TokenStream::new(),
+            syn::Meta::List(list) => list.tokens.clone(),
+            syn::Meta::NameValue(_) => return true,
+        };
+        stacked.push(Stacked {
+            attribute,
+            args,
+            written: attr.clone(),
+        });
+        false
+    });
+    stacked
 }
 
 /// One well-formed `key = value` argument with a known key given once.
 struct Argument {
-    key: Ident,
+    key: Key,
+    /// The key as written, for messages about it.
+    ident: Ident,
     value: TokenStream,
     /// The whole `key = value`, for messages about the argument as a whole.
     tokens: TokenStream,
@@ -204,20 +400,19 @@ fn for_each_argument(
     mut each: impl FnMut(&Argument) -> syn::Result<()>,
 ) -> Errors {
     let mut errors = Errors::default();
-    let mut seen: Vec<String> = Vec::new();
+    let mut seen: Vec<Key> = Vec::new();
     for segment in split_at_commas(args) {
         let Some(argument) = errors.keep(segment.and_then(|segment| argument(segment, attribute)))
         else {
             continue;
         };
-        let key = argument.key.to_string();
-        if seen.contains(&key) {
+        if seen.contains(&argument.key) {
             errors.push(syn::Error::new_spanned(
-                &argument.key,
-                format!("`{key}` is given more than once; keep one"),
+                &argument.ident,
+                format!("`{}` is given more than once; keep one", argument.ident),
             ));
         } else {
-            seen.push(key);
+            seen.push(argument.key);
             errors.keep(each(&argument));
         }
     }
@@ -254,8 +449,8 @@ fn split_at_commas(args: TokenStream) -> Vec<syn::Result<Vec<TokenTree>>> {
 fn argument(segment: Vec<TokenTree>, attribute: Attribute) -> syn::Result<Argument> {
     let tokens: TokenStream = segment.iter().cloned().collect();
     let mut rest = segment.into_iter();
-    let key = match rest.next() {
-        Some(TokenTree::Ident(key)) => key,
+    let ident = match rest.next() {
+        Some(TokenTree::Ident(ident)) => ident,
         _ => {
             return Err(syn::Error::new_spanned(
                 &tokens,
@@ -266,12 +461,11 @@ fn argument(segment: Vec<TokenTree>, attribute: Attribute) -> syn::Result<Argume
             ));
         }
     };
-    check_key(&key, attribute)?;
-    let name = key.to_string();
-    let example = example(&name);
+    let row = check_key(&ident, attribute)?;
+    let (name, example) = (row.name, row.example);
     match rest.next() {
         None => Err(syn::Error::new_spanned(
-            &key,
+            &ident,
             format!("`{name}` needs a value: `{example}`"),
         )),
         Some(TokenTree::Punct(eq))
@@ -284,13 +478,18 @@ fn argument(segment: Vec<TokenTree>, attribute: Attribute) -> syn::Result<Argume
                     format!("`{name} =` needs a value: `{example}`"),
                 ));
             }
-            Ok(Argument { key, value, tokens })
+            Ok(Argument {
+                key: row.key,
+                ident,
+                value,
+                tokens,
+            })
         }
         Some(TokenTree::Group(group)) if group.delimiter() == Delimiter::Parenthesis => {
             let inner = group.stream();
             let suggestion = if inner.is_empty() {
-                example
-            } else if matches!(name.as_str(), "isolation" | "begin")
+                example.to_owned()
+            } else if matches!(row.key, Key::Isolation | Key::Begin)
                 && single_ident(&inner).is_some()
             {
                 // Their values are strings: `isolation(serializable)` is
@@ -314,27 +513,37 @@ fn argument(segment: Vec<TokenTree>, attribute: Attribute) -> syn::Result<Argume
     }
 }
 
-fn check_key(key: &Ident, attribute: Attribute) -> syn::Result<()> {
-    let name = key.to_string();
-    if attribute.keys().contains(&name.as_str()) {
-        return Ok(());
+/// The row of a key the attribute takes; else an error naming the keys it does take.
+fn check_key(ident: &Ident, attribute: Attribute) -> syn::Result<&'static KeyRow> {
+    let name = ident.to_string();
+    if let Some(row) = attribute.keys().find(|row| row.name == name) {
+        return Ok(row);
     }
-    let message = if Attribute::Atomic.keys().contains(&name.as_str()) {
-        format!(
-            "`{name}` is an argument of #[atomic], not of {}, which takes only {}",
-            attribute.name(),
-            listed_keys(attribute)
-        )
-    } else {
-        let hint = suggest::nearest(&name, attribute.keys())
-            .map(|nearest| format!(" did you mean `{nearest}`?"))
-            .unwrap_or_default();
+    if KEYS.iter().any(|row| row.name == name) {
+        return Err(not_taken(ident, attribute));
+    }
+    let hint = suggest::nearest(&name, &attribute.key_names())
+        .map(|nearest| format!(" did you mean `{nearest}`?"))
+        .unwrap_or_default();
+    Err(syn::Error::new_spanned(
+        ident,
         format!(
             "unknown argument `{name}`;{hint} {}",
             expected_keys(attribute)
-        )
-    };
-    Err(syn::Error::new_spanned(key, message))
+        ),
+    ))
+}
+
+/// A key of `#[atomic]` given to `#[non_atomic_requests]`.
+fn not_taken(ident: &Ident, attribute: Attribute) -> syn::Error {
+    syn::Error::new_spanned(
+        ident,
+        format!(
+            "`{ident}` is an argument of #[atomic], not of {}, which takes only {}",
+            attribute.name(),
+            listed_keys(attribute)
+        ),
+    )
 }
 
 /// "#[atomic] takes `using`, `savepoint`, ... and `crate`".
@@ -346,29 +555,12 @@ fn expected_keys(attribute: Attribute) -> String {
 fn listed_keys(attribute: Attribute) -> String {
     let keys: Vec<String> = attribute
         .keys()
-        .iter()
-        .map(|key| format!("`{key}`"))
+        .map(|row| format!("`{}`", row.name))
         .collect();
     match keys.split_last() {
         Some((last, [])) => last.clone(),
         Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
         None => "no arguments".to_owned(),
-    }
-}
-
-/// A correct use of `key`, for messages.
-fn example(key: &str) -> String {
-    match key {
-        "using" => "using = \"other\"".to_owned(),
-        "savepoint" => "savepoint = false".to_owned(),
-        "durable" => "durable = true".to_owned(),
-        "isolation" => "isolation = \"serializable\"".to_owned(),
-        "read_only" => "read_only = true".to_owned(),
-        "begin" => "begin = \"immediate\"".to_owned(),
-        "retry" => "retry = 5".to_owned(),
-        "conn" => "conn = db".to_owned(),
-        "crate" => "crate = \"diesel_atomic\"".to_owned(),
-        other => format!("{other} = ..."),
     }
 }
 
@@ -420,7 +612,7 @@ fn flag(argument: &Argument) -> syn::Result<Flag> {
             tokens: argument.tokens.clone(),
         }),
         parsed => {
-            let key = &argument.key;
+            let key = &argument.ident;
             let quoted = match parsed {
                 Ok(Lit::Str(text)) if matches!(text.value().as_str(), "true" | "false") => {
                     format!(", without quotes: `{key} = {}`", text.value())
@@ -551,7 +743,7 @@ fn retry(argument: &Argument) -> syn::Result<Retry> {
                         literal.set_span(number.span());
                         return Ok(Retry {
                             retries: literal,
-                            key: argument.key.clone(),
+                            key: argument.ident.clone(),
                         });
                     }
                     Err(_) => format!(
@@ -572,21 +764,58 @@ fn retry(argument: &Argument) -> syn::Result<Retry> {
     Err(syn::Error::new_spanned(value, problem))
 }
 
-/// `conn = name`: the name of a parameter, without quotes.
-fn parameter_name(argument: &Argument) -> syn::Result<Ident> {
-    if let Ok(name) = syn::parse2::<Ident>(argument.value.clone()) {
-        return Ok(name);
+/// `conn = name` (a parameter) or `conn = self.field` (the receiver or a field of it),
+/// without quotes.
+fn connection(argument: &Argument) -> syn::Result<Conn> {
+    if let Some(conn) = connection_value(&argument.value) {
+        return Ok(conn);
     }
-    let suggestion = match syn::parse2::<LitStr>(argument.value.clone()) {
-        Ok(text) if syn::parse_str::<Ident>(&text.value()).is_ok() => {
-            format!(", without quotes: `conn = {}`", text.value())
+    let message = match syn::parse2::<LitStr>(argument.value.clone()) {
+        Ok(text)
+            if text
+                .value()
+                .parse::<TokenStream>()
+                .is_ok_and(|value| connection_value(&value).is_some()) =>
+        {
+            format!(
+                "`conn` takes the name of the connection parameter, without quotes: `conn = {}`",
+                text.value()
+            )
         }
-        _ => ", such as `conn = db`".to_owned(),
+        _ => "`conn` takes the name of the connection parameter, such as `conn = db`, or a \
+              field of `self` that holds the connection, such as `conn = self.conn`"
+            .to_owned(),
     };
-    Err(syn::Error::new_spanned(
-        &argument.value,
-        format!("`conn` takes the name of the connection parameter{suggestion}"),
-    ))
+    Err(syn::Error::new_spanned(&argument.value, message))
+}
+
+/// `db`, `self`, `self.conn`, `self.0.conn`; anything else (a method call, an index, a path)
+/// is not a place the macro can reach the connection through.
+fn connection_value(value: &TokenStream) -> Option<Conn> {
+    if let Ok(name) = syn::parse2::<Ident>(value.clone()) {
+        return Some(Conn::Parameter(name));
+    }
+    let mut expr = syn::parse2::<syn::Expr>(value.clone()).ok()?;
+    let mut fields = Vec::new();
+    loop {
+        match expr {
+            syn::Expr::Field(field) if field.attrs.is_empty() => {
+                fields.push(field.member);
+                expr = *field.base;
+            }
+            syn::Expr::Path(path) if path.attrs.is_empty() && path.qself.is_none() => {
+                let receiver = path.path.get_ident().filter(|ident| *ident == "self")?;
+                let self_token = syn::Token![self](receiver.span());
+                fields.reverse();
+                return Some(Conn::Receiver(ReceiverPath {
+                    self_token,
+                    fields,
+                    tokens: value.clone(),
+                }));
+            }
+            _ => return None,
+        }
+    }
 }
 
 /// `crate = "path"`: where the `diesel_atomic` crate is, as a string. The path's tokens
@@ -673,6 +902,7 @@ mod tests {
             begin = "exclusive",
             retry = 4,
             conn = c,
+            ambient = false,
             crate = "x::y",
         ))
         .unwrap();
@@ -688,8 +918,124 @@ mod tests {
         assert_eq!(args.using.unwrap().name, "other");
         assert!(!args.savepoint.unwrap().value);
         assert!(args.durable.unwrap().value);
-        assert_eq!(args.conn.unwrap().to_string(), "c");
+        assert_eq!(args.conn.unwrap().text(), "c");
+        assert!(!args.ambient.unwrap().value);
         assert_eq!(args.krate.unwrap().to_string(), "x :: y");
+    }
+
+    #[test]
+    fn conn_names_a_parameter_or_a_field_of_self() {
+        for (args, expected) in [
+            (quote!(conn = db), "db"),
+            (quote!(conn = self), "self"),
+            (quote!(conn = self.conn), "self.conn"),
+            (quote!(conn = self.inner.conn), "self.inner.conn"),
+            (quote!(conn = self.0), "self.0"),
+        ] {
+            let conn = AtomicArgs::parse(args.clone()).unwrap().conn.unwrap();
+            assert_eq!(conn.text(), expected, "{args}");
+        }
+        let Some(Conn::Receiver(path)) = AtomicArgs::parse(quote!(conn = self.inner.conn))
+            .unwrap()
+            .conn
+        else {
+            panic!("a field of `self`");
+        };
+        let fields: Vec<String> = path
+            .fields
+            .iter()
+            .map(|field| field.to_token_stream().to_string())
+            .collect();
+        assert_eq!(fields, ["inner", "conn"]);
+    }
+
+    #[test]
+    fn conn_refuses_what_is_not_a_parameter_or_a_field_of_self() {
+        for args in [
+            quote!(conn = self.conn()),
+            quote!(conn = self[0]),
+            quote!(conn = other.conn),
+            quote!(conn = Self),
+            quote!(conn = self::conn),
+            quote!(conn = 1),
+        ] {
+            assert_eq!(
+                atomic_errors(args.clone()),
+                [
+                    "`conn` takes the name of the connection parameter, such as `conn = db`, or a \
+                  field of `self` that holds the connection, such as `conn = self.conn`"
+                        .to_owned()
+                ],
+                "{args}"
+            );
+        }
+        assert_eq!(
+            atomic_errors(quote!(conn = "self.conn")),
+            [
+                "`conn` takes the name of the connection parameter, without quotes: \
+              `conn = self.conn`"
+                    .to_owned()
+            ]
+        );
+    }
+
+    #[test]
+    fn ambient_takes_a_bool() {
+        assert!(
+            AtomicArgs::parse(quote!(ambient = true))
+                .unwrap()
+                .ambient
+                .unwrap()
+                .value
+        );
+        assert_eq!(
+            atomic_errors(quote!(ambient = "true")),
+            ["`ambient` takes a bool, without quotes: `ambient = true`".to_owned()]
+        );
+        assert_eq!(
+            atomic_errors(quote!(ambient)),
+            ["`ambient` needs a value: `ambient = true`".to_owned()]
+        );
+    }
+
+    #[test]
+    fn every_example_in_messages_parses() {
+        for attribute in [Attribute::Atomic, Attribute::NonAtomicRequests] {
+            for row in attribute.keys() {
+                let example: TokenStream = row.example.parse().unwrap();
+                let parsed = match attribute {
+                    Attribute::Atomic => AtomicArgs::parse(example).err(),
+                    Attribute::NonAtomicRequests => NonAtomicRequestsArgs::parse(example).err(),
+                };
+                assert!(parsed.is_none(), "{}: {parsed:?}", row.example);
+                assert!(row.example.starts_with(&format!("{} = ", row.name)));
+            }
+        }
+        let names: Vec<&str> = KEYS.iter().map(|row| row.name).collect();
+        for (index, name) in names.iter().enumerate() {
+            assert!(!names[..index].contains(name), "`{name}` has two rows");
+        }
+    }
+
+    /// The first column of a docs table in lib.rs: `/// | `using = "alias"` | ...`.
+    fn documented_keys(docs: &str) -> Vec<&str> {
+        docs.lines()
+            .filter_map(|line| line.trim().strip_prefix("/// | `"))
+            .filter_map(|cell| cell.split_once(" ="))
+            .map(|(key, _)| key)
+            .collect()
+    }
+
+    #[test]
+    fn the_docs_tables_list_exactly_the_keys() {
+        const LIB: &str = include_str!("lib.rs");
+        let (atomic_docs, rest) = LIB.split_once("pub fn atomic(").unwrap();
+        let (non_atomic_requests_docs, _) = rest.split_once("pub fn non_atomic_requests(").unwrap();
+        assert_eq!(documented_keys(atomic_docs), Attribute::Atomic.key_names());
+        assert_eq!(
+            documented_keys(non_atomic_requests_docs),
+            Attribute::NonAtomicRequests.key_names()
+        );
     }
 
     #[test]
@@ -714,8 +1060,8 @@ mod tests {
         );
         assert!(
             errors[0].ends_with(
-                "`savepoint`, `durable`, `isolation`, `read_only`, `begin`, `retry`, `conn` and \
-                 `crate`"
+                "`savepoint`, `durable`, `isolation`, `read_only`, `begin`, `retry`, `conn`, \
+                 `ambient` and `crate`"
             ),
             "{errors:?}"
         );
@@ -757,6 +1103,7 @@ mod tests {
             "begin",
             "retry",
             "conn",
+            "ambient",
         ] {
             let key = Ident::new(key, Span::call_site());
             let errors = non_atomic_errors(quote!(#key = 1));
@@ -1064,15 +1411,48 @@ mod tests {
     }
 
     #[test]
-    fn alias_of_reads_sibling_attributes() {
-        assert_eq!(
-            alias_of(Attribute::Atomic, quote!()).as_deref(),
-            Some("default")
+    fn stacked_attributes_are_taken_in_order() {
+        let mut function: syn::ItemFn = syn::parse_quote!(
+            #[doc = "kept"]
+            #[non_atomic_requests(using = "b")]
+            #[inline]
+            #[diesel_atomic::atomic]
+            #[atomic = "left for rustc"]
+            fn f() {}
         );
+        let stacked = take_stacked(&mut function.attrs);
+        let taken: Vec<(Attribute, String)> = stacked
+            .into_iter()
+            .map(|stacked| (stacked.attribute, stacked.args.to_string()))
+            .collect();
         assert_eq!(
-            alias_of(Attribute::NonAtomicRequests, quote!(using = "b")).as_deref(),
-            Some("b")
+            taken,
+            [
+                (Attribute::NonAtomicRequests, "using = \"b\"".to_owned()),
+                (Attribute::Atomic, String::new()),
+            ]
         );
-        assert_eq!(alias_of(Attribute::Atomic, quote!(usin = "b")), None);
+        let kept: Vec<String> = function
+            .attrs
+            .iter()
+            .map(|attr| attr.to_token_stream().to_string())
+            .collect();
+        assert_eq!(
+            kept,
+            [
+                "# [doc = \"kept\"]",
+                "# [inline]",
+                "# [atomic = \"left for rustc\"]"
+            ]
+        );
+    }
+
+    #[test]
+    fn attribute_args_know_their_alias() {
+        let args = AttributeArgs::parse(Attribute::Atomic, quote!()).unwrap();
+        assert_eq!(args.alias(), "default");
+        let args = AttributeArgs::parse(Attribute::NonAtomicRequests, quote!(using = "b")).unwrap();
+        assert_eq!(args.alias(), "b");
+        assert_eq!(args.attribute(), Attribute::NonAtomicRequests);
     }
 }

@@ -25,6 +25,26 @@ impl Errors {
         }
     }
 
+    /// Like `keep`, but an error whose message was reported already is dropped: checks of the
+    /// function itself, repeated for each of several stacked attributes, report it once.
+    pub(crate) fn keep_once<T>(&mut self, result: syn::Result<T>) -> Option<T> {
+        match result {
+            Ok(value) => Some(value),
+            Err(error) => {
+                let message = error.to_string();
+                let reported = self
+                    .combined
+                    .iter()
+                    .flat_map(|combined| combined.clone().into_iter())
+                    .any(|earlier| earlier.to_string() == message);
+                if !reported {
+                    self.push(error);
+                }
+                None
+            }
+        }
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.combined.is_none()
     }

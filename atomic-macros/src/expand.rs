@@ -1,86 +1,201 @@
 //! Code generation: the function keeps its signature; only its body is wrapped.
 
-use proc_macro2::{Span, TokenStream, TokenTree};
+use proc_macro2::{Ident, Span, TokenStream, TokenTree};
 use quote::{ToTokens, quote, quote_spanned};
 use syn::spanned::Spanned;
-use syn::{Block, ItemFn, ReturnType, Signature, Type};
+use syn::{ItemFn, ReturnType, Signature, Type};
 
-use crate::args::{Alias, AtomicArgs, Attribute, NonAtomicRequestsArgs};
+use crate::args::{
+    self, Alias, AtomicArgs, Attribute, AttributeArgs, Layer, NonAtomicRequestsArgs, ReceiverPath,
+    Stacked,
+};
 use crate::errors::Errors;
+use crate::rename_self;
 use crate::valid::{self, ConnectionSource};
 
 /// `#[atomic(args)] item`.
 pub(crate) fn atomic(args: TokenStream, item: TokenStream) -> TokenStream {
-    with_fallback(item.clone(), try_atomic(args, item))
+    expand(Attribute::Atomic, args, item)
 }
 
 /// `#[non_atomic_requests(args)] item`.
 pub(crate) fn non_atomic_requests(args: TokenStream, item: TokenStream) -> TokenStream {
-    with_fallback(item.clone(), try_non_atomic_requests(args, item))
+    expand(Attribute::NonAtomicRequests, args, item)
 }
 
-/// On any error: the item unchanged plus the errors, so the user sees the precise messages
-/// and nothing else (callers of the function still type-check against its signature).
-fn with_fallback(item: TokenStream, expanded: syn::Result<TokenStream>) -> TokenStream {
-    match expanded {
+/// Either attribute, together with the ones of ours written below it on the same function:
+/// the expansion takes them over so that they nest in reading order, the first-written
+/// outermost, as Python's decorators do. (Left to rustc, each would expand on its own and
+/// wrap the blocks above it: the last-written outermost.)
+fn expand(attribute: Attribute, args: TokenStream, item: TokenStream) -> TokenStream {
+    match try_expand(attribute, args, item.clone()) {
         Ok(expanded) => expanded,
         Err(error) => {
-            let mut fallback = item;
+            let mut fallback = without_stacked_attributes(item);
             fallback.extend(error.into_compile_error());
             fallback
         }
     }
 }
 
-fn try_atomic(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
+/// On any error: the item unchanged plus the errors, so the user sees the precise messages
+/// and nothing else (callers of the function still type-check against its signature). Our
+/// attributes below this one are left out: they were checked with it, and would report the
+/// same problems again.
+fn without_stacked_attributes(item: TokenStream) -> TokenStream {
+    match syn::parse2::<ItemFn>(item.clone()) {
+        Ok(mut function) => {
+            let stacked = args::take_stacked(&mut function.attrs);
+            let uses = uses_of(&stacked);
+            if let Ok(uses) = syn::parse2::<syn::Block>(quote!({ #uses })) {
+                function.block.stmts.splice(0..0, uses.stmts);
+            }
+            function.into_token_stream()
+        }
+        Err(_) => item,
+    }
+}
+
+/// `use path as _;` for each attribute taken over: rustc never resolves their paths, and
+/// would otherwise call the user's `use diesel_atomic::non_atomic_requests` unused.
+fn uses_of(stacked: &[Stacked]) -> TokenStream {
+    let paths = stacked.iter().map(|stacked| stacked.written.path());
+    quote! {
+        #(
+            #[allow(unused_imports)]
+            use #paths as _;
+        )*
+    }
+}
+
+/// What one `#[atomic]` or `#[non_atomic_requests]` wraps around the body, checked.
+enum Wrapper {
+    Atomic {
+        args: Box<AtomicArgs>,
+        source: ConnectionSource,
+    },
+    NonAtomicRequests(NonAtomicRequestsArgs),
+}
+
+fn try_expand(
+    attribute: Attribute,
+    args: TokenStream,
+    item: TokenStream,
+) -> syn::Result<TokenStream> {
     let mut errors = Errors::default();
-    let args = errors.keep(AtomicArgs::parse(args));
-    let Some(function) = errors.keep(valid::function(item.clone(), Attribute::Atomic)) else {
-        return errors.finish(item);
+    let first = errors.keep(AttributeArgs::parse(attribute, args));
+    let Some(mut function) = errors.keep(valid::function(item, attribute)) else {
+        return errors.finish(TokenStream::new());
     };
+    let stacked = args::take_stacked(&mut function.attrs);
+    let uses = uses_of(&stacked);
+    let any_atomic = attribute == Attribute::Atomic
+        || stacked
+            .iter()
+            .any(|stacked| stacked.attribute == Attribute::Atomic);
+    let mut layers: Vec<Layer> = first
+        .map(|args| Layer {
+            args,
+            written: None,
+        })
+        .into_iter()
+        .collect();
+    for stacked in stacked {
+        if let Some(args) = errors.keep(AttributeArgs::parse(stacked.attribute, stacked.args)) {
+            layers.push(Layer {
+                args,
+                written: Some(stacked.written),
+            });
+        }
+    }
+    let arguments_parsed = errors.is_empty();
     // Checks on the signature alone are made even when the arguments are wrong.
-    valid::runs_at_run_time(&function, Attribute::Atomic, &mut errors);
-    errors.keep(valid::returns_result(&function));
-    let Some(args) = args else {
-        return errors.finish(item);
-    };
-    valid::options(&args, &mut errors);
-    let alias = Alias::name_or_default(args.using.as_ref());
-    valid::other_attributes(&function, Attribute::Atomic, alias, &mut errors);
-    let source = errors.keep(valid::connection(&function, args.conn.as_ref()));
-    match source {
-        Some(source) if errors.is_empty() => Ok(generate_atomic(&args, function, source)),
-        _ => errors.finish(item),
+    valid::runs_at_run_time(&function, attribute, &mut errors);
+    if any_atomic {
+        errors.keep(valid::returns_result(&function));
     }
+    if !arguments_parsed {
+        return errors.finish(TokenStream::new());
+    }
+    valid::distinct_aliases(&layers, &mut errors);
+    let mut wrappers = Vec::with_capacity(layers.len());
+    for layer in layers {
+        match layer.args {
+            AttributeArgs::Atomic(args) => {
+                valid::options(&args, &mut errors);
+                // The checks of the function itself are reported once for several blocks.
+                let source = errors.keep_once(valid::connection(&function, &args));
+                if let Some(source) = source {
+                    errors.keep_once(valid::returns_no_borrow_of_connection(&function, &source));
+                    wrappers.push(Wrapper::Atomic { args, source });
+                }
+            }
+            AttributeArgs::NonAtomicRequests(args) => {
+                wrappers.push(Wrapper::NonAtomicRequests(args));
+            }
+        }
+    }
+    errors.finish(())?;
+    Ok(generate(function, &wrappers, uses))
 }
 
-fn try_non_atomic_requests(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
-    let mut errors = Errors::default();
-    let args = errors.keep(NonAtomicRequestsArgs::parse(args));
-    let Some(function) = errors.keep(valid::function(item.clone(), Attribute::NonAtomicRequests))
-    else {
-        return errors.finish(item);
+/// The function with its body inside the blocks, the first one outermost.
+fn generate(function: ItemFn, wrappers: &[Wrapper], uses: TokenStream) -> TokenStream {
+    let (attrs, vis, sig, mut block) = split(function);
+    let lends_self = |wrapper: &Wrapper| {
+        matches!(
+            wrapper,
+            Wrapper::Atomic {
+                source: ConnectionSource::Receiver(_),
+                ..
+            }
+        )
     };
-    valid::runs_at_run_time(&function, Attribute::NonAtomicRequests, &mut errors);
-    let Some(args) = args else {
-        return errors.finish(item);
-    };
-    let alias = Alias::name_or_default(args.using.as_ref());
-    valid::other_attributes(&function, Attribute::NonAtomicRequests, alias, &mut errors);
-    if !errors.is_empty() {
-        return errors.finish(item);
+    if wrappers.iter().any(lends_self) {
+        rename_self::rename_self(&mut block);
     }
-    Ok(generate_non_atomic_requests(&args, function))
-}
-
-fn generate_atomic(args: &AtomicArgs, function: ItemFn, source: ConnectionSource) -> TokenStream {
-    let (attrs, vis, sig, block) = split(function);
     let span = return_span(&sig);
+    let mut inner = body_with_fake_return(&sig, block);
+    for (index, wrapper) in wrappers.iter().enumerate().rev() {
+        inner = match wrapper {
+            Wrapper::Atomic { args, source } => {
+                let inside_self_block = wrappers[..index].iter().any(lends_self);
+                atomic_call(args, source, inside_self_block, inner, span)
+            }
+            Wrapper::NonAtomicRequests(args) => non_atomic_requests_call(args, inner, span),
+        };
+    }
+    let check = wrappers.iter().find_map(|wrapper| match wrapper {
+        Wrapper::Atomic { args, .. } => {
+            let krate = runtime_path(args.krate.as_ref(), span);
+            Some(error_type_check(&sig, &krate, span))
+        }
+        Wrapper::NonAtomicRequests(_) => None,
+    });
+    quote! {
+        #(#attrs)*
+        #vis #sig {
+            #uses
+            #check
+            #inner
+        }
+    }
+}
+
+/// One `#[atomic]` block around `body` (the function's body, or the blocks inside this one).
+/// `inside_self_block`: an outer block already holds `self` and passes it on as
+/// `__atomic_self`.
+fn atomic_call(
+    args: &AtomicArgs,
+    source: &ConnectionSource,
+    inside_self_block: bool,
+    body: TokenStream,
+    span: Span,
+) -> TokenStream {
     let krate = runtime_path(args.krate.as_ref(), span);
     let using = Alias::literal(args.using.as_ref());
     let savepoint = args.savepoint.as_ref().is_none_or(|flag| flag.value);
     let durable = args.durable.as_ref().is_some_and(|flag| flag.value);
-    let body = body_with_fake_return(&sig, block);
     let begin = begin_options(args, &krate, span);
     let options = quote_spanned! {span=>
         &#krate::__private::Options {
@@ -90,19 +205,29 @@ fn generate_atomic(args: &AtomicArgs, function: ItemFn, source: ConnectionSource
             begin: #begin,
         }
     };
-    let call = match (source, &args.retry) {
+    let receiver = Ident::new(rename_self::RECEIVER, span);
+    match (source, &args.retry) {
         (ConnectionSource::Ambient, None) => quote_spanned! {span=>
-            #krate::__private::run_ambient(#options, move || #body)
+            #krate::__private::run_ambient(#options, || #body)
         },
         (ConnectionSource::Explicit(conn), None) => quote_spanned! {span=>
-            #krate::__private::run_explicit(#options, #conn, move |#conn| #body)
+            #krate::__private::run_explicit(#options, #conn, |#conn| #body)
         },
+        // The block holds `self` and reaches the connection through `field` whenever it needs
+        // it; the body gets `self` back as `__atomic_self`.
+        (ConnectionSource::Receiver(path), None) => {
+            let owner = owner(path, inside_self_block, span);
+            let field = field_accessor(path, &krate);
+            quote_spanned! {span=>
+                #krate::__private::run_explicit_field(#options, #owner, #field, |#receiver| #body)
+            }
+        }
         // The body runs once per attempt, so it is an `FnMut` closure. The closure's tokens are
         // spanned on the `retry` key: when the body moves a captured parameter out, rustc's
         // "captured by this `FnMut` closure" points at the `retry` that made it `FnMut`.
         (ConnectionSource::Ambient, Some(retry)) => {
             let retries = &retry.retries;
-            let closure = quote_spanned!(retry.key.span()=> move ||);
+            let closure = quote_spanned!(retry.key.span()=> ||);
             quote_spanned! {span=>
                 #krate::__private::run_ambient_retry(
                     #options,
@@ -113,7 +238,7 @@ fn generate_atomic(args: &AtomicArgs, function: ItemFn, source: ConnectionSource
         }
         (ConnectionSource::Explicit(conn), Some(retry)) => {
             let retries = &retry.retries;
-            let closure = quote_spanned!(retry.key.span()=> move |#conn|);
+            let closure = quote_spanned!(retry.key.span()=> |#conn|);
             quote_spanned! {span=>
                 #krate::__private::run_explicit_retry(
                     #options,
@@ -123,13 +248,129 @@ fn generate_atomic(args: &AtomicArgs, function: ItemFn, source: ConnectionSource
                 )
             }
         }
-    };
-    quote! {
-        #(#attrs)*
-        #vis #sig {
-            #call
+        (ConnectionSource::Receiver(path), Some(retry)) => {
+            let retries = &retry.retries;
+            let owner = owner(path, inside_self_block, span);
+            let field = field_accessor(path, &krate);
+            let closure = quote_spanned!(retry.key.span()=> |#receiver|);
+            quote_spanned! {span=>
+                #krate::__private::run_explicit_field_retry(
+                    #options,
+                    #krate::RetryPolicy::new(#retries),
+                    #owner,
+                    #field,
+                    #closure #body,
+                )
+            }
         }
     }
+}
+
+/// What a block on `self` is lent: `self`, or inside another such block, the receiver that
+/// block passes on.
+fn owner(path: &ReceiverPath, inside_self_block: bool, span: Span) -> TokenStream {
+    if inside_self_block {
+        Ident::new(rename_self::RECEIVER, span).into_token_stream()
+    } else {
+        path.self_token.into_token_stream()
+    }
+}
+
+/// One `#[non_atomic_requests]` around `body`.
+fn non_atomic_requests_call(
+    args: &NonAtomicRequestsArgs,
+    body: TokenStream,
+    span: Span,
+) -> TokenStream {
+    let krate = runtime_path(args.krate.as_ref(), span);
+    let using = Alias::literal(args.using.as_ref());
+    quote_spanned! {span=>
+        #krate::__private::non_atomic_requests(#using, || #body)
+    }
+}
+
+/// `|__atomic_self| __atomic_self.conn.__diesel_atomic_connection()` for `conn = self.conn`.
+/// Method-call autoderef makes it work for a field holding the connection and for one holding
+/// a `&mut` to it. Spanned on the last field, so that a field that is not a connection is
+/// reported there.
+fn field_accessor(path: &ReceiverPath, krate: &TokenStream) -> TokenStream {
+    let span = match path.fields.last() {
+        Some(field) => field.span(),
+        None => path.self_token.span,
+    };
+    let receiver = Ident::new(rename_self::RECEIVER, path.self_token.span);
+    let fields = &path.fields;
+    quote_spanned! {span=>
+        |#receiver| {
+            use #krate::__private::FieldConnection as _;
+            #receiver #(.#fields)* .__diesel_atomic_connection()
+        }
+    }
+}
+
+/// `check_error_type::<E>();` for a function declared `-> Result<T, E>`, so that an error
+/// type without `From<diesel_atomic::Error>` is reported in our words rather than as a bound
+/// of a `__private` function. Only the literal `Result<T, E>` names `E`; behind an alias
+/// (`QueryResult<T>`, `AppResult<T>`) the entry point's own bound reports it.
+///
+/// Every token of the check is spanned on the return type, where the entry point's bound is
+/// reported too: rustc keeps the first of two identical errors at one place, which is this one.
+fn error_type_check(sig: &Signature, krate: &TokenStream, span: Span) -> TokenStream {
+    let ReturnType::Type(_, ty) = &sig.output else {
+        return TokenStream::new();
+    };
+    match literal_result_error(ty) {
+        // `impl Trait` cannot be named in a turbofish, nor `!` on stable.
+        Some(error) if can_annotate_let(error) => {
+            let error = respanned(error.to_token_stream(), span);
+            quote_spanned!(span=> #krate::__private::check_error_type::<#error>();)
+        }
+        _ => TokenStream::new(),
+    }
+}
+
+/// `E` of a return type written `Result<T, E>` (any path ending in `Result`).
+fn literal_result_error(ty: &Type) -> Option<&Type> {
+    let Type::Path(path) = ty else {
+        return None;
+    };
+    let last = path.path.segments.last()?;
+    if path.qself.is_some() || last.ident != "Result" {
+        return None;
+    }
+    let syn::PathArguments::AngleBracketed(arguments) = &last.arguments else {
+        return None;
+    };
+    let types: Vec<&Type> = arguments
+        .args
+        .iter()
+        .filter_map(|argument| match argument {
+            syn::GenericArgument::Type(ty) => Some(ty),
+            _ => None,
+        })
+        .collect();
+    match types.as_slice() {
+        [_, error] => Some(error),
+        _ => None,
+    }
+}
+
+/// The same tokens, every one of them spanned on `span`.
+fn respanned(tokens: TokenStream, span: Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|mut token| {
+            if let TokenTree::Group(group) = &token {
+                let mut inner =
+                    proc_macro2::Group::new(group.delimiter(), respanned(group.stream(), span));
+                inner.set_span(span);
+                token = TokenTree::Group(inner);
+            } else {
+                token.set_span(span);
+            }
+            token
+        })
+        .collect()
 }
 
 /// What the block asks of its `BEGIN`: the runtime's constant for a plain `BEGIN` (nearly
@@ -160,23 +401,9 @@ fn begin_options(args: &AtomicArgs, krate: &TokenStream, span: Span) -> TokenStr
     }
 }
 
-fn generate_non_atomic_requests(args: &NonAtomicRequestsArgs, function: ItemFn) -> TokenStream {
-    let (attrs, vis, sig, block) = split(function);
-    let span = return_span(&sig);
-    let krate = runtime_path(args.krate.as_ref(), span);
-    let using = Alias::literal(args.using.as_ref());
-    let body = body_with_fake_return(&sig, block);
-    quote! {
-        #(#attrs)*
-        #vis #sig {
-            #krate::__private::non_atomic_requests(#using, move || #body)
-        }
-    }
-}
-
 /// The function's parts. syn puts the body's inner attributes (`#![allow(..)]`) among the
 /// function's attributes; they become outer attributes, where they mean the same.
-fn split(function: ItemFn) -> (Vec<syn::Attribute>, syn::Visibility, Signature, Block) {
+fn split(function: ItemFn) -> (Vec<syn::Attribute>, syn::Visibility, Signature, syn::Block) {
     let ItemFn {
         mut attrs,
         vis,
@@ -211,7 +438,7 @@ fn runtime_path(krate: Option<&TokenStream>, span: Span) -> TokenStream {
 /// never-taken `return` of a value of the declared return type. It makes the closure's return
 /// type the function's, so the body is type-checked against the declared type exactly as
 /// without the attribute, and a mismatch is reported at the user's code, not in ours.
-fn body_with_fake_return(sig: &Signature, block: Block) -> TokenStream {
+fn body_with_fake_return(sig: &Signature, block: syn::Block) -> TokenStream {
     let fake_return = match &sig.output {
         ReturnType::Type(_, ty) if can_annotate_let(ty) => quote_spanned! {ty.span()=>
             #[allow(
@@ -294,6 +521,176 @@ mod tests {
     }
 
     #[test]
+    fn conn_self_field_runs_on_the_receiver_and_renames_self_in_the_body() {
+        let out = expand_atomic(
+            quote!(conn = self.store.conn),
+            quote!(
+                fn f(&mut self, id: u8) -> QueryResult<()> {
+                    self.store.insert(id)?;
+                    assert!(self.ok(), "{}", self::NAME);
+                    Ok(())
+                }
+            ),
+        );
+        assert!(
+            out.contains(
+                "run_explicit_field (& :: diesel_atomic :: __private :: Options { using : \
+                 \"default\" , savepoint : true , durable : false , begin : :: diesel_atomic :: \
+                 __private :: BeginOptions :: DEFAULT , } , self , | __atomic_self | { use :: \
+                 diesel_atomic :: __private :: FieldConnection as _ ; __atomic_self . store . \
+                 conn . __diesel_atomic_connection () } , | __atomic_self | {"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains("__atomic_self . store . insert (id) ?"),
+            "{out}"
+        );
+        assert!(
+            out.contains("assert ! (__atomic_self . ok () , \"{}\" , self :: NAME)"),
+            "{out}"
+        );
+        assert!(out.starts_with("fn f (& mut self , id : u8)"), "{out}");
+
+        let out = expand_atomic(
+            quote!(conn = self, durable = true, retry = 2),
+            quote!(
+                fn f(self: &mut Self) -> QueryResult<()> {
+                    self.execute()
+                }
+            ),
+        );
+        assert!(
+            out.contains(
+                "RetryPolicy :: new (2) , self , | __atomic_self | { use :: diesel_atomic :: \
+                 __private :: FieldConnection as _ ; __atomic_self . \
+                 __diesel_atomic_connection () } , | __atomic_self |"
+            ),
+            "{out}"
+        );
+        assert!(out.contains("run_explicit_field_retry"), "{out}");
+    }
+
+    #[test]
+    fn stacked_attributes_nest_in_reading_order() {
+        let out = expand_atomic(
+            quote!(using = "a"),
+            quote!(
+                #[doc = "kept"]
+                #[atomic(using = "b")]
+                #[inline]
+                #[diesel_atomic::non_atomic_requests(using = "c")]
+                fn f() -> Result<(), E> {
+                    Ok(())
+                }
+            ),
+        );
+        let a = out.find("using : \"a\"").unwrap_or_else(|| panic!("{out}"));
+        let b = out.find("using : \"b\"").unwrap_or_else(|| panic!("{out}"));
+        let c = out
+            .find("non_atomic_requests (\"c\" , ||")
+            .unwrap_or_else(|| panic!("{out}"));
+        assert!(a < b && b < c, "{out}");
+        assert_eq!(out.matches("run_ambient").count(), 2, "{out}");
+        assert_eq!(out.matches("check_error_type").count(), 1, "{out}");
+        assert!(
+            out.starts_with("# [doc = \"kept\"] # [inline] fn f ()"),
+            "ours are taken over, the others kept: {out}"
+        );
+        // Their paths are still resolved, so their imports are used.
+        assert!(
+            out.contains(
+                "{ # [allow (unused_imports)] use atomic as _ ; # [allow (unused_imports)] use \
+                 diesel_atomic :: non_atomic_requests as _ ;"
+            ),
+            "{out}"
+        );
+        assert_eq!(out.matches("__atomic_fake_return").count(), 2, "{out}");
+        let fake_return = out.find("__atomic_fake_return").unwrap();
+        assert!(c < fake_return, "the body is innermost: {out}");
+    }
+
+    #[test]
+    fn non_atomic_requests_takes_over_an_atomic_below_it() {
+        let out = non_atomic_requests(
+            quote!(),
+            quote!(
+                #[atomic(using = "other")]
+                fn view(conn: &mut C) -> QueryResult<()> {
+                    Ok(())
+                }
+            ),
+        )
+        .to_string();
+        assert!(
+            out.contains(
+                ":: diesel_atomic :: __private :: non_atomic_requests (\"default\" , || :: \
+                 diesel_atomic :: __private :: run_explicit (& :: diesel_atomic :: __private :: \
+                 Options { using : \"other\""
+            ),
+            "{out}"
+        );
+        assert!(!out.contains("# [atomic"), "{out}");
+    }
+
+    #[test]
+    fn a_block_on_self_inside_another_gets_the_receiver_passed_on() {
+        let out = expand_atomic(
+            quote!(conn = self.primary),
+            quote!(
+                #[atomic(conn = self.replica, using = "replica")]
+                fn f(&mut self) -> QueryResult<()> {
+                    self.primary.execute()
+                }
+            ),
+        );
+        assert!(out.contains("} , self , | __atomic_self | { use"), "{out}");
+        assert!(
+            out.contains("} , __atomic_self , | __atomic_self | { use"),
+            "{out}"
+        );
+        assert!(
+            out.contains("__atomic_self . primary . execute ()"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn a_stacked_attribute_with_errors_is_reported_and_left_out() {
+        let out = expand_atomic(
+            quote!(using = "a"),
+            quote!(
+                #[atomic(usin = "b")]
+                fn f() -> Result<(), E> {
+                    Ok(())
+                }
+            ),
+        );
+        assert_eq!(out.matches("compile_error").count(), 1, "{out}");
+        assert!(out.contains("unknown argument `usin`"), "{out}");
+        assert!(
+            out.starts_with("fn f () -> Result < () , E > { # [allow (unused_imports)] use atomic as _ ; Ok (()) }"),
+            "{out}"
+        );
+        assert!(!out.contains("run_ambient"), "{out}");
+    }
+
+    #[test]
+    fn a_problem_of_the_function_is_reported_once_for_several_blocks() {
+        let out = expand_atomic(
+            quote!(using = "a"),
+            quote!(
+                #[atomic(using = "b")]
+                fn f(db: &mut DbConn) -> Result<(), E> {
+                    Ok(())
+                }
+            ),
+        );
+        assert_eq!(out.matches("compile_error").count(), 1, "{out}");
+        assert!(out.contains("cannot tell whether `db`"), "{out}");
+    }
+
+    #[test]
     fn without_begin_options_the_block_begins_plainly() {
         for args in [
             quote!(),
@@ -371,7 +768,7 @@ mod tests {
             "{out}"
         );
         assert!(
-            out.contains(":: diesel_atomic :: RetryPolicy :: new (3) , move ||"),
+            out.contains(":: diesel_atomic :: RetryPolicy :: new (3) , ||"),
             "{out}"
         );
         let out = expand_atomic(
@@ -384,9 +781,101 @@ mod tests {
         );
         assert!(out.contains("run_explicit_retry"), "{out}");
         assert!(
-            out.contains("RetryPolicy :: new (1) , conn , move | conn |"),
+            out.contains("RetryPolicy :: new (1) , conn , | conn |"),
             "{out}"
         );
+    }
+
+    #[test]
+    fn closures_borrow_the_parameters() {
+        // A `move` closure would take the parameters into the block and drop them before
+        // COMMIT; without the attribute they live until the function returns.
+        for (args, item) in [
+            (
+                quote!(),
+                quote!(
+                    fn f(guard: G) -> Result<(), E> {
+                        Ok(())
+                    }
+                ),
+            ),
+            (
+                quote!(),
+                quote!(
+                    fn f(conn: &mut C, guard: G) -> QueryResult<()> {
+                        Ok(())
+                    }
+                ),
+            ),
+            (
+                quote!(durable = true, retry = 2),
+                quote!(
+                    fn f(guard: G) -> Result<(), E> {
+                        Ok(())
+                    }
+                ),
+            ),
+            (
+                quote!(durable = true, retry = 2),
+                quote!(
+                    fn f(conn: &mut C, guard: G) -> QueryResult<()> {
+                        Ok(())
+                    }
+                ),
+            ),
+        ] {
+            let out = expand_atomic(args.clone(), item);
+            assert!(out.contains("__private :: run_"), "{args}: {out}");
+            assert!(!out.contains("move"), "{args}: {out}");
+        }
+        let out = non_atomic_requests(
+            quote!(),
+            quote!(
+                fn view(guard: G) -> u8 {
+                    1
+                }
+            ),
+        )
+        .to_string();
+        assert!(!out.contains("move"), "{out}");
+    }
+
+    #[test]
+    fn a_literal_result_has_its_error_type_checked_first() {
+        let out = expand_atomic(
+            quote!(),
+            quote!(
+                fn f() -> std::result::Result<u8, MyError<T>> {
+                    Ok(1)
+                }
+            ),
+        );
+        let check = out
+            .find(":: diesel_atomic :: __private :: check_error_type :: < MyError < T > > () ;")
+            .unwrap_or_else(|| panic!("{out}"));
+        let call = out.find("run_ambient").unwrap();
+        assert!(check < call, "{out}");
+        // Behind an alias the type is not known here; nor can `impl Trait` be named.
+        for item in [
+            quote!(
+                fn f() -> QueryResult<u8> {
+                    Ok(1)
+                }
+            ),
+            quote!(
+                fn f() -> io::Result<u8> {
+                    Ok(1)
+                }
+            ),
+            quote!(
+                fn f() -> Result<u8, impl Error> {
+                    Ok(1)
+                }
+            ),
+        ] {
+            let out = expand_atomic(quote!(), item);
+            assert!(!out.contains("check_error_type"), "{out}");
+        }
     }
 
     #[test]
@@ -447,6 +936,29 @@ mod tests {
     }
 
     #[test]
+    fn option_and_signature_problems_are_reported_together() {
+        let out = expand_atomic(
+            quote!(retry = 3),
+            quote!(
+                async fn f(db: &mut DbConn) -> i32 {
+                    1
+                }
+            ),
+        );
+        assert_eq!(out.matches("compile_error").count(), 4, "{out}");
+        assert!(out.contains("does not support `async fn`"), "{out}");
+        assert!(
+            out.contains("needs a function that returns `Result"),
+            "{out}"
+        );
+        assert!(
+            out.contains("`retry` reruns the whole transaction"),
+            "{out}"
+        );
+        assert!(out.contains("cannot tell whether `db`"), "{out}");
+    }
+
+    #[test]
     fn impl_trait_return_types_get_no_fake_return() {
         let out = non_atomic_requests(
             quote!(),
@@ -473,9 +985,7 @@ mod tests {
         )
         .to_string();
         assert!(
-            out.contains(
-                ":: diesel_atomic :: __private :: non_atomic_requests (\"other\" , move ||"
-            ),
+            out.contains(":: diesel_atomic :: __private :: non_atomic_requests (\"other\" , ||"),
             "{out}"
         );
     }

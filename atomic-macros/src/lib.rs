@@ -9,6 +9,7 @@ mod errors;
 mod expand;
 #[cfg(test)]
 mod proptests;
+mod rename_self;
 mod suggest;
 mod valid;
 
@@ -29,7 +30,8 @@ use proc_macro::TokenStream;
 /// | `read_only = true` | `false` | The transaction begins `READ ONLY` (PostgreSQL, MySQL/MariaDB). |
 /// | `begin = "immediate"` | `"deferred"` | SQLite's lock mode at `BEGIN`: `"deferred"`, `"immediate"` or `"exclusive"`. |
 /// | `retry = 5` | no retries | Rerun the whole block up to this many times after a transient failure; needs `durable = true`. |
-/// | `conn = name` | `conn` | The parameter that holds the connection (explicit mode). A parameter named `conn` is used without saying so. |
+/// | `conn = name` | `conn` | The parameter that holds the connection (explicit mode). A parameter named `conn` is used without saying so. `conn = self.conn` (any field path of `self`) runs the block on a connection the receiver of a `&mut self` method holds, `conn = self` on the receiver itself. |
+/// | `ambient = true` | `false` | The block checks out the alias's connection from its pool (ambient mode) although a `&mut` parameter or `&mut self` might be a connection; without it, that is an error. |
 /// | `crate = "path"` | `"diesel_atomic"` | Where the `diesel_atomic` crate is, for a renamed dependency. |
 ///
 /// `durable = true` together with `savepoint = false` is refused: a durable block is always the
@@ -80,6 +82,40 @@ use proc_macro::TokenStream;
 /// checks out the alias's connection from its pool (ambient mode) and the body reaches it with
 /// `diesel_atomic::connection`.
 ///
+/// The block never runs on another connection than the one the body writes to. So in ambient
+/// mode a parameter that may be a connection is an error that names the fix: one whose type
+/// is named `*Connection` (or is bounded by a `*Connection` trait), and any `&mut` parameter
+/// of a type the macro cannot see into, such as a type alias (`db: &mut DbConn`) or a pattern
+/// holding one. Types that are certainly not connections are fine: primitives, `str`,
+/// `String`, slices, arrays and tuples of those, the standard collections, `Option`, `Cell`,
+/// `RefCell`, `fmt::Formatter`, and generic or `impl Trait` types not bounded by a
+/// `*Connection` trait. Write `conn = name` to run the block on the parameter, or
+/// `ambient = true` when the block is meant to check out the alias's connection.
+///
+/// Methods: `self` and `&self` are ordinary receivers. A `&mut self` method must say where its
+/// connection is, since `self` may hold it: `#[atomic(conn = self.conn)]` runs the block on the
+/// connection in that field (the repository pattern; the field may own the connection or hold
+/// a `&mut` to it, at any depth such as `self.store.conn`), `#[atomic(conn = self)]` on the
+/// receiver itself (a method of an extension trait implemented for a connection), and
+/// `#[atomic(ambient = true)]` checks out the alias's connection, as for a free function; a
+/// `conn` parameter also settles it. With `conn = self...` the body still uses `self` as it
+/// would without the attribute: the macro hands the block `self` and renames the body's `self`
+/// to the closure parameter that stands for it (nested items keep their own `self`). One
+/// `self` it cannot see is one captured inside a format string, `format!("{self}")`, which
+/// rustc then reports as a second borrow of `self` (E0502); write `format!("{}", self)`. Only
+/// a `&mut self` (or `self: &mut Self`) method can lend its connection this way.
+///
+/// Stacked attributes nest in reading order, as Python's decorators do: on
+/// `#[atomic(using = "a")] #[atomic(using = "b")] fn f()`, the block on `"a"` is the outer one
+/// and the block on `"b"` commits first, inside it; the same holds with
+/// `#[non_atomic_requests]` among them. (The first attribute expands them all, so that rustc's
+/// order of expansion, which would put the last-written outermost, does not decide.) Two of
+/// them for one alias are an error.
+///
+/// The body only borrows the parameters it does not consume, so they are dropped when the
+/// function returns, after the `COMMIT` or `ROLLBACK`, as without the attribute: a
+/// `MutexGuard` argument still holds its lock while the transaction commits.
+///
 /// # Compile errors
 ///
 /// Each is reported on the tokens at fault, and problems that do not depend on each other
@@ -88,8 +124,8 @@ use proc_macro::TokenStream;
 ///
 /// Arguments (`#[non_atomic_requests]` reports the same ones for its own keys):
 /// - ``unknown argument `usin`; did you mean `using`? #[atomic] takes `using`, `savepoint`,
-///   `durable`, `isolation`, `read_only`, `begin`, `retry`, `conn` and `crate` `` (the
-///   suggestion only when a key is close);
+///   `durable`, `isolation`, `read_only`, `begin`, `retry`, `conn`, `ambient` and `crate` ``
+///   (the suggestion only when a key is close);
 /// - ``` `using` is given more than once; keep one ```;
 /// - ``expected an argument such as `using = "other"`, found `= =`; #[atomic] takes ...``
 ///   and ``expected an argument before this `,` `` for anything that is not `key = value`;
@@ -102,7 +138,12 @@ use proc_macro::TokenStream;
 ///   of letters, digits, `_` and `-`, such as "default" or "replica-1"`;
 /// - ``` `savepoint` takes a bool: `savepoint = true` or `savepoint = false` ``` (for
 ///   `"false"`: ``, without quotes: `savepoint = false` ``);
-/// - ``` `conn` takes the name of the connection parameter, without quotes: `conn = db` ```;
+/// - ``` `conn` takes the name of the connection parameter, without quotes: `conn = db` ```,
+///   and ``` `conn` takes the name of the connection parameter, such as `conn = db`, or a field
+///   of `self` that holds the connection, such as `conn = self.conn` ``` for anything else
+///   (`conn = self.conn()`, `conn = 1`);
+/// - ``` `ambient = true` contradicts `conn = db`: the block runs either on that connection or
+///   on the alias's pooled one; keep one ```;
 /// - ``unknown isolation level "serialisable"; did you mean "serializable"? `isolation` takes
 ///   "serializable", "repeatable_read", "read_committed" or "read_uncommitted"``, and
 ///   ``unknown SQLite lock mode "immedate"; did you mean "immediate"? `begin` takes
@@ -138,6 +179,26 @@ use proc_macro::TokenStream;
 /// - ``` `conn = databse` names no parameter of this function; did you mean `conn = database`? ```;
 /// - ``` `connection` looks like a connection, but #[atomic] runs on a parameter named `conn`
 ///   ...; rename it to `conn` or write `#[atomic(conn = connection)]` ```;
+/// - ``` #[atomic] cannot tell whether `db` is a connection: write `#[atomic(conn = db)]` to
+///   run the block on it, or `#[atomic(ambient = true)]` to run it on the alias's pooled
+///   connection on purpose ```, on the parameter; for a pattern, ``#[atomic] cannot tell
+///   whether this parameter holds a connection: give the connection a parameter of its own and
+///   write `#[atomic(conn = name)]` ...``;
+/// - ``` #[atomic] cannot tell whether `self` holds a connection: write `#[atomic(conn =
+///   self.conn)]` (with the field that holds it, or `conn = self` if `self` is the connection)
+///   to run the block on it, or `#[atomic(ambient = true)]` ... ```, on a `&mut self` receiver
+///   in ambient mode;
+/// - ``` `conn = self.conn` needs a method that takes `&mut self`: a transaction needs `&mut`
+///   access to its connection ```;
+/// - ``` an #[atomic] function cannot return a borrow of its connection `conn`: the block
+///   needs the connection after the body returns, to COMMIT; return owned values instead ```,
+///   on the connection's lifetime in the return type (`&'a mut C` and `-> QueryResult<Rows<'a>>`,
+///   unless another parameter has `'a` too), or on an elided lifetime there when the
+///   connection's is the only one it can be; and ``an #[atomic] method cannot return a borrow
+///   of `self`, which holds its connection: ...`` with `conn = self.conn`;
+/// - ``` `ambient = true` contradicts the parameter `conn`, which the block runs on: remove
+///   `ambient = true`, or rename the parameter if the block should run on the alias's pooled
+///   connection ```;
 /// - `#[atomic] is given twice for alias "default" (the inner block would only be a savepoint
 ///   of the outer one); keep one`;
 /// - `#[atomic] and #[non_atomic_requests] contradict each other for alias "default": keep
@@ -145,11 +206,14 @@ use proc_macro::TokenStream;
 ///   #[atomic] function and call it`.
 ///
 /// Left to the compiler, and reported at the function's return type: an error type without
-/// `From<diesel_atomic::Error>` (E0277), with `retry` one without `AsDieselError` (E0277), and
-/// a type alias that is not a `Result` (E0308). With `retry`, a body that moves an argument
-/// out is rustc's "cannot move out of `x`, a captured variable in an `FnMut` closure" (E0507)
-/// at the move, with the closure shown at `retry`. An unresolved `crate = "path"` is reported
-/// at the string (E0433).
+/// `From<diesel_atomic::Error>` (E0277: ``the error type of an #[atomic] function must
+/// implement `From<diesel_atomic::Error>`, and `SignupError` does not``, with what to add;
+/// behind a type alias such as `AppResult<T>`, rustc's plain message), with `retry` one
+/// without `AsDieselError` (E0277), and a type alias that is not a `Result` (E0308). With
+/// `retry`, a body that moves an argument out is rustc's "cannot move out of `x`, a captured
+/// variable in an `FnMut` closure" (E0507) at the move, with the closure shown at `retry`. An
+/// unresolved `crate = "path"` is reported at the string (E0433), and a `conn = self.field`
+/// whose field is not a connection at the field (E0599, "`Connection` ... not satisfied").
 ///
 /// See the `diesel_atomic::atomic` re-export for runnable examples.
 #[proc_macro_attribute]
@@ -167,7 +231,8 @@ pub fn atomic(args: TokenStream, item: TokenStream) -> TokenStream {
 /// | `crate = "path"` | `"diesel_atomic"` | Where the `diesel_atomic` crate is, for a renamed dependency. |
 ///
 /// One attribute per alias: stack them to opt out of several. The function may return
-/// anything; free functions and methods are accepted as for `#[atomic]`.
+/// anything; free functions and methods are accepted as for `#[atomic]`. Stacked with
+/// `#[atomic]`, the attributes nest in reading order, the first-written outermost.
 ///
 /// # Compile errors
 ///

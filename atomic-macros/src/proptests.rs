@@ -5,7 +5,7 @@
 use proc_macro2::{Delimiter, Group, Ident, Literal, Punct, Spacing, Span, TokenStream, TokenTree};
 use proptest::prelude::*;
 
-use crate::args::Attribute;
+use crate::args::KEYS;
 use crate::expand;
 
 /// Enough to cover every key, value kind and separator many times over; still a few seconds.
@@ -83,9 +83,10 @@ fn tokens_from_codes(codes: &[u32]) -> TokenStream {
                 None => continue,
             },
             2..=5 => {
-                let keys = Attribute::Atomic.keys();
-                let n = pick(keys.len() + OTHER_IDENTS.len());
-                let ident = keys.get(n).unwrap_or_else(|| &OTHER_IDENTS[n - keys.len()]);
+                let n = pick(KEYS.len() + OTHER_IDENTS.len());
+                let ident = KEYS
+                    .get(n)
+                    .map_or_else(|| OTHER_IDENTS[n - KEYS.len()], |row| row.name);
                 TokenTree::Ident(Ident::new(ident, Span::call_site()))
             }
             6 => TokenTree::Ident(Ident::new_raw("using", Span::call_site())),
@@ -138,6 +139,16 @@ const ARGUMENTS: &[&str] = &[
     "conn = conn",
     "conn = db",
     "conn = \"db\"",
+    "conn = self",
+    "conn = self.conn",
+    "conn = self.inner.0",
+    "conn = self.conn()",
+    "conn = self.",
+    "conn = \"self.conn\"",
+    "ambient = true",
+    "ambient = false",
+    "ambient = \"true\"",
+    "ambient",
     "crate = \"diesel_atomic\"",
     "crate = \"crate::shim\"",
     "crate = \"a b\"",
@@ -181,6 +192,9 @@ const VALID_ARGUMENTS: &[&str] = &[
     "read_only = true",
     "begin = \"immediate\"",
     "conn = conn",
+    "conn = self.conn",
+    "conn = self",
+    "ambient = true",
     "crate = \"diesel_atomic\"",
 ];
 
@@ -250,6 +264,8 @@ const RECEIVERS: &[&str] = &[
     "self, ",
     "&self, ",
     "&mut self, ",
+    "self: &mut Self, ",
+    "&'a mut self, ",
     "mut self: Box<Self>, ",
 ];
 const PARAMETERS: &[&str] = &[
@@ -265,6 +281,10 @@ const PARAMETERS: &[&str] = &[
     "db: &mut SqliteConnection, ",
     "connection: &mut impl Connection, ",
     "(a, b): (u8, u8), ",
+    "(a, db): (u8, &mut DbConn), ",
+    "db: &mut DbConn, ",
+    "buffer: &mut Vec<u8>, ",
+    "conn: &'a mut C, ",
     "x: impl Sized, ",
     "name: &'a str, ",
 ];
@@ -297,6 +317,8 @@ const BODIES: &[&str] = &[
     "{ conn.execute()?; Ok(()) }",
     "{ async {}.await }",
     "{ fn inner() {} self.f() }",
+    "{ self.conn.execute()?; assert!(self.ok(), \"{}\", self::NAME); Ok(()) }",
+    "{ let f = || self.x; struct S; impl S { fn g(&self) {} } Ok(f()) }",
 ];
 const OTHER_ITEMS: &[&str] = &[
     "struct S;",

@@ -27,7 +27,10 @@ pub(crate) fn nearest<'a>(wrong: &str, candidates: &[&'a str]) -> Option<&'a str
 mod tests {
     use super::*;
 
-    const KEYS: &[&str] = crate::args::Attribute::Atomic.keys();
+    fn atomic_keys() -> Vec<&'static str> {
+        crate::args::Attribute::Atomic.key_names()
+    }
+
     const ISOLATION_LEVELS: &[&str] = &[
         "serializable",
         "repeatable_read",
@@ -37,15 +40,16 @@ mod tests {
 
     #[test]
     fn typos_find_the_intended_key() {
-        assert_eq!(nearest("usin", KEYS), Some("using"));
-        assert_eq!(nearest("save_point", KEYS), Some("savepoint"));
-        assert_eq!(nearest("durabel", KEYS), Some("durable"));
-        assert_eq!(nearest("Using", KEYS), Some("using"));
-        assert_eq!(nearest("con", KEYS), Some("conn"));
-        assert_eq!(nearest("connection", KEYS), Some("conn"));
-        assert_eq!(nearest("dur", KEYS), Some("durable"));
-        assert_eq!(nearest("readonly", KEYS), Some("read_only"));
-        assert_eq!(nearest("isolation_level", KEYS), Some("isolation"));
+        let keys = atomic_keys();
+        assert_eq!(nearest("usin", &keys), Some("using"));
+        assert_eq!(nearest("save_point", &keys), Some("savepoint"));
+        assert_eq!(nearest("durabel", &keys), Some("durable"));
+        assert_eq!(nearest("Using", &keys), Some("using"));
+        assert_eq!(nearest("con", &keys), Some("conn"));
+        assert_eq!(nearest("connection", &keys), Some("conn"));
+        assert_eq!(nearest("dur", &keys), Some("durable"));
+        assert_eq!(nearest("readonly", &keys), Some("read_only"));
+        assert_eq!(nearest("isolation_level", &keys), Some("isolation"));
     }
 
     #[test]
@@ -67,9 +71,10 @@ mod tests {
 
     #[test]
     fn unrelated_names_find_nothing() {
-        assert_eq!(nearest("timeout", KEYS), None);
-        assert_eq!(nearest("x", KEYS), None);
-        assert_eq!(nearest("", KEYS), None);
+        let keys = atomic_keys();
+        assert_eq!(nearest("timeout", &keys), None);
+        assert_eq!(nearest("x", &keys), None);
+        assert_eq!(nearest("", &keys), None);
         assert_eq!(nearest("db", &["b"]), None);
     }
 }

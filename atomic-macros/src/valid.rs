@@ -2,9 +2,10 @@
 
 use proc_macro2::TokenStream;
 use quote::{ToTokens, quote};
-use syn::{FnArg, Ident, Item, ItemFn, Meta, Pat, ReturnType, Type};
+use syn::visit::{self, Visit};
+use syn::{FnArg, Ident, Item, ItemFn, Pat, ReturnType, Type};
 
-use crate::args::{self, AtomicArgs, Attribute};
+use crate::args::{AtomicArgs, Attribute, Conn, Layer, ReceiverPath};
 use crate::errors::Errors;
 use crate::suggest;
 
@@ -14,6 +15,8 @@ pub(crate) enum ConnectionSource {
     Ambient,
     /// The named `&mut` parameter.
     Explicit(Ident),
+    /// The receiver of a `&mut self` method, or a field of it (`conn = self.conn`).
+    Receiver(ReceiverPath),
 }
 
 /// The item as a function with a body, or an error naming what it is instead.
@@ -153,6 +156,8 @@ fn certainly_not_result(ty: &Type) -> bool {
 /// change anything is directly inside a test transaction, and there it would make the test
 /// behave unlike production.
 ///
+/// `ambient = true` with `conn = ...` is refused: the block cannot run on both connections.
+///
 /// `retry` without `durable = true` is refused: after a serialization failure or a deadlock
 /// the database has lost the whole transaction, so only the outermost block can be rerun, and
 /// `durable = true` is how a block says it is the outermost one.
@@ -169,6 +174,18 @@ pub(crate) fn options(args: &AtomicArgs, errors: &mut Errors) {
              remove `savepoint = false`",
         ));
     }
+    if let (Some(ambient), Some(conn)) = (&args.ambient, &args.conn)
+        && ambient.value
+    {
+        errors.push(syn::Error::new_spanned(
+            &ambient.tokens,
+            format!(
+                "`ambient = true` contradicts `conn = {}`: the block runs either on that \
+                 connection or on the alias's pooled one; keep one",
+                conn.text()
+            ),
+        ));
+    }
     if !durable && let Some(retry) = &args.retry {
         errors.push(syn::Error::new_spanned(
             &retry.key,
@@ -179,12 +196,44 @@ pub(crate) fn options(args: &AtomicArgs, errors: &mut Errors) {
     }
 }
 
-/// Finds the connection parameter: `conn`, or the one `conn = name` names.
-pub(crate) fn connection(
+/// Where the block's connection is: the `conn = ...` argument, else a parameter named `conn`,
+/// else (ambient mode) the alias's pool. Ambient mode is refused while a parameter or
+/// `&mut self` may be the connection the body uses, unless `ambient = true` says it is meant:
+/// the block would otherwise run on a pooled connection while the body writes to another one
+/// in autocommit mode.
+pub(crate) fn connection(function: &ItemFn, args: &AtomicArgs) -> syn::Result<ConnectionSource> {
+    match &args.conn {
+        Some(Conn::Parameter(wanted)) => {
+            return parameter(function, &wanted.to_string(), Some(wanted));
+        }
+        Some(Conn::Receiver(path)) => return receiver(function, path),
+        None => {}
+    }
+    let ambient_on_purpose = args.ambient.as_ref().filter(|ambient| ambient.value);
+    match (parameter(function, "conn", None), ambient_on_purpose) {
+        (Err(_) | Ok(ConnectionSource::Explicit(_)), Some(ambient)) => {
+            Err(syn::Error::new_spanned(
+                &ambient.tokens,
+                "`ambient = true` contradicts the parameter `conn`, which the block runs on: \
+                 remove `ambient = true`, or rename the parameter if the block should run on \
+                 the alias's pooled connection",
+            ))
+        }
+        (Ok(ConnectionSource::Ambient), None) => {
+            refuse_unrecognised_connections(function)?;
+            Ok(ConnectionSource::Ambient)
+        }
+        (found, _) => found,
+    }
+}
+
+/// The parameter called `name`, which must be a `&mut` reference; when there is none, ambient
+/// mode if nothing asked for it (`wanted` is the `conn = name` that did).
+fn parameter(
     function: &ItemFn,
+    name: &str,
     wanted: Option<&Ident>,
 ) -> syn::Result<ConnectionSource> {
-    let name = wanted.map_or_else(|| "conn".to_owned(), Ident::to_string);
     let found = function.sig.inputs.iter().find_map(|input| match input {
         FnArg::Typed(typed) => match &*typed.pat {
             Pat::Ident(pat) if pat.ident == name => Some((pat.ident.clone(), &*typed.ty)),
@@ -208,23 +257,439 @@ pub(crate) fn connection(
             Some(wanted) => Err(syn::Error::new_spanned(
                 wanted,
                 format!("`conn = {name}` names no parameter of this function{}", {
-                    parameters_hint(function, &name)
+                    parameters_hint(function, name)
                 }),
             )),
-            None => match connection_like_parameter(function) {
-                // Without this, the block would silently run on another (pooled) connection
-                // than the one the caller passed in.
-                Some(ident) => Err(syn::Error::new_spanned(
-                    ident,
-                    format!(
-                        "`{ident}` looks like a connection, but #[atomic] runs on a parameter \
-                         named `conn` (explicit mode) or checks one out of the alias's pool \
-                         (ambient mode); rename it to `conn` or write `#[atomic(conn = {ident})]`"
-                    ),
-                )),
-                None => Ok(ConnectionSource::Ambient),
-            },
+            None => Ok(ConnectionSource::Ambient),
         },
+    }
+}
+
+/// `conn = self.conn`: only a `&mut self` method can lend the block its connection.
+fn receiver(function: &ItemFn, path: &ReceiverPath) -> syn::Result<ConnectionSource> {
+    match function.sig.receiver() {
+        Some(receiver) if is_mut_self(receiver) => Ok(ConnectionSource::Receiver(path.clone())),
+        _ => Err(syn::Error::new_spanned(
+            &path.tokens,
+            format!(
+                "`conn = {}` needs a method that takes `&mut self`: a transaction needs `&mut` \
+                 access to its connection",
+                Conn::Receiver(path.clone()).text()
+            ),
+        )),
+    }
+}
+
+/// `&mut self`, `&'a mut self` or `self: &mut Self` (syn spells the first two as the third).
+fn is_mut_self(receiver: &syn::Receiver) -> bool {
+    match &*receiver.ty {
+        Type::Reference(reference) => {
+            reference.mutability.is_some()
+                && matches!(&*reference.elem, Type::Path(path) if path.qself.is_none() && path.path.is_ident("Self"))
+        }
+        _ => false,
+    }
+}
+
+/// In ambient mode, a parameter or `&mut self` that may be the connection the body uses is an
+/// error that names the fix: one that looks like a connection first, then one the macro
+/// cannot tell, then `&mut self`.
+fn refuse_unrecognised_connections(function: &ItemFn) -> syn::Result<()> {
+    let generics = GenericTypes::of(&function.sig.generics);
+    let mut first_unknown = None;
+    for input in &function.sig.inputs {
+        let FnArg::Typed(typed) = input else {
+            continue;
+        };
+        match &*typed.pat {
+            Pat::Ident(pat) if pat.subpat.is_none() => {
+                let Type::Reference(reference) = &*typed.ty else {
+                    continue;
+                };
+                if reference.mutability.is_none() {
+                    continue;
+                }
+                match generics.classify(&reference.elem) {
+                    Kind::Connection => {
+                        let ident = &pat.ident;
+                        return Err(syn::Error::new_spanned(
+                            ident,
+                            format!(
+                                "`{ident}` looks like a connection, but #[atomic] runs on a \
+                                 parameter named `conn` (explicit mode) or checks one out of \
+                                 the alias's pool (ambient mode); rename it to `conn` or write \
+                                 `#[atomic(conn = {ident})]`"
+                            ),
+                        ));
+                    }
+                    Kind::Unknown => {
+                        let ident = &pat.ident;
+                        first_unknown.get_or_insert_with(|| {
+                            syn::Error::new_spanned(
+                                typed,
+                                format!(
+                                    "#[atomic] cannot tell whether `{ident}` is a connection: \
+                                     write `#[atomic(conn = {ident})]` to run the block on it, \
+                                     or `#[atomic(ambient = true)]` to run it on the alias's \
+                                     pooled connection on purpose"
+                                ),
+                            )
+                        });
+                    }
+                    Kind::NotConnection => {}
+                }
+            }
+            _ => {
+                if generics.may_hold_connection(&typed.ty) {
+                    first_unknown.get_or_insert_with(|| {
+                        syn::Error::new_spanned(
+                            typed,
+                            "#[atomic] cannot tell whether this parameter holds a connection: \
+                             give the connection a parameter of its own and write \
+                             `#[atomic(conn = name)]` to run the block on it, or write \
+                             `#[atomic(ambient = true)]` to run it on the alias's pooled \
+                             connection on purpose",
+                        )
+                    });
+                }
+            }
+        }
+    }
+    if let Some(error) = first_unknown {
+        return Err(error);
+    }
+    match function.sig.receiver() {
+        Some(receiver) if is_mut_self(receiver) => Err(syn::Error::new_spanned(
+            receiver,
+            "#[atomic] cannot tell whether `self` holds a connection: write \
+             `#[atomic(conn = self.conn)]` (with the field that holds it, or `conn = self` if \
+             `self` is the connection) to run the block on it, or `#[atomic(ambient = true)]` \
+             to run it on the alias's pooled connection on purpose",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// What a type behind `&mut` may be, as far as the macro can see.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    /// Named `*Connection`, or a generic or `impl`/`dyn` type bounded by a `*Connection` trait.
+    Connection,
+    /// A type alias or any other type the macro cannot see into (`DbConn`, `Self`).
+    Unknown,
+    /// Certainly not a connection: a primitive, a standard collection, a generic parameter
+    /// without a `*Connection` bound, ...
+    NotConnection,
+}
+
+/// The function's own type parameters, and which of them are bounded by a `*Connection` trait.
+struct GenericTypes<'a> {
+    connections: Vec<&'a Ident>,
+    others: Vec<&'a Ident>,
+}
+
+impl<'a> GenericTypes<'a> {
+    fn of(generics: &'a syn::Generics) -> Self {
+        let bounded_in_where_clause: Vec<&Ident> = generics
+            .where_clause
+            .iter()
+            .flat_map(|clause| clause.predicates.iter())
+            .filter_map(|predicate| match predicate {
+                syn::WherePredicate::Type(predicate)
+                    if predicate.bounds.iter().any(bound_is_connection) =>
+                {
+                    match &predicate.bounded_ty {
+                        Type::Path(path) => path.path.get_ident(),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            })
+            .collect();
+        let (connections, others) = generics.type_params().partition(|param| {
+            param.bounds.iter().any(bound_is_connection)
+                || bounded_in_where_clause.contains(&&param.ident)
+        });
+        let idents = |params: Vec<&'a syn::TypeParam>| {
+            params.into_iter().map(|param| &param.ident).collect()
+        };
+        GenericTypes {
+            connections: idents(connections),
+            others: idents(others),
+        }
+    }
+
+    fn classify(&self, ty: &Type) -> Kind {
+        /// Types that are never a diesel connection, by the last segment of their path.
+        const NOT_CONNECTIONS: &[&str] = &[
+            "bool",
+            "char",
+            "str",
+            "i8",
+            "i16",
+            "i32",
+            "i64",
+            "i128",
+            "isize",
+            "u8",
+            "u16",
+            "u32",
+            "u64",
+            "u128",
+            "usize",
+            "f32",
+            "f64",
+            "String",
+            "Vec",
+            "VecDeque",
+            "HashMap",
+            "HashSet",
+            "BTreeMap",
+            "BTreeSet",
+            "Option",
+            "Cell",
+            "RefCell",
+            "Formatter",
+        ];
+        match ty {
+            Type::Path(path) if path.qself.is_none() => {
+                let Some(last) = path.path.segments.last() else {
+                    return Kind::Unknown;
+                };
+                let generic = path.path.get_ident();
+                if last.ident.to_string().ends_with("Connection")
+                    || generic.is_some_and(|ident| self.connections.contains(&ident))
+                {
+                    Kind::Connection
+                } else if generic.is_some_and(|ident| self.others.contains(&ident))
+                    || NOT_CONNECTIONS.iter().any(|name| last.ident == name)
+                {
+                    Kind::NotConnection
+                } else {
+                    Kind::Unknown
+                }
+            }
+            Type::ImplTrait(bounds) if bounds.bounds.iter().any(bound_is_connection) => {
+                Kind::Connection
+            }
+            Type::TraitObject(bounds) if bounds.bounds.iter().any(bound_is_connection) => {
+                Kind::Connection
+            }
+            Type::ImplTrait(_)
+            | Type::TraitObject(_)
+            | Type::Ptr(_)
+            | Type::BareFn(_)
+            | Type::Never(_)
+            | Type::Infer(_) => Kind::NotConnection,
+            Type::Reference(reference) => self.classify(&reference.elem),
+            Type::Paren(inner) => self.classify(&inner.elem),
+            Type::Group(inner) => self.classify(&inner.elem),
+            // A collection of connections is not a connection, but the body may still use one
+            // of them: only a collection of things that are not connections is certainly fine.
+            Type::Slice(slice) => self.contents(std::iter::once(&*slice.elem)),
+            Type::Array(array) => self.contents(std::iter::once(&*array.elem)),
+            Type::Tuple(tuple) => self.contents(tuple.elems.iter()),
+            _ => Kind::Unknown,
+        }
+    }
+
+    fn contents<'t>(&self, types: impl IntoIterator<Item = &'t Type>) -> Kind {
+        if types
+            .into_iter()
+            .all(|ty| self.classify(ty) == Kind::NotConnection)
+        {
+            Kind::NotConnection
+        } else {
+            Kind::Unknown
+        }
+    }
+
+    /// Whether a parameter of this type, bound by a pattern rather than a name, may hold a
+    /// connection: a `&mut` to something not certainly a connection anywhere in it.
+    fn may_hold_connection(&self, ty: &Type) -> bool {
+        match ty {
+            Type::Reference(reference) => {
+                (reference.mutability.is_some()
+                    && self.classify(&reference.elem) != Kind::NotConnection)
+                    || self.may_hold_connection(&reference.elem)
+            }
+            Type::Paren(inner) => self.may_hold_connection(&inner.elem),
+            Type::Group(inner) => self.may_hold_connection(&inner.elem),
+            Type::Slice(slice) => self.may_hold_connection(&slice.elem),
+            Type::Array(array) => self.may_hold_connection(&array.elem),
+            Type::Tuple(tuple) => tuple.elems.iter().any(|ty| self.may_hold_connection(ty)),
+            Type::Path(path) => path
+                .path
+                .segments
+                .iter()
+                .any(|segment| match &segment.arguments {
+                    syn::PathArguments::AngleBracketed(arguments) => {
+                        arguments.args.iter().any(|argument| match argument {
+                            syn::GenericArgument::Type(ty) => self.may_hold_connection(ty),
+                            _ => false,
+                        })
+                    }
+                    _ => false,
+                }),
+            _ => false,
+        }
+    }
+}
+
+/// The block needs its connection after the body returns, to COMMIT, so the function cannot
+/// return a borrow of it; without this check, rustc reports a lifetime error about a closure
+/// the user never wrote. A borrow is recognised by the connection's lifetime named in the
+/// return type (and by no other parameter), or by an elided lifetime there when the
+/// connection's is the only one elision can pick.
+pub(crate) fn returns_no_borrow_of_connection(
+    function: &ItemFn,
+    source: &ConnectionSource,
+) -> syn::Result<()> {
+    let ReturnType::Type(_, output) = &function.sig.output else {
+        return Ok(());
+    };
+    let inputs = &function.sig.inputs;
+    let (connection, reference) = match source {
+        ConnectionSource::Ambient => return Ok(()),
+        ConnectionSource::Explicit(name) => {
+            let found = inputs.iter().find_map(|input| match input {
+                FnArg::Typed(typed) => match (&*typed.pat, &*typed.ty) {
+                    (Pat::Ident(pat), Type::Reference(reference)) if pat.ident == *name => {
+                        Some((input, reference))
+                    }
+                    _ => None,
+                },
+                FnArg::Receiver(_) => None,
+            });
+            match found {
+                Some(found) => found,
+                None => return Ok(()),
+            }
+        }
+        ConnectionSource::Receiver(_) => {
+            let found = inputs.iter().find_map(|input| match input {
+                FnArg::Receiver(receiver) => match &*receiver.ty {
+                    Type::Reference(reference) => Some((input, reference)),
+                    _ => None,
+                },
+                FnArg::Typed(_) => None,
+            });
+            match found {
+                Some(found) => found,
+                None => return Ok(()),
+            }
+        }
+    };
+    let others = inputs
+        .iter()
+        .filter(|input| !std::ptr::eq(*input, connection));
+    match &reference.lifetime {
+        Some(lifetime) if lifetime.ident != "_" && lifetime.ident != "static" => {
+            let shared = others.into_iter().any(|input| {
+                let mut lifetimes = Lifetimes::default();
+                lifetimes.visit_fn_arg(input);
+                lifetimes
+                    .named
+                    .iter()
+                    .any(|named| named.ident == lifetime.ident)
+            });
+            let mut in_output = Lifetimes::default();
+            in_output.visit_type(output);
+            match in_output
+                .named
+                .iter()
+                .find(|named| named.ident == lifetime.ident)
+            {
+                Some(borrowed) if !shared => Err(syn::Error::new_spanned(
+                    borrowed,
+                    borrow_of_connection(source, false),
+                )),
+                _ => Ok(()),
+            }
+        }
+        Some(lifetime) if lifetime.ident == "static" => Ok(()),
+        // Elided (or `'_`): the output's elided lifetimes are the connection's when it is the
+        // only borrowed input, and always the receiver's for a method.
+        _ => {
+            let mut in_connection = Lifetimes::default();
+            in_connection.visit_type(&reference.elem);
+            let only_borrow = matches!(source, ConnectionSource::Receiver(_))
+                || (function.sig.receiver().is_none()
+                    && in_connection.is_empty()
+                    && others.into_iter().all(|input| {
+                        let mut lifetimes = Lifetimes::default();
+                        lifetimes.visit_fn_arg(input);
+                        lifetimes.is_empty()
+                    }));
+            let mut in_output = Lifetimes::default();
+            in_output.visit_type(output);
+            match in_output.elided.first() {
+                Some(elided) if only_borrow => Err(syn::Error::new_spanned(
+                    elided,
+                    borrow_of_connection(source, true),
+                )),
+                _ => Ok(()),
+            }
+        }
+    }
+}
+
+/// "... cannot return a borrow of its connection ...", saying whose lifetime an elided one is.
+fn borrow_of_connection(source: &ConnectionSource, elided: bool) -> String {
+    const WHY: &str = "the block needs the connection after the body returns, to COMMIT; return \
+                       owned values instead";
+    match source {
+        ConnectionSource::Explicit(name) if elided => format!(
+            "an #[atomic] function cannot return a borrow of its connection `{name}` (the \
+             lifetime elided here is `{name}`'s, the only borrowed parameter): {WHY}"
+        ),
+        ConnectionSource::Explicit(name) => format!(
+            "an #[atomic] function cannot return a borrow of its connection `{name}`: {WHY}"
+        ),
+        _ => format!(
+            "an #[atomic] method cannot return a borrow of `self`, which holds its connection: \
+             {WHY}"
+        ),
+    }
+}
+
+/// The lifetimes a type or parameter mentions: named ones, and where one is elided (a `&`
+/// without a lifetime, or `'_`). Function pointer types and `Fn(..)` sugar have their own
+/// elision scope, so what they contain does not count.
+#[derive(Default)]
+struct Lifetimes {
+    named: Vec<syn::Lifetime>,
+    elided: Vec<TokenStream>,
+}
+
+impl Lifetimes {
+    fn is_empty(&self) -> bool {
+        self.named.is_empty() && self.elided.is_empty()
+    }
+}
+
+impl<'ast> Visit<'ast> for Lifetimes {
+    fn visit_lifetime(&mut self, lifetime: &'ast syn::Lifetime) {
+        if lifetime.ident == "_" {
+            self.elided.push(lifetime.to_token_stream());
+        } else {
+            self.named.push(lifetime.clone());
+        }
+    }
+
+    fn visit_type_reference(&mut self, reference: &'ast syn::TypeReference) {
+        if reference.lifetime.is_none() {
+            self.elided.push(reference.to_token_stream());
+        }
+        visit::visit_type_reference(self, reference);
+    }
+
+    fn visit_type_bare_fn(&mut self, _: &'ast syn::TypeBareFn) {}
+
+    fn visit_parenthesized_generic_arguments(
+        &mut self,
+        _: &'ast syn::ParenthesizedGenericArguments,
+    ) {
     }
 }
 
@@ -253,52 +718,6 @@ fn parameters_hint(function: &ItemFn, wanted: &str) -> String {
     format!("; its parameters are {}", listed.join(", "))
 }
 
-/// A `&mut` parameter whose type looks like a diesel connection: a type named `*Connection`,
-/// `impl *Connection`, or a generic parameter bounded by `*Connection`.
-fn connection_like_parameter(function: &ItemFn) -> Option<&Ident> {
-    let generics = &function.sig.generics;
-    let generic_connections: Vec<&Ident> = generics
-        .type_params()
-        .filter(|param| param.bounds.iter().any(bound_is_connection))
-        .map(|param| &param.ident)
-        .chain(
-            generics
-                .where_clause
-                .iter()
-                .flat_map(|clause| clause.predicates.iter())
-                .filter_map(|predicate| match predicate {
-                    syn::WherePredicate::Type(predicate)
-                        if predicate.bounds.iter().any(bound_is_connection) =>
-                    {
-                        match &predicate.bounded_ty {
-                            Type::Path(path) => path.path.get_ident(),
-                            _ => None,
-                        }
-                    }
-                    _ => None,
-                }),
-        )
-        .collect();
-    function.sig.inputs.iter().find_map(|input| {
-        let FnArg::Typed(typed) = input else {
-            return None;
-        };
-        let (Pat::Ident(pat), Type::Reference(reference)) = (&*typed.pat, &*typed.ty) else {
-            return None;
-        };
-        reference.mutability?;
-        let looks_like_connection = match &*reference.elem {
-            Type::Path(path) => path.path.segments.last().is_some_and(|segment| {
-                segment.ident.to_string().ends_with("Connection")
-                    || generic_connections.contains(&&segment.ident)
-            }),
-            Type::ImplTrait(bounds) => bounds.bounds.iter().any(bound_is_connection),
-            _ => false,
-        };
-        looks_like_connection.then_some(&pat.ident)
-    })
-}
-
 fn bound_is_connection(bound: &syn::TypeParamBound) -> bool {
     match bound {
         syn::TypeParamBound::Trait(bound) => bound
@@ -310,27 +729,21 @@ fn bound_is_connection(bound: &syn::TypeParamBound) -> bool {
     }
 }
 
-/// The other `#[atomic]` / `#[non_atomic_requests]` attributes on the same function (the ones
-/// that expand after this one) must not contradict or repeat it for the same alias.
-pub(crate) fn other_attributes(
-    function: &ItemFn,
-    this: Attribute,
-    alias: &str,
-    errors: &mut Errors,
-) {
-    for attr in &function.attrs {
-        let Some(other) = Attribute::from_path(attr.path()) else {
+/// Stacked attributes must not contradict or repeat each other for one alias; each later one
+/// that does is reported, on that attribute, against the first one for its alias.
+pub(crate) fn distinct_aliases(layers: &[Layer], errors: &mut Errors) {
+    for (index, later) in layers.iter().enumerate() {
+        let alias = later.args.alias();
+        let Some(earlier) = layers[..index]
+            .iter()
+            .find(|earlier| earlier.args.alias() == alias)
+        else {
             continue;
         };
-        let other_args = match &attr.meta {
-            Meta::Path(_) => TokenStream::new(),
-            Meta::List(list) => list.tokens.clone(),
-            Meta::NameValue(_) => continue,
-        };
-        // Arguments that do not parse are reported when that attribute expands.
-        if args::alias_of(other, other_args).as_deref() != Some(alias) {
+        let Some(written) = &later.written else {
             continue;
-        }
+        };
+        let (this, other) = (earlier.args.attribute(), later.args.attribute());
         let message = if other == this {
             let why = match this {
                 Attribute::Atomic => {
@@ -349,7 +762,7 @@ pub(crate) fn other_attributes(
                  that part into its own #[atomic] function and call it"
             )
         };
-        errors.push(syn::Error::new_spanned(attr, message));
+        errors.push(syn::Error::new_spanned(written, message));
     }
 }
 
@@ -363,9 +776,24 @@ mod tests {
     }
 
     fn connection_error(tokens: TokenStream, wanted: Option<Ident>) -> String {
-        match connection(&parse(tokens), wanted.as_ref()) {
+        let args = match wanted {
+            Some(wanted) => quote!(conn = #wanted),
+            None => quote!(),
+        };
+        connection_error_with(tokens, args)
+    }
+
+    fn connection_error_with(tokens: TokenStream, args: TokenStream) -> String {
+        match connection(&parse(tokens), &AtomicArgs::parse(args).unwrap()) {
             Ok(_) => String::new(),
             Err(error) => error.to_string(),
+        }
+    }
+
+    fn source(tokens: TokenStream, args: TokenStream) -> ConnectionSource {
+        match connection(&parse(tokens.clone()), &AtomicArgs::parse(args).unwrap()) {
+            Ok(source) => source,
+            Err(error) => panic!("{tokens}: {error}"),
         }
     }
 
@@ -409,16 +837,253 @@ mod tests {
     }
 
     #[test]
-    fn other_mut_parameters_keep_ambient_mode() {
-        let source = connection(
-            &parse(quote!(
-                fn f(buffer: &mut Vec<u8>) -> R {
+    fn mut_parameters_that_are_certainly_not_connections_keep_ambient_mode() {
+        for parameters in [
+            quote!(buffer: &mut Vec<u8>),
+            quote!(text: &mut String),
+            quote!(text: &mut str),
+            quote!(bytes: &mut [u8]),
+            quote!(bytes: &mut [u8; 4]),
+            quote!(pair: &mut (u8, bool)),
+            quote!(unit: &mut ()),
+            quote!(map: &mut std::collections::HashMap<String, Vec<u8>>),
+            quote!(set: &mut BTreeSet<u32>),
+            quote!(queue: &mut VecDeque<u8>),
+            quote!(f: &mut fmt::Formatter<'_>),
+            quote!(slot: &mut Option<u8>),
+            quote!(cell: &mut RefCell<u8>),
+            quote!(name: &mut &str),
+            quote!(items: &mut impl Iterator<Item = u8>),
+            quote!(out: &mut dyn std::io::Write),
+            quote!(value: &mut T),
+            quote!(shown: &mut D),
+            quote!(owned: DbConn),
+            quote!(shared: &DbConn),
+            quote!((a, b): (&mut u8, &mut String)),
+            quote!(Wrapper(inner): Wrapper),
+        ] {
+            let function = quote!(
+                fn f<T, D: Display>(#parameters) -> R {
                     x
                 }
-            )),
-            None,
+            );
+            assert!(
+                matches!(source(function, quote!()), ConnectionSource::Ambient),
+                "{parameters}"
+            );
+        }
+    }
+
+    #[test]
+    fn mut_parameters_that_may_be_connections_are_refused() {
+        for (parameters, name) in [
+            (quote!(db: &mut DbConn), "db"),
+            (quote!(db: &mut MyConn), "db"),
+            (quote!(mut db: &mut db::Conn), "db"),
+            (quote!(this: &mut Self), "this"),
+            (quote!(db: &mut <T as Backend>::Conn), "db"),
+            (quote!(db: &mut &mut DbConn), "db"),
+            (quote!(pool: &mut [DbConn]), "pool"),
+            (quote!(pair: &mut (u8, DbConn)), "pair"),
+            (quote!(db: &mut Box<DbConn>), "db"),
+        ] {
+            let error = connection_error(
+                quote!(
+                    fn f(id: u8, #parameters) -> R {
+                        x
+                    }
+                ),
+                None,
+            );
+            assert_eq!(
+                error,
+                format!(
+                    "#[atomic] cannot tell whether `{name}` is a connection: write \
+                     `#[atomic(conn = {name})]` to run the block on it, or \
+                     `#[atomic(ambient = true)]` to run it on the alias's pooled connection on \
+                     purpose"
+                ),
+                "{parameters}"
+            );
+        }
+    }
+
+    #[test]
+    fn patterns_that_may_hold_a_connection_are_refused() {
+        for parameters in [
+            quote!((id, db): (u8, &mut DbConn)),
+            quote!((id, db): (u8, &mut SqliteConnection)),
+            quote!([a, b]: [&mut DbConn; 2]),
+            quote!(Pair(a, b): Pair<&mut DbConn>),
+            quote!(_: &mut DbConn),
+            quote!(&mut db: &mut &mut DbConn),
+        ] {
+            let error = connection_error(
+                quote!(
+                    fn f(#parameters) -> R {
+                        x
+                    }
+                ),
+                None,
+            );
+            assert!(
+                error.starts_with(
+                    "#[atomic] cannot tell whether this parameter holds a connection: give the \
+                     connection a parameter of its own and write `#[atomic(conn = name)]`"
+                ),
+                "{parameters}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn mut_self_in_ambient_mode_is_refused() {
+        for receiver in [
+            quote!(&mut self),
+            quote!(&'a mut self),
+            quote!(self: &mut Self),
+        ] {
+            let error = connection_error(
+                quote!(
+                    fn f(#receiver, id: u8) -> R {
+                        x
+                    }
+                ),
+                None,
+            );
+            assert!(
+                error.starts_with(
+                    "#[atomic] cannot tell whether `self` holds a connection: write \
+                     `#[atomic(conn = self.conn)]`"
+                ),
+                "{receiver}: {error}"
+            );
+        }
+        for receiver in [
+            quote!(&self),
+            quote!(self),
+            quote!(mut self),
+            quote!(self: Box<Self>),
+        ] {
+            let function = quote!(
+                fn f(#receiver, id: u8) -> R {
+                    x
+                }
+            );
+            assert!(
+                matches!(source(function, quote!()), ConnectionSource::Ambient),
+                "{receiver}"
+            );
+        }
+        // With a connection parameter, `&mut self` is just the receiver.
+        let function = quote!(
+            fn f(&mut self, conn: &mut DbConn) -> R {
+                x
+            }
         );
-        assert!(matches!(source, Ok(ConnectionSource::Ambient)));
+        assert!(matches!(
+            source(function, quote!()),
+            ConnectionSource::Explicit(_)
+        ));
+    }
+
+    #[test]
+    fn ambient_true_runs_ambient_on_purpose() {
+        let function = quote!(
+            fn f(&mut self, db: &mut DbConn, (a, b): (u8, &mut X), c: &mut SqliteConnection) -> R {
+                x
+            }
+        );
+        assert!(matches!(
+            source(function, quote!(ambient = true)),
+            ConnectionSource::Ambient
+        ));
+        let error = connection_error_with(
+            quote!(
+                fn f(db: &mut DbConn) -> R {
+                    x
+                }
+            ),
+            quote!(ambient = false),
+        );
+        assert!(error.starts_with("#[atomic] cannot tell"), "{error}");
+    }
+
+    #[test]
+    fn ambient_true_contradicts_a_conn_parameter() {
+        for parameters in [quote!(conn: &mut DbConn), quote!(conn: &DbConn)] {
+            let error = connection_error_with(
+                quote!(
+                    fn f(#parameters) -> R {
+                        x
+                    }
+                ),
+                quote!(ambient = true),
+            );
+            assert!(
+                error.starts_with("`ambient = true` contradicts the parameter `conn`"),
+                "{parameters}: {error}"
+            );
+        }
+        let errors = options_errors(quote!(ambient = true, conn = self.db));
+        assert_eq!(
+            errors,
+            [
+                "`ambient = true` contradicts `conn = self.db`: the block runs either on that \
+              connection or on the alias's pooled one; keep one"
+                    .to_owned()
+            ]
+        );
+        assert!(options_errors(quote!(ambient = false, conn = db)).is_empty());
+    }
+
+    #[test]
+    fn conn_self_needs_a_mut_self_method() {
+        for receiver in [
+            quote!(&mut self),
+            quote!(&'a mut self),
+            quote!(self: &mut Self),
+        ] {
+            for args in [
+                quote!(conn = self.conn),
+                quote!(conn = self),
+                quote!(conn = self.a.0),
+            ] {
+                let function = quote!(
+                    fn f(#receiver) -> R {
+                        x
+                    }
+                );
+                assert!(
+                    matches!(
+                        source(function, args.clone()),
+                        ConnectionSource::Receiver(_)
+                    ),
+                    "{receiver} {args}"
+                );
+            }
+        }
+        for receiver in [
+            quote!(&self,),
+            quote!(self,),
+            quote!(self: Box<Self>,),
+            quote!(),
+        ] {
+            let error = connection_error_with(
+                quote!(
+                    fn f(#receiver id: u8) -> R {
+                        x
+                    }
+                ),
+                quote!(conn = self.db),
+            );
+            assert_eq!(
+                error,
+                "`conn = self.db` needs a method that takes `&mut self`: a transaction needs \
+                 `&mut` access to its connection",
+                "{receiver}"
+            );
+        }
     }
 
     #[test]
@@ -475,6 +1140,128 @@ mod tests {
             Some(syn::parse_quote!(db)),
         );
         assert!(error.ends_with("it has no named parameters"), "{error}");
+    }
+
+    fn borrow_error(tokens: TokenStream, args: TokenStream) -> String {
+        let function = parse(tokens);
+        let args = AtomicArgs::parse(args).unwrap();
+        let source = connection(&function, &args).unwrap();
+        match returns_no_borrow_of_connection(&function, &source) {
+            Ok(()) => String::new(),
+            Err(error) => error.to_string(),
+        }
+    }
+
+    #[test]
+    fn returning_a_borrow_of_the_connection_is_refused() {
+        let named = "an #[atomic] function cannot return a borrow of its connection `conn`: the \
+                     block needs the connection after the body returns, to COMMIT; return owned \
+                     values instead";
+        let elided = "an #[atomic] function cannot return a borrow of its connection `conn` (the \
+                      lifetime elided here is `conn`'s, the only borrowed parameter): the block \
+                      needs the connection after the body returns, to COMMIT; return owned \
+                      values instead";
+        let receiver = "an #[atomic] method cannot return a borrow of `self`, which holds its \
+                        connection: the block needs the connection after the body returns, to \
+                        COMMIT; return owned values instead";
+        for (signature, args, expected) in [
+            (
+                quote!(fn f<'a>(conn: &'a mut C) -> QueryResult<&'a mut C>),
+                quote!(),
+                named,
+            ),
+            (
+                quote!(fn f<'a>(n: u8, conn: &'a mut C) -> QueryResult<Rows<'a>>),
+                quote!(),
+                named,
+            ),
+            (
+                quote!(fn f(conn: &mut C) -> QueryResult<Vec<&str>>),
+                quote!(),
+                elided,
+            ),
+            (
+                quote!(fn f(conn: &mut C, n: u32) -> QueryResult<Prepared<'_>>),
+                quote!(),
+                elided,
+            ),
+            (
+                quote!(fn f(conn: &'_ mut C) -> QueryResult<&u8>),
+                quote!(),
+                elided,
+            ),
+            (
+                quote!(fn f(&mut self) -> QueryResult<&str>),
+                quote!(conn = self.conn),
+                receiver,
+            ),
+            (
+                quote!(fn f<'a>(&'a mut self, n: &u8) -> QueryResult<&'a str>),
+                quote!(conn = self),
+                receiver,
+            ),
+        ] {
+            assert_eq!(
+                borrow_error(quote!(#signature { x }), args.clone()),
+                expected,
+                "{signature}"
+            );
+        }
+    }
+
+    #[test]
+    fn returning_other_borrows_is_fine() {
+        for (signature, args) in [
+            (
+                quote!(fn f<'a, 'b>(conn: &'a mut C, text: &'b str) -> QueryResult<&'b str>),
+                quote!(),
+            ),
+            // The same lifetime on another parameter: the body may return that one.
+            (
+                quote!(fn f<'a>(conn: &'a mut C, text: &'a str) -> QueryResult<&'a str>),
+                quote!(),
+            ),
+            (
+                quote!(fn f<'a>(conn: &mut C, text: &'a str) -> QueryResult<&'a str>),
+                quote!(),
+            ),
+            (
+                quote!(fn f(&self, conn: &mut C) -> QueryResult<&str>),
+                quote!(),
+            ),
+            // Ambiguous elision is rustc's own error (E0106).
+            (
+                quote!(fn f(conn: &mut C, text: &str) -> QueryResult<&str>),
+                quote!(),
+            ),
+            (
+                quote!(fn f(conn: &mut C) -> QueryResult<fn(&str) -> &str>),
+                quote!(),
+            ),
+            (
+                quote!(fn f(conn: &mut C) -> QueryResult<Box<dyn Fn(&str) -> &str>>),
+                quote!(),
+            ),
+            (
+                quote!(fn f(conn: &mut C) -> QueryResult<&'static str>),
+                quote!(),
+            ),
+            (
+                quote!(fn f(conn: &'static mut C) -> QueryResult<&'static str>),
+                quote!(),
+            ),
+            (
+                quote!(fn f<'b>(&mut self, text: &'b str) -> QueryResult<&'b str>),
+                quote!(conn = self.conn),
+            ),
+            (quote!(fn f(text: &str) -> Result<&str, E>), quote!()),
+        ] {
+            assert_eq!(
+                borrow_error(quote!(#signature { x }), args.clone()),
+                "",
+                "{signature}"
+            );
+        }
     }
 
     #[test]
@@ -596,36 +1383,82 @@ mod tests {
         assert!(options_errors(quote!(retry = 3, durable = true)).is_empty());
     }
 
+    fn layers(item: TokenStream, first: Attribute, first_args: TokenStream) -> Vec<Layer> {
+        let mut function = parse(item);
+        let mut layers = vec![Layer {
+            args: crate::args::AttributeArgs::parse(first, first_args).unwrap(),
+            written: None,
+        }];
+        for stacked in crate::args::take_stacked(&mut function.attrs) {
+            layers.push(Layer {
+                args: crate::args::AttributeArgs::parse(stacked.attribute, stacked.args).unwrap(),
+                written: Some(stacked.written),
+            });
+        }
+        layers
+    }
+
+    fn alias_errors(layers: &[Layer]) -> Vec<String> {
+        let mut errors = Errors::default();
+        distinct_aliases(layers, &mut errors);
+        match errors.finish(()) {
+            Ok(()) => Vec::new(),
+            Err(error) => error.into_iter().map(|error| error.to_string()).collect(),
+        }
+    }
+
     #[test]
     fn contradicting_attributes_for_one_alias_are_refused() {
-        let function = parse(quote!(
+        let item = quote!(
             #[non_atomic_requests(using = "other")]
             #[diesel_atomic::non_atomic_requests]
             #[doc = "kept"]
             fn f() -> R {
                 x
             }
-        ));
-        let mut errors = Errors::default();
-        other_attributes(&function, Attribute::Atomic, "default", &mut errors);
-        let error = errors.finish(()).unwrap_err().to_string();
+        );
+        let errors = alias_errors(&layers(item.clone(), Attribute::Atomic, quote!()));
+        assert_eq!(errors.len(), 1, "{errors:?}");
         assert!(
-            error.contains("contradict each other for alias \"default\""),
-            "{error}"
+            errors[0].starts_with(
+                "#[atomic] and #[non_atomic_requests] contradict each other for alias \"default\""
+            ),
+            "{errors:?}"
         );
 
-        let mut errors = Errors::default();
-        other_attributes(
-            &function,
+        let errors = alias_errors(&layers(
+            item.clone(),
             Attribute::NonAtomicRequests,
-            "other",
-            &mut errors,
+            quote!(using = "other"),
+        ));
+        assert_eq!(
+            errors,
+            ["#[non_atomic_requests] is given twice for alias \"other\"; keep one".to_owned()]
         );
-        let error = errors.finish(()).unwrap_err().to_string();
-        assert!(error.contains("given twice for alias \"other\""), "{error}");
 
-        let mut errors = Errors::default();
-        other_attributes(&function, Attribute::Atomic, "third", &mut errors);
-        assert!(errors.is_empty());
+        let errors = alias_errors(&layers(item, Attribute::Atomic, quote!(using = "third")));
+        assert!(errors.is_empty(), "{errors:?}");
+    }
+
+    #[test]
+    fn a_repeated_alias_is_reported_once_per_attribute() {
+        let item = quote!(
+            #[atomic(savepoint = false)]
+            #[atomic(using = "other")]
+            #[atomic]
+            fn f() -> R {
+                x
+            }
+        );
+        let errors = alias_errors(&layers(item, Attribute::Atomic, quote!()));
+        assert_eq!(
+            errors,
+            [
+                "#[atomic] is given twice for alias \"default\" (the inner block would only be a \
+                 savepoint of the outer one); keep one",
+                "#[atomic] is given twice for alias \"default\" (the inner block would only be a \
+                 savepoint of the outer one); keep one",
+            ]
+        );
     }
 }

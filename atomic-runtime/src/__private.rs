@@ -125,3 +125,28 @@ pub fn request_with_report<T, E: From<Error>>(
         Err(error) => (Ok(Err(error.into())), RequestReport::default()),
     }
 }
+
+/// What `#[atomic]` needs of its function's error type, checked by `check_error_type` with
+/// a message of its own: the block returns its own errors (a failed `BEGIN` or `COMMIT`, an
+/// unknown alias) through that type.
+///
+/// The blanket impl is what makes the bound `From<Error>`; rustc reports an unsatisfied
+/// `E: From<Error>` behind it with this trait's message, because both name the same type.
+#[diagnostic::on_unimplemented(
+    message = "the error type of an #[atomic] function must implement \
+               `From<diesel_atomic::Error>`, and `{Self}` does not",
+    label = "the error type of an #[atomic] function",
+    note = "the block returns its own errors (a failed BEGIN or COMMIT, an unknown alias) \
+            through this type: give `{Self}` a variant such as `Atomic(diesel_atomic::Error)` \
+            and `impl From<diesel_atomic::Error> for {Self}`, or return \
+            `diesel::result::Error` (`QueryResult<T>`) or `diesel_atomic::Error`"
+)]
+pub trait AtomicFunctionError {}
+
+impl<E: From<Error>> AtomicFunctionError for E {}
+
+/// Emitted before the block for a function declared `-> Result<T, E>`, spanned where the
+/// entry point's own `E: From<Error>` bound is: rustc then reports this check's message and
+/// drops the entry point's identical obligation at the same place as a duplicate.
+#[inline(always)]
+pub fn check_error_type<E: AtomicFunctionError>() {}

@@ -57,6 +57,16 @@ fn opaque_value(conn: &mut SqliteConnection) -> QueryResult<impl Display> {
     Ok(5)
 }
 
+/// A generic error type, bounded where the function declares it.
+#[atomic]
+fn generic_error<E>(conn: &mut SqliteConnection) -> Result<i32, E>
+where
+    E: From<diesel_atomic::Error> + From<diesel::result::Error>,
+{
+    conn.batch_execute("SELECT 1")?;
+    Ok(6)
+}
+
 fn main() {
     let mut conn = SqliteConnection::establish(":memory:").unwrap();
     assert_eq!(query_result(&mut conn).unwrap(), 1);
@@ -64,6 +74,7 @@ fn main() {
     assert_eq!(alias(&mut conn).unwrap(), 3);
     assert_eq!(full_path(&mut conn).unwrap(), 4);
     assert_eq!(opaque_value(&mut conn).unwrap().to_string(), "5");
+    assert_eq!(generic_error::<AppError>(&mut conn).unwrap(), 6);
     assert!(matches!(
         AppError::from(diesel::result::Error::NotFound),
         AppError::Database(_)
