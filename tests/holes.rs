@@ -10,6 +10,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::rc::Rc;
 
 use common::*;
+use diesel::prelude::*;
 use diesel_atomic::testing::TestTransaction;
 use diesel_atomic::transaction::{self, Atomic};
 use diesel_atomic::{Database, Databases, Error, connection, db, get_or_create, request};
@@ -398,7 +399,131 @@ fn test_transaction_dropped_inside_connection_leaves_the_alias_usable<C: Backend
     assert_pool_clean(&test_db.default);
 }
 
+// --- found by the model test -------------------------------------------------------------------
+
+/// A block of "other" on the connection of a "default" block that itself runs inside the
+/// caller's own `conn.transaction(..)`: "default" cannot carry "other"'s callbacks (its own
+/// commit is out of sight), so `on_commit` is refused there too, and no callback runs after the
+/// caller's transaction rolled back.
+fn callbacks_beside_a_block_inside_the_callers_transaction_are_refused<C: Backend>() {
+    let test_db = setup::<C>();
+    let notified = Notified::default();
+    let notify = notified.clone();
+    connection(|conn: &mut C| {
+        let caller: Result<(), TestError> = conn.transaction(|conn| {
+            Atomic::new().savepoint(false).run_on(conn, |conn| {
+                Atomic::new()
+                    .using("other")
+                    .savepoint(false)
+                    .run_on(conn, |conn| {
+                        insert_reporter(conn, "Tintin", "")?;
+                        let refused = db("other").on_commit(move || notify.push(1));
+                        assert!(
+                            matches!(refused, Err(Error::OnCommitRefused { .. })),
+                            "{refused:?}"
+                        );
+                        Ok::<_, Error>(())
+                    })
+            })?;
+            Err(TestError::Oops)
+        });
+        assert_eq!(caller, Err(TestError::Oops));
+        Ok::<_, Error>(())
+    })
+    .unwrap();
+    assert!(notified.get().is_empty());
+    assert!(test_db.reporters("default").is_empty());
+}
+
+/// Django nests the request's wrappers, "default" innermost: its callbacks run inside
+/// "other"'s request transaction, even when the view never used "other" — so what they write
+/// there rolls back when a later callback panics.
+fn request_callbacks_of_the_first_alias_run_in_the_second_aliass_transaction<C: Backend>() {
+    quiet_expected_panics(CALLBACK_PANIC);
+    let test_db = setup::<C>();
+    let _registry = both_aliases_with_atomic_requests(&test_db);
+    let seen = Rc::new(RefCell::new(None));
+    let saw = Rc::clone(&seen);
+    let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
+        request(|| {
+            add("Tintin")?;
+            transaction::on_commit(move || {
+                *saw.borrow_mut() = Some(db("other").in_atomic_block());
+                add_to("other", "Haddock").unwrap();
+            })?;
+            transaction::on_commit(|| panic!("{CALLBACK_PANIC}"))?;
+            Ok::<_, TestError>(())
+        })
+    }));
+    assert!(outcome.is_err());
+    assert_eq!(
+        *seen.borrow(),
+        Some(true),
+        "inside other's request transaction"
+    );
+    assert_eq!(test_db.reporters("default"), ["Tintin"]);
+    assert!(
+        test_db.reporters("other").is_empty(),
+        "rolled back with other's request transaction"
+    );
+    assert!(!db("other").in_atomic_block());
+    assert_pool_clean(&test_db.other);
+}
+
+const DIESEL_PANIC: &str = "holes: panic inside diesel's transaction";
+
+/// diesel's `conn.transaction` does not roll back when its closure panics: a block around it
+/// rolls that level back with its own, so the block's COMMIT or ROLLBACK applies to the
+/// block's level and the connection never stays inside a transaction.
+fn a_panic_out_of_diesels_transaction_is_rolled_back_by_the_block_around_it<C: Backend>() {
+    quiet_expected_panics(DIESEL_PANIC);
+    let test_db = setup::<C>();
+    let mut pooled = test_db.default.get().unwrap();
+    let conn: &mut C = &mut pooled;
+    let panic_in_diesels_transaction = |conn: &mut C| {
+        let caught = panic::catch_unwind(AssertUnwindSafe(|| {
+            let _: QueryResult<()> = conn.transaction(|conn| {
+                insert_reporter(conn, "Lost", "")?;
+                panic!("{DIESEL_PANIC}");
+            });
+        }));
+        assert!(caught.is_err());
+    };
+    // Caught inside the block, which goes on and commits its own work only.
+    Atomic::new()
+        .run_on(conn, |conn| {
+            insert_reporter(conn, "Tintin", "")?;
+            panic_in_diesels_transaction(conn);
+            Ok::<_, Error>(())
+        })
+        .unwrap();
+    assert_not_in_transaction(conn);
+    // In a nested block that fails: it rolls back to its savepoint, the outer block commits.
+    Atomic::new()
+        .run_on(conn, |conn| {
+            insert_reporter(conn, "Haddock", "")?;
+            let inner = Atomic::new().run_on(conn, |conn| {
+                insert_reporter(conn, "Rolled", "back")?;
+                panic_in_diesels_transaction(conn);
+                Err::<(), _>(TestError::Oops)
+            });
+            assert_eq!(inner, Err(TestError::Oops));
+            Ok::<_, TestError>(())
+        })
+        .unwrap();
+    assert_not_in_transaction(conn);
+    insert_reporter(conn, "Autocommit", "").unwrap();
+    drop(pooled);
+    assert_eq!(
+        test_db.reporters("default"),
+        names(&["Autocommit", "Haddock", "Tintin"])
+    );
+}
+
 backend_tests!(
+    callbacks_beside_a_block_inside_the_callers_transaction_are_refused,
+    request_callbacks_of_the_first_alias_run_in_the_second_aliass_transaction,
+    a_panic_out_of_diesels_transaction_is_rolled_back_by_the_block_around_it,
     request_leaves_every_alias_when_a_callback_of_the_first_panics,
     callback_inside_the_callers_transaction_never_runs_for_rolled_back_work,
     callback_of_a_block_nested_on_the_same_connection_still_runs,

@@ -178,16 +178,9 @@ fn callers_connection(
 
 #[cold]
 fn host_block(alias: &str, id: ConnectionId, depth: u32) -> Option<Box<str>> {
-    let on_connection = state::find_map(|state| {
-        (state.alias() != alias && state.in_atomic_block() && state.block_connection == Some(id))
-            .then(|| (state.alias().to_owned(), state.block_depth()))
-    });
-    rules::host_of(
-        on_connection
-            .as_ref()
-            .map(|(host, depth)| (host.as_str(), *depth)),
-        depth,
-    )
+    state::find_map(|state| {
+        (state.alias() != alias && rules::hosts(state, id, depth)).then(|| state.alias().into())
+    })
 }
 
 /// BEGIN (with the block's options when the plan says so) or SAVEPOINT.
@@ -367,6 +360,7 @@ fn leave_outermost(
     route: Route,
 ) -> Exit {
     let end = |conn: &mut dyn TxConnection| {
+        close_levels_left_open(alias, conn, depth_before + 1);
         if success {
             commit_outermost(alias, conn, depth_before)
         } else {
@@ -463,6 +457,7 @@ fn leave_savepoint(
         (None, Some(conn)) => conn,
         (None, None) => return Exit::failed(connection_missing(alias)),
     };
+    close_levels_left_open(alias, conn, depth_before + 1);
     let (error, transaction_lost) = if success {
         release_savepoint(alias, conn, depth_before)
     } else {
@@ -484,6 +479,31 @@ fn leave_savepoint(
     Exit {
         error: error.map(Error::from),
         callbacks: Vec::new(),
+    }
+}
+
+/// Rolls back the diesel levels a panic left open above the block's own (see
+/// `rules::levels_left_open`).
+#[inline]
+fn close_levels_left_open(alias: &str, conn: &mut dyn TxConnection, block_depth: u32) {
+    let levels = rules::levels_left_open(conn.depth().ok(), block_depth);
+    if levels > 0 {
+        close_levels(alias, conn, levels);
+    }
+}
+
+#[cold]
+fn close_levels(alias: &str, conn: &mut dyn TxConnection, levels: u32) {
+    tracing::warn!(
+        alias,
+        levels,
+        "rolling back transaction levels of diesel's own that a panic left open inside the block"
+    );
+    for _ in 0..levels {
+        if let Err(error) = conn.rollback() {
+            tracing::error!(alias, %error, "rolling back a level left open failed");
+            return;
+        }
     }
 }
 

@@ -40,13 +40,17 @@ pub(crate) fn foreign_transaction(depth: u32, is_test: impl FnOnce() -> bool) ->
     }
 }
 
-/// Rule C3 across aliases: the alias (other than `alias`) whose open block runs on connection
-/// `id` with its innermost block at exactly `depth`. Its COMMIT makes the work of a block of
-/// `alias` begun there durable.
-pub(crate) fn host_of(states_on_connection: Option<(&str, u32)>, depth: u32) -> Option<Box<str>> {
-    states_on_connection
-        .filter(|(_, host_depth)| *host_depth == depth)
-        .map(|(host, _)| host.into())
+/// Rule C3 across aliases: whether the open block of `state`'s alias carries the work of a
+/// block of another alias begun on connection `id` at diesel depth `depth` — its innermost
+/// block runs there, with nothing of the caller's in between, and its own commit is in sight.
+/// Then that block's COMMIT makes the other block's work durable, and the other block's
+/// callbacks join its queue.
+pub(crate) fn hosts(state: &AliasState, id: ConnectionId, depth: u32) -> bool {
+    state.block_connection == Some(id)
+        && state
+            .blocks
+            .last()
+            .is_some_and(|innermost| innermost.depth == depth && !innermost.commit_out_of_sight)
 }
 
 /// Whether the block's begin options go into its BEGIN.
@@ -531,6 +535,15 @@ pub(crate) fn recover_release(depth_now: Option<u32>, depth_before: u32) -> Rele
     }
 }
 
+/// Rules X1/X2 when the caller left diesel levels open inside the block: a panic out of
+/// diesel's own `conn.transaction(..)` does not roll its level back (diesel catches no
+/// panics). Those levels never completed, so they are rolled back before the block's own
+/// COMMIT, RELEASE or ROLLBACK, which then applies to the block's level. How many, from
+/// diesel's depth now and the depth inside the block.
+pub(crate) fn levels_left_open(depth_now: Option<u32>, block_depth: u32) -> u32 {
+    depth_now.map_or(0, |depth| depth.saturating_sub(block_depth))
+}
+
 /// Rule X4 for the outermost block whose COMMIT failed: roll back if the transaction is still
 /// open (diesel ≥ 2.3.14 usually rolled back already; a broken manager makes the pool
 /// discard the connection).
@@ -799,16 +812,24 @@ impl RequestScope {
         })
     }
 
-    /// The end of the view: the begun transactions, in registration order (Q3).
-    pub(crate) fn end(&mut self) -> Vec<(String, Entered)> {
+    /// The view returned (or unwound): the exemptions of its functions are over.
+    pub(crate) fn view_ended(&mut self) {
         self.exempt.clear();
-        std::mem::take(&mut self.aliases)
-            .into_iter()
-            .filter_map(|(alias, transaction)| match transaction {
-                RequestTransaction::Begun(entered) => Some((alias, entered)),
-                RequestTransaction::Pending | RequestTransaction::Beginning => None,
-            })
-            .collect()
+    }
+
+    /// Rule Q3: the next alias to end, in registration order, with its block if its
+    /// transaction began. The aliases after it stay in the request: callbacks of this one may
+    /// still begin them.
+    pub(crate) fn end_next(&mut self) -> Option<(String, Option<Entered>)> {
+        if self.aliases.is_empty() {
+            return None;
+        }
+        let (alias, transaction) = self.aliases.remove(0);
+        let entered = match transaction {
+            RequestTransaction::Begun(entered) => Some(entered),
+            RequestTransaction::Pending | RequestTransaction::Beginning => None,
+        };
+        Some((alias, entered))
     }
 }
 

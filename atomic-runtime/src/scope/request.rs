@@ -127,18 +127,18 @@ pub(crate) fn run<T, E: From<Error>>(
     });
     ACTIVE.with(|active| active.set(true));
     let mut outcome = panic::catch_unwind(AssertUnwindSafe(view));
-    // The request is over before its transactions end: callbacks that run after a commit
-    // work in autocommit mode, as after any outermost block.
-    ACTIVE.with(|active| active.set(false));
-    let begun = SCOPE.with_borrow_mut(RequestScope::end);
+    SCOPE.with_borrow_mut(RequestScope::view_ended);
 
     // Rule Q3, nested as Django nests one atomic wrapper per alias: each alias commits and
     // runs its callbacks before the next one ends, and every alias leaves its block whatever
-    // happens.
+    // happens. An alias ends only after the ones before it: their callbacks run inside its
+    // request transaction (and may begin it), as they run inside its wrapper in Django.
     let mut end = RequestEnd::new(matches!(outcome, Ok(Ok(_))));
     let mut commit_error = None;
     let mut report = RequestReport::default();
-    for (alias, entered) in begun {
+    while let Some((alias, begun)) = SCOPE.with_borrow_mut(RequestScope::end_next) {
+        // Never begun: nothing to commit or roll back.
+        let Some(entered) = begun else { continue };
         let commit = end.commits();
         let exit = block::leave(&alias, entered, None, commit);
         let ended = match exit.error {
@@ -180,6 +180,8 @@ pub(crate) fn run<T, E: From<Error>>(
         };
         end.ended(ended);
     }
+    // The request is over: what runs after it works in autocommit mode.
+    ACTIVE.with(|active| active.set(false));
 
     let outcome = match (outcome, commit_error) {
         (Ok(Ok(_)), Some(error)) => Ok(Err(error.into())),

@@ -406,6 +406,22 @@ fn a_block_ended_elsewhere_is_lost() {
 }
 
 #[test]
+fn levels_a_panic_left_open_are_counted_above_the_block() {
+    assert_eq!(levels_left_open(Some(3), 1), 2);
+    assert_eq!(levels_left_open(Some(1), 1), 0);
+    assert_eq!(
+        levels_left_open(Some(0), 1),
+        0,
+        "diesel noticed the end itself"
+    );
+    assert_eq!(
+        levels_left_open(None, 1),
+        0,
+        "a broken manager: nothing to close"
+    );
+}
+
+#[test]
 fn x4_release_recovery_as_a_table() {
     let cases = [
         (Some(3), 2, ReleaseRecovery::RollbackTo),
@@ -627,16 +643,16 @@ fn c3_callbacks_of_a_block_on_another_aliass_connection_join_its_queue() {
         join_queue(&mut idle, vec![callback()]).map_err(|lost| lost.len()),
         Err(1)
     );
-    assert_eq!(
-        host_of(Some(("other", 2)), 2).as_deref(),
-        Some("other"),
-        "the host's innermost block runs at the block's depth"
+    assert!(
+        hosts(&host, connection(0), 1),
+        "its innermost block runs at that depth"
     );
-    assert_eq!(
-        host_of(Some(("other", 1)), 2),
-        None,
-        "a foreign level between"
-    );
+    assert!(!hosts(&host, connection(0), 2), "a foreign level between");
+    assert!(!hosts(&host, connection(1), 1), "another connection");
+    // A host whose own commit is out of sight carries nothing.
+    let mut inside_callers = fresh();
+    assert!(plan_enter(&mut inside_callers, &options(), Some(&caller(0, 1))).is_ok());
+    assert!(!hosts(&inside_callers, connection(0), 2));
 }
 
 #[test]
@@ -740,6 +756,23 @@ fn q_rules_as_a_table() {
     // Unknown aliases are none of the request's business.
     assert!(!scope.begin_due("replica"));
     assert!(!scope.pending("replica"));
+    // Q3: the aliases end one by one, in registration order; the later ones stay in the
+    // request meanwhile (a callback of the first may begin the second).
+    scope.begun(
+        "default",
+        Some(Entered {
+            token: BlockToken::next(),
+            index: 0,
+        }),
+    );
+    scope.begun("other", None);
+    let (first, begun) = scope.end_next().unwrap();
+    assert_eq!((first.as_str(), begun.is_some()), ("default", true));
+    assert!(scope.pending("other"));
+    assert!(scope.begin_due("other"));
+    let (second, _) = scope.end_next().unwrap();
+    assert_eq!(second, "other");
+    assert!(scope.end_next().is_none());
 }
 
 #[test]
