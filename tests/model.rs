@@ -24,18 +24,14 @@
 //!
 //! Left out: `TestTransaction`, retrying blocks, begin options, `#[non_atomic_requests]`, and
 //! failures of the database itself (tests/faults.rs). Kept out of the programs as well:
-//! - a panic that leaves diesel's `conn.transaction(..)`: diesel 2.3 does not roll back on a
-//!   panic, its level stays open, and the rollback of the block around it then goes to
-//!   diesel's savepoint instead of the block's own (not handled by the runtime yet). The
-//!   program catches the panic inside, lets diesel roll back, and resumes it;
+//! - a panic that leaves diesel's `conn.transaction(..)` uncaught: diesel 2.3 does not roll its
+//!   level back on a panic; the block around it rolls that level back with its own
+//!   (tests/holes.rs checks it), but what the rest of a program does on a connection left one
+//!   level deeper is more than this model follows. The program catches the panic inside, lets
+//!   diesel roll back, and resumes it;
 //! - an ambient `on_commit` of an alias directly inside a `conn.transaction(..)` on its block's
-//!   connection, which diesel-atomic cannot see (a known blind spot): the model reports those
-//!   callbacks and `Harness::leave_out` removes them before the run.
-//!
-//! Two known divergences are kept out the same way until they are settled, each marked
-//! KNOWN DIVERGENCE where it is handled: callbacks of a block that joins another alias's block
-//! whose own commit is out of sight (`Block::beside_out_of_sight`), and a request view that
-//! never uses "other" (`request`).
+//!   connection, which diesel-atomic cannot see (a known blind spot, documented in the README):
+//!   the model reports those callbacks and `Harness::leave_out` removes them before the run.
 
 mod common;
 
@@ -844,24 +840,11 @@ fn op() -> Vec<BoxedStrategy<Op>> {
     ops
 }
 
-/// `request(|| body)`.
-///
-/// KNOWN DIVERGENCE, kept out until it is settled: the runtime begins a request's transaction
-/// on an alias at the view's first use of it, and runs the callbacks of "default" after
-/// `request()` stopped beginning them. So if the view never used "other", those callbacks find
-/// "other" outside any block (`on_commit` runs at once, a durable block is allowed, an insert
-/// commits at once and stays when a later callback's panic rolls "other" back), where Django
-/// runs them inside other's atomic wrapper, as the runtime does when the view used "other".
-/// Every view here uses "other" first: `set_rollback(false)` begins its transaction and
-/// changes nothing else.
+/// `request(|| body)`. The runtime begins a request's transaction on an alias at the view's
+/// first use of it (or at the first use by a callback of an alias that ended before it), and
+/// everything observable behaves as if both had begun with the view, as Django's wrappers do.
 fn request(view: Body) -> BoxedStrategy<Op> {
-    view.prop_map(|view| {
-        let body = std::iter::once(Op::SetRollback(Alias::Other, false))
-            .chain(view)
-            .collect();
-        Op::Request { id: 0, body }
-    })
-    .boxed()
+    view.prop_map(|body| Op::Request { id: 0, body }).boxed()
 }
 
 /// One to three top-level operations, mostly blocks (so that most work happens inside a
@@ -1110,12 +1093,6 @@ struct Block {
     /// block of another alias will commit its work either: whether the work commits is out of
     /// diesel-atomic's sight, so `on_commit` is refused inside it and every block nested in it.
     out_of_sight: bool,
-    /// KNOWN DIVERGENCE, kept out until the runtime is fixed: the block (or the outermost
-    /// block of its alias around it) began on a connection where the other alias's innermost
-    /// block runs out of sight. The runtime lets this block's callbacks join that block's
-    /// queue, so they run even when the caller's `conn.transaction(..)` around both rolls back;
-    /// the rules refuse them. `on_commit` inside such a block is left out of the programs.
-    beside_out_of_sight: bool,
 }
 
 /// One alias's state on the thread (S1).
@@ -1198,8 +1175,6 @@ struct Prediction {
     /// Callbacks registered where the runtime knowingly cannot follow the commit (see
     /// `Model::on_commit`): the program is run without them.
     blind_spots: Vec<i32>,
-    /// Callbacks registered in a block `beside_out_of_sight`: left out too.
-    known_divergences: Vec<i32>,
 }
 
 struct Model {
@@ -1216,7 +1191,6 @@ struct Model {
     unwinding: usize,
     situations: Vec<&'static str>,
     blind_spots: Vec<i32>,
-    known_divergences: Vec<i32>,
 }
 
 impl Model {
@@ -1232,7 +1206,6 @@ impl Model {
             unwinding: 0,
             situations: Vec::new(),
             blind_spots: Vec::new(),
-            known_divergences: Vec::new(),
         };
         model.top(&program.0);
         for state in &model.aliases {
@@ -1248,7 +1221,6 @@ impl Model {
             },
             situations: model.situations,
             blind_spots: model.blind_spots,
-            known_divergences: model.known_divergences,
         }
     }
 
@@ -1612,7 +1584,6 @@ impl Model {
         }
         let conn = parent.connection;
         let depth = parent.depth;
-        let beside_out_of_sight = parent.beside_out_of_sight;
         // A level the alias did not open lies between the parent and this block.
         let out_of_sight = parent.out_of_sight || self.connections[conn].depth() != depth;
         // E3.
@@ -1633,7 +1604,6 @@ impl Model {
             kind,
             depth,
             out_of_sight,
-            beside_out_of_sight,
         });
         Ok(())
     }
@@ -1660,13 +1630,6 @@ impl Model {
             return Err(Kind::DurableNested);
         }
         let joins = self.host(conn, alias);
-        let beside_out_of_sight = ALIASES.into_iter().any(|other| {
-            let blocks = &self.aliases[other.index()].blocks;
-            other != alias
-                && blocks
-                    .last()
-                    .is_some_and(|block| block.connection == conn && block.out_of_sight)
-        });
         let savepoint = self.begin(conn, Level::Block(alias))?;
         if depth_before > 0 && joins.is_some() {
             self.reached("explicit block inside another alias's block on its connection");
@@ -1687,7 +1650,6 @@ impl Model {
             },
             depth: depth_before + 1,
             out_of_sight: depth_before > 0 && joins.is_none(),
-            beside_out_of_sight,
         });
         Ok(())
     }
@@ -1823,9 +1785,6 @@ impl Model {
         let state = &self.aliases[alias.index()];
         match state.blocks.last() {
             Some(block) if block.out_of_sight => {
-                if block.beside_out_of_sight {
-                    self.known_divergences.push(callback.n);
-                }
                 self.reached("on_commit refused out of sight");
                 Outcome::Err(Kind::OnCommitRefused)
             }
@@ -2502,9 +2461,6 @@ fn count_situations(prediction: &Prediction, counts: &mut BTreeMap<&'static str,
     if !prediction.blind_spots.is_empty() {
         count("program ran without callbacks the runtime cannot follow");
     }
-    if !prediction.known_divergences.is_empty() {
-        count("program ran without callbacks of a known divergence");
-    }
     if run.rows[1].len() > 1 {
         count("rows committed on \"other\"");
     }
@@ -2545,23 +2501,20 @@ impl<C: Backend> Harness<C> {
     }
 
     /// The model's prediction for `program` without the callbacks the runtime knowingly cannot
-    /// follow and those of a known divergence (see `Model::on_commit`), and that program.
+    /// follow (see `Model::on_commit`), and that program.
     /// Leaving a callback out changes what happens after it, so the model runs again until it
     /// meets none; the prediction lists all that were left out.
     fn leave_out(program: &Program) -> (Program, Prediction) {
         let mut program = program.clone();
-        let (mut blind_spots, mut known_divergences) = (Vec::new(), Vec::new());
+        let mut blind_spots = Vec::new();
         loop {
             let mut prediction = Model::run(&program, C::KIND == common::Kind::Postgres);
-            if prediction.blind_spots.is_empty() && prediction.known_divergences.is_empty() {
+            if prediction.blind_spots.is_empty() {
                 prediction.blind_spots = blind_spots;
-                prediction.known_divergences = known_divergences;
                 return (program, prediction);
             }
             blind_spots.extend_from_slice(&prediction.blind_spots);
-            known_divergences.extend_from_slice(&prediction.known_divergences);
-            let left_out = [blind_spots.as_slice(), &known_divergences].concat();
-            program = program.without_callbacks(&left_out);
+            program = program.without_callbacks(&blind_spots);
         }
     }
 
@@ -2597,7 +2550,7 @@ impl<C: Backend> Harness<C> {
         };
 
         if expected.run != actual {
-            let left_out = [expected.blind_spots.as_slice(), &expected.known_divergences].concat();
+            let left_out = &expected.blind_spots;
             let left_out = if left_out.is_empty() {
                 String::new()
             } else {
