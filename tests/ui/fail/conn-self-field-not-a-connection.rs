@@ -3,13 +3,13 @@ use diesel_atomic::atomic;
 
 struct Accounts {
     conn: SqliteConnection,
-    name: String,
+    opened: u32,
 }
 
 impl Accounts {
-    #[atomic(conn = self.name)]
-    fn rename(&mut self, name: &str) -> QueryResult<()> {
-        name.clone_into(&mut self.name);
+    #[atomic(conn = self.opened)]
+    fn open(&mut self) -> QueryResult<()> {
+        self.opened += 1;
         let _ = &mut self.conn;
         Ok(())
     }
