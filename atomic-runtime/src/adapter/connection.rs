@@ -39,12 +39,16 @@ impl ConnectionId {
 pub(crate) trait TxConnection {
     /// diesel's transaction depth (0 = no transaction); `Err` when diesel's manager is broken.
     fn depth(&mut self) -> QueryResult<u32>;
-    /// BEGIN at depth 0, SAVEPOINT otherwise.
-    fn begin(&mut self) -> QueryResult<()>;
+    /// BEGIN when diesel's depth, `depth`, is 0; SAVEPOINT otherwise. The caller has just read
+    /// the depth (so the hot path reads it once).
+    fn begin_at(&mut self, depth: u32) -> QueryResult<()>;
     /// BEGIN at depth 0 with an isolation level, read-only or SQLite lock mode.
     fn begin_with(&mut self, alias: &str, options: &BeginOptions) -> Result<(), Error>;
     /// COMMIT at depth 1, RELEASE SAVEPOINT otherwise.
     fn commit(&mut self) -> QueryResult<()>;
+    /// [`TxConnection::commit`] when the caller knows diesel's depth is `depth` (it just read
+    /// it): saves reading it again on the hot path.
+    fn commit_at(&mut self, depth: u32) -> QueryResult<()>;
     /// ROLLBACK at depth 1, ROLLBACK TO SAVEPOINT otherwise.
     fn rollback(&mut self) -> QueryResult<()>;
     /// Runs SQL that returns no rows (manual savepoints, diesel's savepoint RELEASE).
@@ -63,12 +67,11 @@ impl<C: Connection> TxConnection for C {
         internals::transaction_depth(self)
     }
 
-    fn begin(&mut self) -> QueryResult<()> {
-        if BackendKind::of::<C>() == BackendKind::Sqlite {
-            let depth = internals::transaction_depth(self)?;
-            if let Some(begun) = prepared::begin(self, depth) {
-                return begun;
-            }
+    fn begin_at(&mut self, depth: u32) -> QueryResult<()> {
+        if BackendKind::of::<C>() == BackendKind::Sqlite
+            && let Some(begun) = prepared::begin(self, depth)
+        {
+            return begun;
         }
         C::TransactionManager::begin_transaction(self)
     }
@@ -83,6 +86,15 @@ impl<C: Connection> TxConnection for C {
             if let Some(committed) = prepared::commit(self, depth) {
                 return committed;
             }
+        }
+        C::TransactionManager::commit_transaction(self)
+    }
+
+    fn commit_at(&mut self, depth: u32) -> QueryResult<()> {
+        if BackendKind::of::<C>() == BackendKind::Sqlite
+            && let Some(committed) = prepared::commit(self, depth)
+        {
+            return committed;
         }
         C::TransactionManager::commit_transaction(self)
     }

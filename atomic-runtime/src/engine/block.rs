@@ -123,22 +123,22 @@ pub(crate) fn enter(
 ) -> Result<Entered, Error> {
     let alias = options.using;
     let callers_connection = match caller.as_deref_mut() {
-        Some(conn) => Some(callers_connection(alias, conn)?),
+        Some(conn) => Some(callers_connection(conn)?),
         None => None,
     };
-    let plan = state::with(alias, |state| {
-        rules::plan_enter(state, options, callers_connection.as_ref())
+    let plan = state::with_others(alias, |state, others| {
+        rules::plan_enter(state, others, options, callers_connection.as_ref())
     })?;
     match plan {
         EnterPlan::Merged(entered) => Ok(entered),
         EnterPlan::OnCallersConnection { entered, begin } => {
             let conn = caller.expect("a plan on the caller's connection comes with one");
-            match begin_on(alias, conn, options, begin) {
+            let depth = callers_connection.map_or(0, |conn| conn.depth);
+            match begin_on(alias, conn, depth, options, begin) {
                 Ok(()) => {
-                    let depth = callers_connection.map_or(0, |conn| conn.depth) + 1;
                     tracing::debug!(
                         alias,
-                        depth,
+                        depth = depth + 1,
                         "BEGIN (depth 1) or SAVEPOINT on the caller's connection"
                     );
                     Ok(entered)
@@ -154,32 +154,15 @@ pub(crate) fn enter(
     }
 }
 
-/// diesel's view of the caller's connection, and (inside the caller's own transaction) the
-/// other alias whose block runs on it.
+/// diesel's view of the caller's connection.
 #[inline]
-fn callers_connection(
-    alias: &str,
-    conn: &mut dyn TxConnection,
-) -> Result<CallersConnection, Error> {
+fn callers_connection(conn: &mut dyn TxConnection) -> Result<CallersConnection, Error> {
     let depth = conn.depth()?;
     let foreign = rules::foreign_transaction(depth, || conn.open_transaction_is_test());
-    let id = conn.id();
-    let host = match foreign {
-        Foreign::CallersTransaction => host_block(alias, id, depth),
-        Foreign::None | Foreign::DieselTestTransaction => None,
-    };
     Ok(CallersConnection {
-        id,
+        id: conn.id(),
         depth,
         foreign,
-        host,
-    })
-}
-
-#[cold]
-fn host_block(alias: &str, id: ConnectionId, depth: u32) -> Option<Box<str>> {
-    state::find_map(|state| {
-        (state.alias() != alias && rules::hosts(state, id, depth)).then(|| state.alias().into())
     })
 }
 
@@ -188,19 +171,20 @@ fn host_block(alias: &str, id: ConnectionId, depth: u32) -> Option<Box<str>> {
 fn begin_on(
     alias: &str,
     conn: &mut dyn TxConnection,
+    depth: u32,
     options: &BlockOptions<'_>,
     begin: BeginOptionsUse,
 ) -> Result<(), Error> {
     match begin {
         BeginOptionsUse::Apply => conn.begin_with(alias, &options.begin),
-        BeginOptionsUse::Plain => Ok(conn.begin()?),
+        BeginOptionsUse::Plain => Ok(conn.begin_at(depth)?),
         BeginOptionsUse::IgnoredInTest => {
             tracing::debug!(
                 alias,
                 options = %options.begin.describe(),
                 "begin options ignored inside a test transaction"
             );
-            Ok(conn.begin()?)
+            Ok(conn.begin_at(depth)?)
         }
     }
 }
@@ -214,7 +198,7 @@ fn enter_checked_out(options: &BlockOptions<'_>) -> Result<Entered, Error> {
     let foreign = rules::foreign_transaction(depth_before, || conn.open_transaction_is_test());
     // A pool may hand out a connection inside a transaction (r2d2's `TestCustomizer`).
     let begin = rules::begin_outermost(options, foreign)?;
-    begin_on(alias, conn, options, begin)?;
+    begin_on(alias, conn, depth_before, options, begin)?;
     tracing::debug!(alias, depth = depth_before + 1, "BEGIN");
     Ok(state::with(alias, |state| {
         state.hold(pooled);
@@ -228,7 +212,7 @@ fn enter_ambient_savepoint(alias: &str) -> Result<Entered, Error> {
         .expect("an ambient block holds its connection");
     let conn = pooled.inner();
     let begun = conn.depth().and_then(|depth_before| {
-        conn.begin()?;
+        conn.begin_at(depth_before)?;
         tracing::trace!(alias, depth = depth_before + 1, "SAVEPOINT");
         Ok(depth_before)
     });
@@ -246,7 +230,7 @@ pub(crate) fn enter_test_block(alias: &str) -> Result<Entered, Error> {
     let conn = pooled.inner();
     let depth_before = conn.depth()?;
     let foreign = rules::foreign_transaction(depth_before, || conn.open_transaction_is_test());
-    conn.begin()?;
+    conn.begin_at(depth_before)?;
     tracing::debug!(alias, depth = depth_before + 1, "BEGIN (test transaction)");
     Ok(state::with(alias, |state| {
         state.hold(pooled);
@@ -360,9 +344,9 @@ fn leave_outermost(
     route: Route,
 ) -> Exit {
     let end = |conn: &mut dyn TxConnection| {
-        close_levels_left_open(alias, conn, depth_before + 1);
+        let depth = close_levels_left_open(alias, conn, depth_before + 1);
         if success {
-            commit_outermost(alias, conn, depth_before)
+            commit_outermost(alias, conn, depth_before, depth)
         } else {
             rollback_outermost(alias, conn, depth_before);
             None
@@ -457,9 +441,9 @@ fn leave_savepoint(
         (None, Some(conn)) => conn,
         (None, None) => return Exit::failed(connection_missing(alias)),
     };
-    close_levels_left_open(alias, conn, depth_before + 1);
+    let depth = close_levels_left_open(alias, conn, depth_before + 1);
     let (error, transaction_lost) = if success {
-        release_savepoint(alias, conn, depth_before)
+        release_savepoint(alias, conn, depth_before, depth)
     } else {
         (None, !rollback_savepoint(alias, conn, depth_before))
     };
@@ -483,13 +467,21 @@ fn leave_savepoint(
 }
 
 /// Rolls back the diesel levels a panic left open above the block's own (see
-/// `rules::levels_left_open`).
+/// `rules::levels_left_open`). Returns diesel's depth now, when it could be read: the block's
+/// own.
 #[inline]
-fn close_levels_left_open(alias: &str, conn: &mut dyn TxConnection, block_depth: u32) {
-    let levels = rules::levels_left_open(conn.depth().ok(), block_depth);
-    if levels > 0 {
-        close_levels(alias, conn, levels);
+fn close_levels_left_open(
+    alias: &str,
+    conn: &mut dyn TxConnection,
+    block_depth: u32,
+) -> Option<u32> {
+    let depth = conn.depth().ok()?;
+    let levels = rules::levels_left_open(Some(depth), block_depth);
+    if levels == 0 {
+        return Some(depth);
     }
+    close_levels(alias, conn, levels);
+    conn.depth().ok()
 }
 
 #[cold]
@@ -513,8 +505,13 @@ fn release_savepoint(
     alias: &str,
     conn: &mut dyn TxConnection,
     depth_before: u32,
+    depth: Option<u32>,
 ) -> (Option<diesel::result::Error>, bool) {
-    match conn.commit() {
+    let released = match depth {
+        Some(depth) => conn.commit_at(depth),
+        None => conn.commit(),
+    };
+    match released {
         Ok(()) => {
             tracing::trace!(alias, depth = depth_before + 1, "RELEASE SAVEPOINT");
             (None, false)
@@ -577,8 +574,13 @@ fn commit_outermost(
     alias: &str,
     conn: &mut dyn TxConnection,
     depth_before: u32,
+    depth: Option<u32>,
 ) -> Option<diesel::result::Error> {
-    match conn.commit() {
+    let committed = match depth {
+        Some(depth) => conn.commit_at(depth),
+        None => conn.commit(),
+    };
+    match committed {
         Ok(()) => {
             tracing::debug!(alias, "COMMIT");
             None

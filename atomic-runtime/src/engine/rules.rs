@@ -8,7 +8,7 @@
 
 use crate::adapter::ConnectionId;
 use crate::engine::state::{
-    AliasState, Block, BlockKind, BlockToken, Callback, Entered, Foreign, Outermost, Slot,
+    AliasState, Block, BlockKind, BlockToken, Callback, Entered, Foreign, Others, Outermost, Slot,
 };
 use crate::error::Error;
 use crate::options::{BeginOptions, BlockOptions};
@@ -24,9 +24,6 @@ pub(crate) struct CallersConnection {
     pub(crate) depth: u32,
     /// Whose transaction is open at that depth, if any (see [`foreign_transaction`]).
     pub(crate) foreign: Foreign,
-    /// Inside the caller's own transaction: the other alias whose open block runs on this
-    /// connection with nothing of the caller's in between (see [`host_of`]).
-    pub(crate) host: Option<Box<str>>,
 }
 
 /// Whose transaction is open on a connection at `depth` before an outermost block begins:
@@ -51,6 +48,12 @@ pub(crate) fn hosts(state: &AliasState, id: ConnectionId, depth: u32) -> bool {
             .blocks
             .last()
             .is_some_and(|innermost| innermost.depth == depth && !innermost.commit_out_of_sight)
+}
+
+/// The other alias whose block [`hosts`] a block begun on connection `id` at `depth`.
+#[cold]
+fn host_of(others: &Others<'_>, id: ConnectionId, depth: u32) -> Option<Box<str>> {
+    others.find_map(|other| hosts(other, id, depth).then(|| other.alias().into()))
 }
 
 /// Whether the block's begin options go into its BEGIN.
@@ -84,10 +87,13 @@ pub(crate) enum EnterPlan {
 }
 
 /// Rules E1–E3 and durable: how to enter a block with `options` on `state`'s alias, ambient
-/// when `caller` is `None`. Pushes the block when no SQL must come first.
+/// when `caller` is `None`. Pushes the block when no SQL must come first. `others` are the
+/// thread's other alias states: an outermost block inside the caller's own transaction looks
+/// there for the block that [`hosts`] it.
 #[inline]
 pub(crate) fn plan_enter(
     state: &mut AliasState,
+    others: Others<'_>,
     options: &BlockOptions<'_>,
     caller: Option<&CallersConnection>,
 ) -> Result<EnterPlan, Error> {
@@ -104,6 +110,10 @@ pub(crate) fn plan_enter(
                     .begin
                     .isolation
                     .filter(|_| begin == BeginOptionsUse::Apply);
+                let host = match conn.foreign {
+                    Foreign::CallersTransaction => host_of(&others, conn.id, conn.depth),
+                    Foreign::None | Foreign::DieselTestTransaction => None,
+                };
                 let entered = push_outermost(
                     state,
                     Outermost {
@@ -114,7 +124,7 @@ pub(crate) fn plan_enter(
                         foreign: conn.foreign,
                     },
                     begun_isolation,
-                    conn.host.clone(),
+                    host,
                 );
                 Ok(EnterPlan::OnCallersConnection { entered, begin })
             }

@@ -288,6 +288,43 @@ pub(crate) fn with<R>(alias: &str, f: impl FnOnce(&mut AliasState) -> R) -> R {
     })
 }
 
+/// The other aliases' states, beside the one [`with_others`] hands out.
+pub(crate) struct Others<'a> {
+    before: &'a [AliasState],
+    after: &'a [AliasState],
+}
+
+impl<'a> Others<'a> {
+    /// Other states given as a slice (the rules' unit tests).
+    #[cfg(test)]
+    pub(crate) fn of(states: &'a [AliasState]) -> Self {
+        Others {
+            before: states,
+            after: &[],
+        }
+    }
+
+    /// The first of the other states for which `f` says something.
+    pub(crate) fn find_map<R>(&self, f: impl FnMut(&AliasState) -> Option<R>) -> Option<R> {
+        self.before.iter().chain(self.after).find_map(f)
+    }
+}
+
+/// Like [`with`], with a look at the thread's other alias states (for the rules that look
+/// across aliases), under the same borrow.
+pub(crate) fn with_others<R>(alias: &str, f: impl FnOnce(&mut AliasState, Others<'_>) -> R) -> R {
+    STATES.with(|states| {
+        let states = &mut states.borrow_mut().list;
+        let index = match states.iter().position(|state| &*state.alias == alias) {
+            Some(index) => index,
+            None => create(states, alias),
+        };
+        let (before, rest) = states.split_at_mut(index);
+        let (state, after) = rest.split_first_mut().expect("the index is in the table");
+        f(state, Others { before, after })
+    })
+}
+
 /// Makes a state for `alias`: a new entry, or, once the thread has many, an idle entry of
 /// another alias (an idle state holds nothing, and no open block refers to its index).
 #[cold]

@@ -50,14 +50,13 @@ fn caller(n: usize, depth: u32) -> CallersConnection {
         id: connection(n),
         depth,
         foreign: foreign_transaction(depth, || false),
-        host: None,
     }
 }
 
 /// An ambient outermost block, as the executor opens it (without a real connection).
 fn ambient_outermost(state: &mut AliasState) -> Entered {
     assert!(matches!(
-        plan_enter(state, &options(), None),
+        plan_enter(state, Others::of(&[]), &options(), None),
         Ok(EnterPlan::CheckOut)
     ));
     state.slot = Slot::Held(connection(0));
@@ -68,7 +67,7 @@ fn ambient_outermost(state: &mut AliasState) -> Entered {
 /// An explicit-mode block on connection 0 at the depth the state's blocks run at.
 fn explicit(state: &mut AliasState, options: &BlockOptions<'_>) -> Result<Entered, Error> {
     let depth = state.block_depth();
-    match plan_enter(state, options, Some(&caller(0, depth)))? {
+    match plan_enter(state, Others::of(&[]), options, Some(&caller(0, depth)))? {
         EnterPlan::OnCallersConnection { entered, .. } | EnterPlan::Merged(entered) => Ok(entered),
         other => panic!("unexpected plan {other:?}"),
     }
@@ -191,9 +190,14 @@ fn e_rules_as_a_table() {
         setup(&mut state);
         let depth = state.block_depth();
         let plan = if *ambient {
-            plan_enter(&mut state, options, None)
+            plan_enter(&mut state, Others::of(&[]), options, None)
         } else {
-            plan_enter(&mut state, options, Some(&caller(0, depth)))
+            plan_enter(
+                &mut state,
+                Others::of(&[]),
+                options,
+                Some(&caller(0, depth)),
+            )
         };
         assert_eq!(kind(&plan), *expected, "{situation}");
     }
@@ -203,7 +207,7 @@ fn e_rules_as_a_table() {
 fn e1_durable_refusal_changes_nothing() {
     let mut state = fresh();
     let _outer = ambient_outermost(&mut state);
-    assert!(plan_enter(&mut state, &durable(), None).is_err());
+    assert!(plan_enter(&mut state, Others::of(&[]), &durable(), None).is_err());
     assert_eq!(state.blocks.len(), 1);
     assert!(!state.needs_rollback, "the outer block is not marked");
 }
@@ -211,7 +215,7 @@ fn e1_durable_refusal_changes_nothing() {
 #[test]
 fn e1_durable_inside_the_callers_own_transaction_is_refused() {
     let mut state = fresh();
-    let plan = plan_enter(&mut state, &durable(), Some(&caller(0, 1)));
+    let plan = plan_enter(&mut state, Others::of(&[]), &durable(), Some(&caller(0, 1)));
     assert_eq!(kind(&plan), "DurableNested");
     assert!(state.blocks.is_empty());
 }
@@ -239,7 +243,7 @@ fn e2_clears_the_flag_of_a_former_transaction_and_binds_the_callers_connection()
 fn e3_an_explicit_block_on_another_connection_is_alias_in_use() {
     let mut state = fresh();
     let _outer = explicit(&mut state, &options()).unwrap();
-    let plan = plan_enter(&mut state, &options(), Some(&caller(1, 1)));
+    let plan = plan_enter(&mut state, Others::of(&[]), &options(), Some(&caller(1, 1)));
     assert_eq!(kind(&plan), "AliasInUse");
 }
 
@@ -566,7 +570,7 @@ fn c_rules_as_a_table() {
         (
             "inside the caller's own transaction: refused",
             |state| {
-                let entered = plan_enter(state, &options(), Some(&caller(0, 1)));
+                let entered = plan_enter(state, Others::of(&[]), &options(), Some(&caller(0, 1)));
                 assert!(entered.is_ok());
             },
             "refused",
@@ -576,7 +580,7 @@ fn c_rules_as_a_table() {
             |state| {
                 drop(explicit(state, &options()).unwrap());
                 // The caller's `conn.transaction` took the connection to depth 2.
-                let plan = plan_enter(state, &options(), Some(&caller(0, 2)));
+                let plan = plan_enter(state, Others::of(&[]), &options(), Some(&caller(0, 2)));
                 assert!(plan.is_ok());
             },
             "refused",
@@ -584,9 +588,11 @@ fn c_rules_as_a_table() {
         (
             "inside the caller's transaction on another alias's block: queued",
             |state| {
-                let mut host = caller(0, 1);
-                host.host = Some("other".into());
-                assert!(plan_enter(state, &options(), Some(&host)).is_ok());
+                let mut host = AliasState::new("other", 1);
+                drop(ambient_outermost(&mut host));
+                let others = [host];
+                let inside = caller(0, 1);
+                assert!(plan_enter(state, Others::of(&others), &options(), Some(&inside)).is_ok());
             },
             "queued",
         ),
@@ -595,7 +601,7 @@ fn c_rules_as_a_table() {
             |state| {
                 let mut test = caller(0, 1);
                 test.foreign = Foreign::DieselTestTransaction;
-                assert!(plan_enter(state, &options(), Some(&test)).is_ok());
+                assert!(plan_enter(state, Others::of(&[]), &options(), Some(&test)).is_ok());
             },
             "queued",
         ),
@@ -651,7 +657,15 @@ fn c3_callbacks_of_a_block_on_another_aliass_connection_join_its_queue() {
     assert!(!hosts(&host, connection(1), 1), "another connection");
     // A host whose own commit is out of sight carries nothing.
     let mut inside_callers = fresh();
-    assert!(plan_enter(&mut inside_callers, &options(), Some(&caller(0, 1))).is_ok());
+    assert!(
+        plan_enter(
+            &mut inside_callers,
+            Others::of(&[]),
+            &options(),
+            Some(&caller(0, 1))
+        )
+        .is_ok()
+    );
     assert!(!hosts(&inside_callers, connection(0), 2));
 }
 
