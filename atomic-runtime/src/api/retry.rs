@@ -226,7 +226,9 @@ where
     loop {
         request::touch(alias)?;
         take_hidden_conflict(alias);
-        let attempted = block::attempt(options, owner, &connection, &mut body);
+        let attempted = block::attempt(options, owner, &connection, &mut body, |outcome, exit| {
+            (outcome, exit)
+        });
         let hidden_conflict = take_hidden_conflict(alias);
         let reason = match attempted {
             // BEGIN failed (SQLite's BEGIN IMMEDIATE busy, say): nothing ran yet.

@@ -21,21 +21,20 @@ use crate::engine::state::{self, Callback, Entered, Foreign};
 use crate::error::Error;
 use crate::options::BlockOptions;
 
-/// What running a block's body once produced: the body's outcome (a panic caught) and what
-/// leaving the block produced.
-pub(crate) type Attempt<T, E> = (std::thread::Result<Result<T, E>>, Exit);
-
-/// Runs `body` once as a block: enter, the body under `catch_unwind`, leave. The block runs on
-/// the connection `connection` finds in `owner` (explicit mode), or on the alias's ambient
-/// connection when it finds none. `body` gets `owner` back, so an explicit-mode body can use
-/// the connection (and, for `#[atomic(conn = self.conn)]`, the rest of its owner) in between.
+/// Runs `body` once as a block: enter, the body under `catch_unwind`, leave; then hands the
+/// body's outcome and what leaving produced to `then` (the retry loop's decision, or
+/// [`finish`]). The block runs on the connection `connection` finds in `owner` (explicit
+/// mode), or on the alias's ambient connection when it finds none. `body` gets `owner` back,
+/// so an explicit-mode body can use the connection (and, for `#[atomic(conn = self.conn)]`,
+/// the rest of its owner) in between.
 #[inline]
-pub(crate) fn attempt<S, C, T, E>(
+pub(crate) fn attempt<S, C, T, E, R>(
     options: &BlockOptions<'_>,
     owner: &mut S,
     connection: impl Fn(&mut S) -> Option<&mut C>,
     body: impl FnOnce(&mut S) -> Result<T, E>,
-) -> Result<Attempt<T, E>, Error>
+    then: impl FnOnce(std::thread::Result<Result<T, E>>, Exit) -> R,
+) -> Result<R, Error>
 where
     S: ?Sized,
     C: TxConnection + ?Sized,
@@ -48,13 +47,7 @@ where
         connection(owner).map(C::as_tx),
         succeeded(&outcome),
     );
-    Ok((outcome, exit))
-}
-
-/// The `connection` of an ambient block: none, the alias's own.
-#[inline]
-pub(crate) fn ambient(_: &mut ()) -> Option<&mut (dyn TxConnection + 'static)> {
-    None
+    Ok(then(outcome, exit))
 }
 
 /// [`attempt`], then [`finish`]: a block, as `#[atomic]` runs it.
@@ -70,8 +63,16 @@ where
     C: TxConnection + ?Sized,
     E: From<Error>,
 {
-    let (outcome, exit) = attempt(options, owner, connection, body)?;
-    finish(options.using, outcome, exit)
+    let alias = options.using;
+    attempt(options, owner, connection, body, |outcome, exit| {
+        finish(alias, outcome, exit)
+    })?
+}
+
+/// The `connection` of an ambient block: none, the alias's own.
+#[inline]
+pub(crate) fn ambient(_: &mut ()) -> Option<&mut (dyn TxConnection + 'static)> {
+    None
 }
 
 /// Whether the body returned `Ok` (neither `Err` nor a panic).
