@@ -1,67 +1,15 @@
 //! What the macros' expansions call. Not public API: no stability promise.
+//!
+//! The runners are the API layer's own (`api::ambient`, `api::retry`), re-exported under the
+//! names the expansions use.
 
 use diesel::Connection;
 
-use crate::api::retry::{AsDieselError, RetryPolicy};
+pub use crate::api::ambient::{run_ambient, run_explicit, run_explicit_field};
+pub use crate::api::retry::{run_ambient_retry, run_explicit_field_retry, run_explicit_retry};
 use crate::error::Error;
 pub use crate::options::BeginOptions;
 pub use crate::options::BlockOptions as Options;
-
-/// `#[atomic]` in ambient mode.
-#[inline]
-pub fn run_ambient<T, E>(options: &Options<'_>, body: impl FnOnce() -> Result<T, E>) -> Result<T, E>
-where
-    E: From<Error>,
-{
-    crate::api::ambient::run_ambient(options, body)
-}
-
-/// `#[atomic]` in explicit mode.
-#[inline]
-pub fn run_explicit<C, T, E>(
-    options: &Options<'_>,
-    conn: &mut C,
-    body: impl FnOnce(&mut C) -> Result<T, E>,
-) -> Result<T, E>
-where
-    C: Connection,
-    E: From<Error>,
-{
-    crate::api::ambient::run_explicit(options, conn, body)
-}
-
-/// `#[atomic(conn = self.field)]`: the connection is a field of the receiver.
-#[inline]
-pub fn run_explicit_field<S, C, T, E>(
-    options: &Options<'_>,
-    owner: &mut S,
-    field: impl Fn(&mut S) -> &mut C,
-    body: impl FnOnce(&mut S) -> Result<T, E>,
-) -> Result<T, E>
-where
-    S: ?Sized,
-    C: Connection,
-    E: From<Error>,
-{
-    crate::api::ambient::run_explicit_field(options, owner, field, body)
-}
-
-/// `#[atomic(conn = self.field, durable = true, retry = n)]`.
-#[inline]
-pub fn run_explicit_field_retry<S, C, T, E>(
-    options: &Options<'_>,
-    policy: RetryPolicy,
-    owner: &mut S,
-    field: impl Fn(&mut S) -> &mut C,
-    body: impl FnMut(&mut S) -> Result<T, E>,
-) -> Result<T, E>
-where
-    S: ?Sized,
-    C: Connection,
-    E: From<Error> + AsDieselError,
-{
-    crate::api::retry::run_explicit_field(options, policy, owner, field, body)
-}
 
 /// Reaches the connection in a field for `conn = self.field`, through method-call autoderef,
 /// so the field may hold the connection itself or a `&mut` to it.
@@ -75,34 +23,6 @@ impl<C: Connection> FieldConnection for C {
     fn __diesel_atomic_connection(&mut self) -> &mut Self {
         self
     }
-}
-
-/// `#[atomic(durable = true, retry = n)]` in ambient mode.
-#[inline]
-pub fn run_ambient_retry<T, E>(
-    options: &Options<'_>,
-    policy: RetryPolicy,
-    body: impl FnMut() -> Result<T, E>,
-) -> Result<T, E>
-where
-    E: From<Error> + AsDieselError,
-{
-    crate::api::retry::run_ambient(options, policy, body)
-}
-
-/// `#[atomic(durable = true, retry = n)]` in explicit mode.
-#[inline]
-pub fn run_explicit_retry<C, T, E>(
-    options: &Options<'_>,
-    policy: RetryPolicy,
-    conn: &mut C,
-    body: impl FnMut(&mut C) -> Result<T, E>,
-) -> Result<T, E>
-where
-    C: Connection,
-    E: From<Error> + AsDieselError,
-{
-    crate::api::retry::run_explicit(options, policy, conn, body)
 }
 
 /// `#[non_atomic_requests(using = alias)]`: the body runs exempt from the per-request

@@ -270,7 +270,7 @@ impl Db<'_> {
 /// An ambient block (`#[atomic]` without a connection, `transaction::atomic`): the API entry
 /// point begins a due request transaction first (rule Q1), then the engine runs the block.
 #[inline]
-pub(crate) fn run_ambient<T, E: From<Error>>(
+pub fn run_ambient<T, E: From<Error>>(
     options: &BlockOptions<'_>,
     body: impl FnOnce() -> Result<T, E>,
 ) -> Result<T, E> {
@@ -280,7 +280,7 @@ pub(crate) fn run_ambient<T, E: From<Error>>(
 
 /// An explicit-mode block on the caller's connection.
 #[inline]
-pub(crate) fn run_explicit<C, T, E>(
+pub fn run_explicit<C, T, E>(
     options: &BlockOptions<'_>,
     conn: &mut C,
     body: impl FnOnce(&mut C) -> Result<T, E>,
@@ -297,7 +297,7 @@ where
 /// `field` reaches the connection each time the block needs it, so `body` can have all of
 /// `owner`, the connection included, in between.
 #[inline]
-pub(crate) fn run_explicit_field<S, C, T, E>(
+pub fn run_explicit_field<S, C, T, E>(
     options: &BlockOptions<'_>,
     owner: &mut S,
     field: impl Fn(&mut S) -> &mut C,

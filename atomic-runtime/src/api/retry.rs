@@ -160,7 +160,7 @@ fn take_hidden_conflict(alias: &str) -> bool {
 }
 
 /// A durable block on the alias's ambient connection, rerun per `policy`.
-pub(crate) fn run_ambient<T, E>(
+pub fn run_ambient_retry<T, E>(
     options: &BlockOptions<'_>,
     policy: RetryPolicy,
     mut body: impl FnMut() -> Result<T, E>,
@@ -172,7 +172,7 @@ where
 }
 
 /// A durable block on `conn`, rerun per `policy`.
-pub(crate) fn run_explicit<C, T, E>(
+pub fn run_explicit_retry<C, T, E>(
     options: &BlockOptions<'_>,
     policy: RetryPolicy,
     conn: &mut C,
@@ -186,7 +186,7 @@ where
 }
 
 /// A durable block on a connection held by `owner`, rerun per `policy`.
-pub(crate) fn run_explicit_field<S, C, T, E>(
+pub fn run_explicit_field_retry<S, C, T, E>(
     options: &BlockOptions<'_>,
     policy: RetryPolicy,
     owner: &mut S,

@@ -371,7 +371,7 @@ impl Retrying {
     where
         E: From<Error> + AsDieselError,
     {
-        retry::run_ambient(&self.block.options(), self.policy, f)
+        retry::run_ambient_retry(&self.block.options(), self.policy, f)
     }
 
     /// Runs `f` as a block on `conn` (explicit mode), once per attempt.
@@ -397,6 +397,6 @@ impl Retrying {
         C: Connection,
         E: From<Error> + AsDieselError,
     {
-        retry::run_explicit(&self.block.options(), self.policy, conn, f)
+        retry::run_explicit_retry(&self.block.options(), self.policy, conn, f)
     }
 }
