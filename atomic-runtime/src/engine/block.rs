@@ -344,19 +344,17 @@ fn leave_outermost(
     callbacks: Vec<Callback>,
     route: Route,
 ) -> Exit {
-    let end = |conn: &mut dyn TxConnection| {
-        let depth = close_levels_left_open(alias, conn, depth_before + 1);
-        if success {
-            commit_outermost(alias, conn, depth_before, depth)
-        } else {
-            rollback_outermost(alias, conn, depth_before);
-            None
-        }
-    };
-    let error = match (&mut pooled, caller) {
-        (Some(pooled), _) => end(pooled.inner()),
-        (None, Some(conn)) => end(conn),
+    let conn: &mut dyn TxConnection = match (&mut pooled, caller) {
+        (Some(pooled), _) => pooled.inner(),
+        (None, Some(conn)) => conn,
         (None, None) => return Exit::failed(connection_missing(alias)),
+    };
+    let depth = close_levels_left_open(alias, conn, depth_before + 1);
+    let error = if success {
+        commit_outermost(alias, conn, depth_before, depth)
+    } else {
+        rollback_outermost(alias, conn, depth_before);
+        None
     };
     // Back to the pool before the callbacks run (C3); r2d2 discards it if diesel reports it
     // broken or still inside a transaction (X4, X5).

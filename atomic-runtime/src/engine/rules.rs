@@ -432,8 +432,15 @@ pub(crate) fn plan_leave(state: &mut AliasState, entered: &Entered, body_succeed
         BlockKind::Outermost(outermost) => {
             // C3: the state is reset before the callbacks run.
             let callbacks = std::mem::take(&mut state.callbacks);
-            let callbacks_join = state.callbacks_join.take();
-            let connection = state.block_connection;
+            let route = if callbacks.is_empty() {
+                Route::RunNow
+            } else {
+                route(
+                    &outermost,
+                    state.callbacks_join.take(),
+                    state.block_connection,
+                )
+            };
             if outermost.on_callers_connection {
                 state.unbind_explicit(outermost.restore_lent);
             } else if matches!(state.slot, Slot::Lent(_)) {
@@ -444,11 +451,6 @@ pub(crate) fn plan_leave(state: &mut AliasState, entered: &Entered, body_succeed
                     discarded: callbacks,
                 };
             }
-            let route = if callbacks.is_empty() {
-                Route::RunNow
-            } else {
-                route(&outermost, callbacks_join, connection)
-            };
             Leave::Outermost {
                 success,
                 depth_before: outermost.depth_before,
@@ -550,6 +552,7 @@ pub(crate) fn recover_release(depth_now: Option<u32>, depth_before: u32) -> Rele
 /// panics). Those levels never completed, so they are rolled back before the block's own
 /// COMMIT, RELEASE or ROLLBACK, which then applies to the block's level. How many, from
 /// diesel's depth now and the depth inside the block.
+#[inline]
 pub(crate) fn levels_left_open(depth_now: Option<u32>, block_depth: u32) -> u32 {
     depth_now.map_or(0, |depth| depth.saturating_sub(block_depth))
 }

@@ -151,7 +151,7 @@ pub(crate) struct AliasState {
     pub(crate) begun_isolation: Option<Isolation>,
     /// Inside the caller's transaction on the connection of another alias's open block, whose
     /// COMMIT makes this alias's work durable: the outermost block's callbacks join that
-    /// alias's queue at its exit. Meaningful while `blocks` is not empty.
+    /// alias's queue at its exit. Set by each outermost block; meaningful while it is open.
     pub(crate) callbacks_join: Option<Box<str>>,
     /// Callbacks of blocks that committed on the connection a `connection()` call of this
     /// alias lent out: they run when that call gives the connection back (rule C3: after the
