@@ -55,6 +55,8 @@ pub(crate) trait TxConnection {
     fn execute(&mut self, sql: &str) -> QueryResult<()>;
     /// Whether an open transaction the runtime did not begin is a test transaction.
     fn open_transaction_is_test(&mut self) -> bool;
+    /// Which connection this is.
+    fn id(&self) -> ConnectionId;
     /// This connection as a trait object, for a `&mut C` whose type the caller cannot name
     /// with a lifetime of its own (a connection in a field of `self`).
     fn as_tx(&mut self) -> &mut dyn TxConnection;
@@ -107,6 +109,10 @@ impl<C: Connection> TxConnection for C {
 
     fn open_transaction_is_test(&mut self) -> bool {
         internals::open_transaction_is_test(self)
+    }
+
+    fn id(&self) -> ConnectionId {
+        ConnectionId::of(self)
     }
 
     fn as_tx(&mut self) -> &mut dyn TxConnection {

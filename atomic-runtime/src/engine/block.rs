@@ -123,23 +123,13 @@ pub(crate) fn enter(
     mut caller: Option<&mut dyn TxConnection>,
 ) -> Result<Entered, Error> {
     let alias = options.using;
-    let mut callers_connection = match caller.as_deref_mut() {
+    let callers_connection = match caller.as_deref_mut() {
         Some(conn) => Some(callers_connection(conn)?),
         None => None,
     };
-    let mut plan = state::with_others(alias, |state, others| {
+    let plan = state::with_others(alias, |state, others| {
         rules::plan_enter(state, others, options, callers_connection.as_ref())
     })?;
-    if let (EnterPlan::AskForeignTransaction, Some(conn), Some(view)) =
-        (&plan, caller.as_deref_mut(), callers_connection.as_mut())
-    {
-        view.foreign = Some(rules::foreign_transaction(view.depth, || {
-            conn.open_transaction_is_test()
-        }));
-        plan = state::with_others(alias, |state, others| {
-            rules::plan_enter(state, others, options, Some(view))
-        })?;
-    }
     match plan {
         EnterPlan::Merged(entered) => Ok(entered),
         EnterPlan::OnCallersConnection { entered, begin } => {
@@ -162,8 +152,6 @@ pub(crate) fn enter(
         }
         EnterPlan::CheckOut => enter_checked_out(options),
         EnterPlan::AmbientSavepoint => enter_ambient_savepoint(alias),
-        // Asked and planned again above: the rules never ask twice.
-        EnterPlan::AskForeignTransaction => unreachable!("the foreign transaction was asked"),
     }
 }
 
@@ -171,10 +159,11 @@ pub(crate) fn enter(
 #[inline]
 fn callers_connection(conn: &mut dyn TxConnection) -> Result<CallersConnection, Error> {
     let depth = conn.depth()?;
+    let foreign = rules::foreign_transaction(depth, || conn.open_transaction_is_test());
     Ok(CallersConnection {
-        id: ConnectionId::of(&*conn),
+        id: conn.id(),
         depth,
-        foreign: (depth == 0).then_some(Foreign::None),
+        foreign,
     })
 }
 

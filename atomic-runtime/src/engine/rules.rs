@@ -22,10 +22,8 @@ pub(crate) struct CallersConnection {
     pub(crate) id: ConnectionId,
     /// diesel's transaction depth now.
     pub(crate) depth: u32,
-    /// Whose transaction is open at that depth (see [`foreign_transaction`]); `None` until
-    /// asked, which only an outermost block needs (asking calls into diesel, so nested blocks
-    /// skip it).
-    pub(crate) foreign: Option<Foreign>,
+    /// Whose transaction is open at that depth, if any (see [`foreign_transaction`]).
+    pub(crate) foreign: Foreign,
 }
 
 /// Whose transaction is open on a connection at `depth` before an outermost block begins:
@@ -86,9 +84,6 @@ pub(crate) enum EnterPlan {
     AmbientSavepoint,
     /// E3 without a savepoint: pushed, no SQL.
     Merged(Entered),
-    /// An outermost block on the caller's connection inside a transaction: whose
-    /// transaction that is decides (E1, C1), so ask ([`foreign_transaction`]) and plan again.
-    AskForeignTransaction,
 }
 
 /// Rules E1–E3 and durable: how to enter a block with `options` on `state`'s alias, ambient
@@ -109,16 +104,13 @@ pub(crate) fn plan_enter(
     if !state.in_atomic_block() {
         return match (caller, state.slot) {
             (Some(conn), _) => {
-                let Some(foreign) = conn.foreign else {
-                    return Ok(EnterPlan::AskForeignTransaction);
-                };
-                let begin = begin_outermost(options, foreign)?;
+                let begin = begin_outermost(options, conn.foreign)?;
                 let restore_lent = state.bind_explicit(conn.id);
                 let begun_isolation = options
                     .begin
                     .isolation
                     .filter(|_| begin == BeginOptionsUse::Apply);
-                let host = match foreign {
+                let host = match conn.foreign {
                     Foreign::CallersTransaction => host_of(&others, conn.id, conn.depth),
                     Foreign::None | Foreign::DieselTestTransaction => None,
                 };
@@ -129,7 +121,7 @@ pub(crate) fn plan_enter(
                         on_callers_connection: true,
                         restore_lent,
                         depth_before: conn.depth,
-                        foreign,
+                        foreign: conn.foreign,
                     },
                     begun_isolation,
                     host,

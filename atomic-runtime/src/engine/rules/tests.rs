@@ -49,7 +49,7 @@ fn caller(n: usize, depth: u32) -> CallersConnection {
     CallersConnection {
         id: connection(n),
         depth,
-        foreign: Some(foreign_transaction(depth, || false)),
+        foreign: foreign_transaction(depth, || false),
     }
 }
 
@@ -83,7 +83,6 @@ fn kind(plan: &Result<EnterPlan, Error>) -> &'static str {
         Ok(EnterPlan::OnCallersConnection { .. }) => "begin on caller's connection",
         Ok(EnterPlan::AmbientSavepoint) => "ambient savepoint",
         Ok(EnterPlan::Merged(_)) => "merged",
-        Ok(EnterPlan::AskForeignTransaction) => "ask whose transaction",
         Err(Error::DurableNested { .. }) => "DurableNested",
         Err(Error::AliasInUse { .. }) => "AliasInUse",
         Err(Error::ConnectionInUse { .. }) => "ConnectionInUse",
@@ -279,23 +278,6 @@ fn begin_options_apply_only_to_a_real_begin() {
     assert_eq!(
         begin_outermost(&immediate, Foreign::None).ok(),
         Some(BeginOptionsUse::Apply)
-    );
-}
-
-#[test]
-fn only_an_outermost_block_asks_whose_transaction_is_open() {
-    let mut unknown = caller(0, 1);
-    unknown.foreign = None;
-    let mut state = fresh();
-    let plan = plan_enter(&mut state, Others::of(&[]), &options(), Some(&unknown));
-    assert_eq!(kind(&plan), "ask whose transaction");
-    assert!(state.blocks.is_empty(), "asking changes nothing");
-    let _outer = explicit(&mut state, &options()).unwrap();
-    let plan = plan_enter(&mut state, Others::of(&[]), &options(), Some(&unknown));
-    assert_eq!(
-        kind(&plan),
-        "begin on caller's connection",
-        "a nested block never asks"
     );
 }
 
@@ -618,7 +600,7 @@ fn c_rules_as_a_table() {
             "inside diesel's test transaction: queued (and never run)",
             |state| {
                 let mut test = caller(0, 1);
-                test.foreign = Some(Foreign::DieselTestTransaction);
+                test.foreign = Foreign::DieselTestTransaction;
                 assert!(plan_enter(state, Others::of(&[]), &options(), Some(&test)).is_ok());
             },
             "queued",
