@@ -289,8 +289,7 @@ pub(crate) fn leave(
             alias: alias.to_owned(),
         }),
         Leave::Orphaned { success, discarded } => {
-            // Dropped outside the state's borrow (their `Drop` may call us).
-            drop(discarded);
+            drop_discarded(discarded);
             tracing::debug!(
                 alias,
                 "the block's connection is lent to a connection() call; it rolls back when \
@@ -308,7 +307,7 @@ pub(crate) fn leave(
             callbacks_mark,
             discarded,
         } => {
-            drop(discarded);
+            drop_discarded(discarded);
             leave_savepoint(alias, caller, pooled, depth_before, success, callbacks_mark)
         }
         Leave::Outermost {
@@ -327,6 +326,17 @@ pub(crate) fn leave(
             callbacks,
             route,
         ),
+    }
+}
+
+/// Drops callbacks a block's exit discarded, outside the state's borrow (their captures' `Drop`
+/// may call the runtime). Most exits discard none: an empty queue owns nothing to drop.
+#[inline]
+fn drop_discarded(discarded: Vec<Callback>) {
+    if discarded.capacity() == 0 {
+        std::mem::forget(discarded);
+    } else {
+        drop(discarded);
     }
 }
 
@@ -457,7 +467,7 @@ fn leave_savepoint(
             }
             rules::after_savepoint(state, callbacks_mark, exit)
         });
-        drop(discarded);
+        drop_discarded(discarded);
     }
     Exit {
         error: error.map(Error::from),

@@ -186,11 +186,13 @@ impl AliasState {
         &self.alias
     }
 
+    #[inline]
     pub(crate) fn in_atomic_block(&self) -> bool {
         !self.blocks.is_empty()
     }
 
     /// diesel's depth inside the innermost open block (0 outside blocks).
+    #[inline]
     pub(crate) fn block_depth(&self) -> u32 {
         self.blocks.last().map_or(0, |block| block.depth)
     }
@@ -217,13 +219,17 @@ impl AliasState {
 
     /// Takes the held connection out while the engine's own SQL runs on it; the slot reads
     /// `Lent` meanwhile, so nothing else reaches for it. Put it back with [`Self::put_back`].
+    #[inline]
     pub(crate) fn take_held(&mut self) -> Option<Box<dyn PooledConn>> {
-        let pooled = self.pooled.take()?;
-        self.slot = Slot::Lent(pooled.id());
-        Some(pooled)
+        let Slot::Held(id) = self.slot else {
+            return None;
+        };
+        self.slot = Slot::Lent(id);
+        self.pooled.take()
     }
 
     /// Gives a connection taken with [`Self::take_held`] back to the block.
+    #[inline]
     pub(crate) fn put_back(&mut self, pooled: Box<dyn PooledConn>) {
         self.slot = Slot::Held(pooled.id());
         self.pooled = Some(pooled);
@@ -231,6 +237,7 @@ impl AliasState {
 
     /// The outermost ambient block ended: its connection goes back to the pool (dropped by the
     /// caller, outside the borrow).
+    #[inline]
     pub(crate) fn release_held(&mut self) -> Option<Box<dyn PooledConn>> {
         self.block_connection = None;
         match self.slot {
@@ -244,6 +251,7 @@ impl AliasState {
 
     /// An explicit-mode outermost block binds the alias to the caller's connection; returns
     /// the `Lent` it replaced, to restore at its exit.
+    #[inline]
     pub(crate) fn bind_explicit(&mut self, id: ConnectionId) -> Option<ConnectionId> {
         let restore_lent = match self.slot {
             Slot::Lent(lent) => Some(lent),
@@ -255,6 +263,7 @@ impl AliasState {
     }
 
     /// The explicit-mode outermost block ended (or never began).
+    #[inline]
     pub(crate) fn unbind_explicit(&mut self, restore_lent: Option<ConnectionId>) {
         self.slot = restore_lent.map_or(Slot::Empty, Slot::Lent);
         self.block_connection = None;
