@@ -520,7 +520,38 @@ fn a_panic_out_of_diesels_transaction_is_rolled_back_by_the_block_around_it<C: B
     );
 }
 
+/// A callback of "default" registered while a block of "other" runs on default's connection
+/// follows the work done there: when that block rolls back, the callback goes with it.
+fn callback_registered_inside_another_aliass_block_goes_with_its_rollback<C: Backend>() {
+    let test_db = setup::<C>();
+    let notified = Notified::default();
+    let mut pooled = test_db.default.get().unwrap();
+    let conn: &mut C = &mut pooled;
+    let (kept, dropped) = (notified.clone(), notified.clone());
+    Atomic::new()
+        .run_on(conn, |conn| {
+            let audit = Atomic::new().using("other").run_on(conn, |conn| {
+                insert_reporter(conn, "Rolled", "back")?;
+                transaction::on_commit(move || dropped.push(1))?;
+                Err::<(), _>(TestError::Oops)
+            });
+            assert_eq!(audit, Err(TestError::Oops));
+            Atomic::new().using("other").run_on(conn, |conn| {
+                insert_reporter(conn, "Tintin", "")?;
+                transaction::on_commit(move || kept.push(2))?;
+                Ok::<_, TestError>(())
+            })?;
+            assert!(notified.get().is_empty(), "not before default's COMMIT");
+            Ok::<_, TestError>(())
+        })
+        .unwrap();
+    assert_eq!(notified.get(), [2]);
+    drop(pooled);
+    assert_eq!(test_db.reporters("default"), ["Tintin"]);
+}
+
 backend_tests!(
+    callback_registered_inside_another_aliass_block_goes_with_its_rollback,
     callbacks_beside_a_block_inside_the_callers_transaction_are_refused,
     request_callbacks_of_the_first_alias_run_in_the_second_aliass_transaction,
     a_panic_out_of_diesels_transaction_is_rolled_back_by_the_block_around_it,

@@ -1788,18 +1788,42 @@ impl Model {
                 self.reached("on_commit refused out of sight");
                 Outcome::Err(Kind::OnCommitRefused)
             }
-            // C1: queued, tagged with the open blocks' savepoints (C5: of its alias).
+            // C1: queued, tagged with the open blocks' savepoints (C5: of its alias) — on the
+            // block the work is being done in: a deeper block of the other alias on the same
+            // connection takes it (its rollback drops it, its exit hands it on), or refuses it
+            // when that block runs out of sight.
             Some(block) => {
+                let other = ALIASES
+                    .into_iter()
+                    .find(|other| *other != alias)
+                    .expect("two aliases");
+                let (connection, depth) = (block.connection, block.depth);
+                let deeper = self.aliases[other.index()]
+                    .blocks
+                    .last()
+                    .filter(|inner| inner.connection == connection && inner.depth > depth)
+                    .map(|inner| (inner.depth, inner.out_of_sight));
+                let (owner, depth) = match deeper {
+                    Some((_, true)) => {
+                        self.reached("on_commit refused out of sight");
+                        return Outcome::Err(Kind::OnCommitRefused);
+                    }
+                    Some((inner_depth, false)) => {
+                        self.reached("callback queued on the other alias's deeper block");
+                        (other, inner_depth)
+                    }
+                    None => (alias, depth),
+                };
                 // The known blind spot: a `conn.transaction(..)` opened on the block's
                 // connection since the block began (diesel-atomic cannot see it) would have to
                 // drop the callback when it rolls back. Such callbacks are left out of the
                 // programs.
-                let levels = &self.connections[block.connection].levels;
-                if levels[block.depth..].contains(&Level::Diesel) {
+                let levels = &self.connections[connection].levels;
+                if levels[depth..].contains(&Level::Diesel) {
                     self.blind_spots.push(callback.n);
                 }
-                let tags = state.tags();
-                self.alias(alias).queue.push((tags, callback));
+                let tags = self.aliases[owner.index()].tags();
+                self.alias(owner).queue.push((tags, callback));
                 Outcome::Ok
             }
             // Outside any block, while a `connection()` closure holds the connection: it may

@@ -11,7 +11,9 @@ use crate::error::Error;
 /// Queues `callback` on the alias's open block, runs it at once outside any block (C1), or
 /// refuses it where the commit is out of sight.
 pub(crate) fn on_commit(alias: &str, callback: Callback) -> Result<(), Error> {
-    match state::with(alias, |state| rules::on_commit(state, callback)) {
+    match state::with_others(alias, |state, others| {
+        rules::on_commit(state, others, callback)
+    }) {
         OnCommit::Queued => Ok(()),
         OnCommit::RunNow(callback) => {
             run(callback, When::Immediately);

@@ -722,14 +722,40 @@ pub(crate) enum OnCommit {
 /// `connection()` call outside any block, whose closure may have opened such a transaction on
 /// the connection it holds (Django refuses on_commit in manual transaction management).
 #[inline]
-pub(crate) fn on_commit(state: &mut AliasState, callback: Callback) -> OnCommit {
+pub(crate) fn on_commit(
+    state: &mut AliasState,
+    mut others: Others<'_>,
+    callback: Callback,
+) -> OnCommit {
     match state.blocks.last() {
         Some(block) if block.commit_out_of_sight => {
             OnCommit::Refused(callback, INSIDE_CALLERS_TRANSACTION)
         }
-        Some(_) => {
-            state.callbacks.push(callback);
-            OnCommit::Queued
+        Some(block) => {
+            let depth = block.depth;
+            // C2/C3 across aliases: the work the callback follows is being done inside
+            // another alias's block on this connection, deeper than this alias's innermost
+            // one: the callback goes with that block (dropped by its rollback, handed on to
+            // this alias's queue at its exit).
+            let deeper = others
+                .iter_mut()
+                .filter(|other| {
+                    other.block_connection == state.block_connection && other.block_depth() > depth
+                })
+                .max_by_key(|other| other.block_depth());
+            match deeper {
+                Some(other) if other.blocks.last().is_some_and(|b| b.commit_out_of_sight) => {
+                    OnCommit::Refused(callback, INSIDE_CALLERS_TRANSACTION)
+                }
+                Some(other) => {
+                    other.callbacks.push(callback);
+                    OnCommit::Queued
+                }
+                None => {
+                    state.callbacks.push(callback);
+                    OnCommit::Queued
+                }
+            }
         }
         None if matches!(state.slot, Slot::Lent(_)) => {
             OnCommit::Refused(callback, INSIDE_LENT_CONNECTION)

@@ -299,23 +299,28 @@ pub(crate) fn with<R>(alias: &str, f: impl FnOnce(&mut AliasState) -> R) -> R {
 
 /// The other aliases' states, beside the one [`with_others`] hands out.
 pub(crate) struct Others<'a> {
-    before: &'a [AliasState],
-    after: &'a [AliasState],
+    before: &'a mut [AliasState],
+    after: &'a mut [AliasState],
 }
 
 impl<'a> Others<'a> {
     /// Other states given as a slice (the rules' unit tests).
     #[cfg(test)]
-    pub(crate) fn of(states: &'a [AliasState]) -> Self {
+    pub(crate) fn of(states: &'a mut [AliasState]) -> Self {
         Others {
             before: states,
-            after: &[],
+            after: &mut [],
         }
     }
 
     /// The first of the other states for which `f` says something.
     pub(crate) fn find_map<R>(&self, f: impl FnMut(&AliasState) -> Option<R>) -> Option<R> {
-        self.before.iter().chain(self.after).find_map(f)
+        self.before.iter().chain(self.after.iter()).find_map(f)
+    }
+
+    /// The other states, to change one.
+    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = &mut AliasState> {
+        self.before.iter_mut().chain(self.after.iter_mut())
     }
 }
 

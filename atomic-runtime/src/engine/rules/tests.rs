@@ -56,7 +56,7 @@ fn caller(n: usize, depth: u32) -> CallersConnection {
 /// An ambient outermost block, as the executor opens it (without a real connection).
 fn ambient_outermost(state: &mut AliasState) -> Entered {
     assert!(matches!(
-        plan_enter(state, Others::of(&[]), &options(), None),
+        plan_enter(state, Others::of(&mut []), &options(), None),
         Ok(EnterPlan::CheckOut)
     ));
     state.slot = Slot::Held(connection(0));
@@ -67,7 +67,7 @@ fn ambient_outermost(state: &mut AliasState) -> Entered {
 /// An explicit-mode block on connection 0 at the depth the state's blocks run at.
 fn explicit(state: &mut AliasState, options: &BlockOptions<'_>) -> Result<Entered, Error> {
     let depth = state.block_depth();
-    match plan_enter(state, Others::of(&[]), options, Some(&caller(0, depth)))? {
+    match plan_enter(state, Others::of(&mut []), options, Some(&caller(0, depth)))? {
         EnterPlan::OnCallersConnection { entered, .. } | EnterPlan::Merged(entered) => Ok(entered),
         other => panic!("unexpected plan {other:?}"),
     }
@@ -190,11 +190,11 @@ fn e_rules_as_a_table() {
         setup(&mut state);
         let depth = state.block_depth();
         let plan = if *ambient {
-            plan_enter(&mut state, Others::of(&[]), options, None)
+            plan_enter(&mut state, Others::of(&mut []), options, None)
         } else {
             plan_enter(
                 &mut state,
-                Others::of(&[]),
+                Others::of(&mut []),
                 options,
                 Some(&caller(0, depth)),
             )
@@ -207,7 +207,7 @@ fn e_rules_as_a_table() {
 fn e1_durable_refusal_changes_nothing() {
     let mut state = fresh();
     let _outer = ambient_outermost(&mut state);
-    assert!(plan_enter(&mut state, Others::of(&[]), &durable(), None).is_err());
+    assert!(plan_enter(&mut state, Others::of(&mut []), &durable(), None).is_err());
     assert_eq!(state.blocks.len(), 1);
     assert!(!state.needs_rollback, "the outer block is not marked");
 }
@@ -215,7 +215,12 @@ fn e1_durable_refusal_changes_nothing() {
 #[test]
 fn e1_durable_inside_the_callers_own_transaction_is_refused() {
     let mut state = fresh();
-    let plan = plan_enter(&mut state, Others::of(&[]), &durable(), Some(&caller(0, 1)));
+    let plan = plan_enter(
+        &mut state,
+        Others::of(&mut []),
+        &durable(),
+        Some(&caller(0, 1)),
+    );
     assert_eq!(kind(&plan), "DurableNested");
     assert!(state.blocks.is_empty());
 }
@@ -243,7 +248,12 @@ fn e2_clears_the_flag_of_a_former_transaction_and_binds_the_callers_connection()
 fn e3_an_explicit_block_on_another_connection_is_alias_in_use() {
     let mut state = fresh();
     let _outer = explicit(&mut state, &options()).unwrap();
-    let plan = plan_enter(&mut state, Others::of(&[]), &options(), Some(&caller(1, 1)));
+    let plan = plan_enter(
+        &mut state,
+        Others::of(&mut []),
+        &options(),
+        Some(&caller(1, 1)),
+    );
     assert_eq!(kind(&plan), "AliasInUse");
 }
 
@@ -545,7 +555,7 @@ fn giving_back_returns_to_the_block_or_to_the_pool() {
 // --- C: on_commit -----------------------------------------------------------------------------
 
 fn on_commit_outcome(state: &mut AliasState) -> &'static str {
-    match on_commit(state, callback()) {
+    match on_commit(state, Others::of(&mut []), callback()) {
         OnCommit::Queued => "queued",
         OnCommit::RunNow(_) => "now",
         OnCommit::Refused(_, _) => "refused",
@@ -570,7 +580,8 @@ fn c_rules_as_a_table() {
         (
             "inside the caller's own transaction: refused",
             |state| {
-                let entered = plan_enter(state, Others::of(&[]), &options(), Some(&caller(0, 1)));
+                let entered =
+                    plan_enter(state, Others::of(&mut []), &options(), Some(&caller(0, 1)));
                 assert!(entered.is_ok());
             },
             "refused",
@@ -580,7 +591,7 @@ fn c_rules_as_a_table() {
             |state| {
                 drop(explicit(state, &options()).unwrap());
                 // The caller's `conn.transaction` took the connection to depth 2.
-                let plan = plan_enter(state, Others::of(&[]), &options(), Some(&caller(0, 2)));
+                let plan = plan_enter(state, Others::of(&mut []), &options(), Some(&caller(0, 2)));
                 assert!(plan.is_ok());
             },
             "refused",
@@ -590,9 +601,11 @@ fn c_rules_as_a_table() {
             |state| {
                 let mut host = AliasState::new("other", 1);
                 drop(ambient_outermost(&mut host));
-                let others = [host];
+                let mut others = [host];
                 let inside = caller(0, 1);
-                assert!(plan_enter(state, Others::of(&others), &options(), Some(&inside)).is_ok());
+                assert!(
+                    plan_enter(state, Others::of(&mut others), &options(), Some(&inside)).is_ok()
+                );
             },
             "queued",
         ),
@@ -601,7 +614,7 @@ fn c_rules_as_a_table() {
             |state| {
                 let mut test = caller(0, 1);
                 test.foreign = Foreign::DieselTestTransaction;
-                assert!(plan_enter(state, Others::of(&[]), &options(), Some(&test)).is_ok());
+                assert!(plan_enter(state, Others::of(&mut []), &options(), Some(&test)).is_ok());
             },
             "queued",
         ),
@@ -660,7 +673,7 @@ fn c3_callbacks_of_a_block_on_another_aliass_connection_join_its_queue() {
     assert!(
         plan_enter(
             &mut inside_callers,
-            Others::of(&[]),
+            Others::of(&mut []),
             &options(),
             Some(&caller(0, 1))
         )
@@ -882,4 +895,42 @@ fn retry_reasons_as_a_table() {
     for (situation, failure, expected) in cases {
         assert_eq!(retry_reason(failure), expected, "{situation}");
     }
+}
+
+#[test]
+fn c2_a_callback_registered_inside_another_aliass_deeper_block_goes_with_it() {
+    // "default" holds connection 0 at depth 1; a block of "other" runs on it at depth 2.
+    let mut state = fresh();
+    let _outer = ambient_outermost(&mut state);
+    let mut other = AliasState::new("other", 1);
+    let mut on_defaults_connection = caller(0, 1);
+    on_defaults_connection.foreign = Foreign::CallersTransaction;
+    let mut host = [state];
+    assert!(
+        plan_enter(
+            &mut other,
+            Others::of(&mut host),
+            &options(),
+            Some(&on_defaults_connection)
+        )
+        .is_ok()
+    );
+    let [mut state] = host;
+    let mut others = [other];
+    assert!(matches!(
+        on_commit(&mut state, Others::of(&mut others), callback()),
+        OnCommit::Queued
+    ));
+    assert!(state.callbacks.is_empty());
+    assert_eq!(
+        others[0].callbacks.len(),
+        1,
+        "queued on the deeper block of \"other\""
+    );
+    // When that block runs out of sight, the callback is refused.
+    others[0].blocks.last_mut().unwrap().commit_out_of_sight = true;
+    assert!(matches!(
+        on_commit(&mut state, Others::of(&mut others), callback()),
+        OnCommit::Refused(..)
+    ));
 }
