@@ -81,3 +81,28 @@ pub fn type_name_of<F>(_: &F) -> &'static str {
 pub fn callback<F: FnOnce() + 'static>(f: F) -> F {
     f
 }
+
+/// Runs `f` like [`capture_error_logs`], with the collector installed process-wide (once per
+/// test binary), for work that logs on threads of its own (tokio's blocking pool). Callers run
+/// one at a time.
+pub fn capture_process_error_logs<T>(f: impl FnOnce() -> T) -> (T, Vec<String>) {
+    static GLOBAL: std::sync::OnceLock<Collected> = std::sync::OnceLock::new();
+    let collected = GLOBAL.get_or_init(|| {
+        let collected = Collected::default();
+        let subscriber = tracing_subscriber::registry().with(CollectLayer(collected.clone()));
+        tracing::subscriber::set_global_default(subscriber)
+            .expect("no other process-wide subscriber in this test binary");
+        collected
+    });
+    collected.0.lock().expect("log collector poisoned").clear();
+    let value = f();
+    let errors = collected
+        .0
+        .lock()
+        .expect("log collector poisoned")
+        .iter()
+        .filter(|(level, _)| *level == Level::ERROR)
+        .map(|(_, message)| message.clone())
+        .collect();
+    (value, errors)
+}
