@@ -656,7 +656,8 @@ fn around(outer: BoxedStrategy<Op>, inner: BoxedStrategy<Op>) -> BoxedStrategy<O
 /// "other".
 fn shape(ops: &[BoxedStrategy<Op>]) -> BoxedStrategy<Op> {
     let held = |lent: Alias, block: Option<Alias>| Context::Held { lent, block };
-    // An explicit block of `alias` with a callback of its own somewhere in its body.
+    // An explicit block of `alias` with a callback somewhere in its body: of its own alias,
+    // or of the alias that lent the connection (which the block's rollback must take along).
     let with_callback = |lent: Alias, alias: Alias| {
         around(
             block(
@@ -664,7 +665,10 @@ fn shape(ops: &[BoxedStrategy<Op>]) -> BoxedStrategy<Op> {
                 true,
                 body_in(ops, held(lent, Some(alias)), 0..3),
             ),
-            callback(Just(alias).boxed(), body_in(ops, Context::Outside, 0..2)),
+            callback(
+                prop_oneof![Just(alias), Just(lent)].boxed(),
+                body_in(ops, Context::Outside, 0..2),
+            ),
         )
     };
     let shared = |host: Alias| {
@@ -2778,6 +2782,7 @@ const SITUATIONS: &[&str] = &[
     "diesel transaction rolled back inside a block",
     // Where callbacks of those blocks go.
     "callback joined another alias's queue",
+    "callback queued on the other alias's deeper block",
     "on_commit refused out of sight",
     "on_commit refused inside connection()",
     "callback deferred until connection() returned",
