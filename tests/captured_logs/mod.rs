@@ -14,6 +14,19 @@ use tracing_subscriber::layer::{Context, SubscriberExt};
 #[derive(Clone, Default)]
 struct Collected(Arc<Mutex<Vec<(Level, String)>>>);
 
+impl Collected {
+    /// The messages of the events seen at `level`, in order.
+    fn at(&self, level: Level) -> Vec<String> {
+        self.0
+            .lock()
+            .expect("log collector poisoned")
+            .iter()
+            .filter(|(at, _)| *at == level)
+            .map(|(_, message)| message.clone())
+            .collect()
+    }
+}
+
 struct CollectLayer(Collected);
 
 impl<S: Subscriber> Layer<S> for CollectLayer {
@@ -44,14 +57,7 @@ pub fn capture_error_logs<T>(f: impl FnOnce() -> T) -> (T, Vec<String>) {
     let collected = Collected::default();
     let subscriber = tracing_subscriber::registry().with(CollectLayer(collected.clone()));
     let value = tracing::subscriber::with_default(subscriber, f);
-    let errors = collected
-        .0
-        .lock()
-        .expect("log collector poisoned")
-        .iter()
-        .filter(|(level, _)| *level == Level::ERROR)
-        .map(|(_, message)| message.clone())
-        .collect();
+    let errors = collected.at(Level::ERROR);
     (value, errors)
 }
 
@@ -60,14 +66,7 @@ pub fn capture_logs<T>(level: Level, f: impl FnOnce() -> T) -> (T, Vec<String>) 
     let collected = Collected::default();
     let subscriber = tracing_subscriber::registry().with(CollectLayer(collected.clone()));
     let value = tracing::subscriber::with_default(subscriber, f);
-    let messages = collected
-        .0
-        .lock()
-        .expect("log collector poisoned")
-        .iter()
-        .filter(|(at, _)| *at == level)
-        .map(|(_, message)| message.clone())
-        .collect();
+    let messages = collected.at(level);
     (value, messages)
 }
 
@@ -96,13 +95,6 @@ pub fn capture_process_error_logs<T>(f: impl FnOnce() -> T) -> (T, Vec<String>) 
     });
     collected.0.lock().expect("log collector poisoned").clear();
     let value = f();
-    let errors = collected
-        .0
-        .lock()
-        .expect("log collector poisoned")
-        .iter()
-        .filter(|(level, _)| *level == Level::ERROR)
-        .map(|(_, message)| message.clone())
-        .collect();
+    let errors = collected.at(Level::ERROR);
     (value, errors)
 }
