@@ -397,6 +397,9 @@ pub use atomic_runtime::{
     request, testing, transaction, update_or_create, update_or_insert,
 };
 
+#[cfg(feature = "async")]
+pub use atomic_runtime::aio;
+
 #[doc(hidden)]
 pub use atomic_runtime::__private;
 

@@ -70,3 +70,9 @@ impl<E: From<Error>> AtomicFunctionError for E {}
 /// drops the entry point's identical obligation at the same place as a duplicate.
 #[inline(always)]
 pub fn check_error_type<E: AtomicFunctionError>() {}
+
+/// What `#[atomic] async fn` expands to.
+#[cfg(feature = "async")]
+pub mod aio {
+    pub use crate::api::aio::{run_ambient, run_explicit, run_explicit_field};
+}

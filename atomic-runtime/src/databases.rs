@@ -50,8 +50,16 @@ impl<C: R2D2Connection + 'static> ErasedPool for Pool<ConnectionManager<C>> {
 /// ```
 #[derive(Clone)]
 pub struct Database {
-    pool: Arc<dyn ErasedPool>,
+    pool: Pools,
     atomic_requests: bool,
+}
+
+/// A sync (r2d2) or an async (deadpool, bb8) pool.
+#[derive(Clone)]
+enum Pools {
+    Sync(Arc<dyn ErasedPool>),
+    #[cfg(feature = "async")]
+    Async(Arc<dyn crate::api::aio::AsyncPool>),
 }
 
 impl Database {
@@ -61,7 +69,34 @@ impl Database {
         C: R2D2Connection + 'static,
     {
         Database {
-            pool: Arc::new(pool),
+            pool: Pools::Sync(Arc::new(pool)),
+            atomic_requests: false,
+        }
+    }
+
+    /// Wraps a diesel-async pool (deadpool or bb8, of `AsyncDieselConnectionManager<C>`): the
+    /// alias is for async code (`diesel_atomic::aio`, `#[atomic] async fn`).
+    ///
+    /// ```
+    /// # extern crate atomic_runtime as diesel_atomic;
+    /// # #[cfg(feature = "sqlite")] {
+    /// use diesel::SqliteConnection;
+    /// use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+    /// use diesel_async::pooled_connection::deadpool::Pool;
+    /// use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+    /// use diesel_atomic::Database;
+    ///
+    /// type Conn = SyncConnectionWrapper<SqliteConnection>;
+    /// let manager = AsyncDieselConnectionManager::<Conn>::new(":memory:");
+    /// let pool = Pool::builder(manager).max_size(1).build().unwrap();
+    /// let database = Database::new_async(pool);
+    /// # let _ = database;
+    /// # }
+    /// ```
+    #[cfg(feature = "async")]
+    pub fn new_async<P: crate::api::aio::AsyncPool>(pool: P) -> Database {
+        Database {
+            pool: Pools::Async(Arc::new(pool)),
             atomic_requests: false,
         }
     }
@@ -91,14 +126,40 @@ impl Database {
     }
 
     pub(crate) fn checkout(&self, alias: &str) -> Result<Box<dyn PooledConn>, Error> {
-        self.pool.checkout().map_err(|source| Error::Pool {
-            alias: alias.to_owned(),
-            source,
-        })
+        match &self.pool {
+            Pools::Sync(pool) => pool.checkout().map_err(|source| Error::Pool {
+                alias: alias.to_owned(),
+                source,
+            }),
+            #[cfg(feature = "async")]
+            Pools::Async(pool) => Err(Error::WrongConnectionType {
+                alias: alias.to_owned(),
+                expected: pool.connection_type(),
+            }),
+        }
+    }
+
+    /// The async pool of an async alias; a sync alias is `Error::WrongConnectionType`.
+    #[cfg(feature = "async")]
+    pub(crate) fn async_pool(
+        &self,
+        alias: &str,
+    ) -> Result<&Arc<dyn crate::api::aio::AsyncPool>, Error> {
+        match &self.pool {
+            Pools::Async(pool) => Ok(pool),
+            Pools::Sync(pool) => Err(Error::WrongConnectionType {
+                alias: alias.to_owned(),
+                expected: pool.connection_type(),
+            }),
+        }
     }
 
     pub(crate) fn connection_type(&self) -> &'static str {
-        self.pool.connection_type()
+        match &self.pool {
+            Pools::Sync(pool) => pool.connection_type(),
+            #[cfg(feature = "async")]
+            Pools::Async(pool) => pool.connection_type(),
+        }
     }
 }
 

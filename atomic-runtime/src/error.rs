@@ -40,10 +40,13 @@ pub enum Error {
         known: Vec<String>,
     },
 
-    /// `connection::<C>` asked for another connection type than the alias's pool holds.
+    /// `connection::<C>` asked for another connection type than the alias's pool holds, or
+    /// sync code used an async alias (`Database::new_async`), or async code a sync one.
     #[error(
         "database alias '{alias}' holds connections of type `{expected}`; \
-         ask for that type in `connection::<{expected}, _, _>`"
+         ask for that type in `connection::<{expected}, _, _>` (an alias of diesel-async \
+         connections is used from async code through `diesel_atomic::aio`, an alias of \
+         diesel's sync connections from sync code)"
     )]
     WrongConnectionType {
         /// The alias whose connection was asked for.
@@ -114,6 +117,50 @@ pub enum Error {
         alias: String,
         /// What r2d2 reported.
         source: diesel::r2d2::PoolError,
+    },
+
+    /// The alias's async pool could not hand out a connection.
+    #[error("could not check out a connection for database alias '{alias}': {message}")]
+    AsyncPool {
+        /// The alias whose pool failed.
+        alias: String,
+        /// What the pool reported.
+        message: String,
+    },
+
+    /// A block of the alias whose future was dropped before it finished (a `timeout`, a
+    /// `select!`) ran inside this block, which therefore rolled back (rule A2).
+    #[error(
+        "a nested atomic block of database alias '{alias}' was cancelled (its future was \
+         dropped before it finished), so the enclosing block rolled back: nothing of it was \
+         committed"
+    )]
+    Cancelled {
+        /// The alias.
+        alias: String,
+    },
+
+    /// An explicit-mode async block was given a connection that is still inside the
+    /// transaction of an earlier block whose future was dropped (rule A2).
+    #[error(
+        "the connection given to an atomic block of database alias '{alias}' is still inside the \
+         transaction of an earlier block whose future was dropped before it finished; that work \
+         never commits and the connection is marked broken: drop it (a pool discards it) and \
+         use another one"
+    )]
+    StaleTransaction {
+        /// The alias.
+        alias: String,
+    },
+
+    /// Sync access to an alias while an async block of the current task holds it, or the
+    /// sync `transaction::on_commit` inside an async block (§9 of the API).
+    #[error("database alias '{alias}' is held by an async atomic block of this task; {advice}")]
+    SyncInsideAsync {
+        /// The alias.
+        alias: String,
+        /// What to use instead.
+        advice: &'static str,
     },
 
     /// An error from the database, unchanged.

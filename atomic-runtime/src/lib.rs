@@ -22,6 +22,8 @@ mod scope;
 pub mod __private;
 mod api;
 
+#[cfg(feature = "async")]
+pub use api::aio;
 pub use api::ambient::{Db, connection, db};
 pub use api::create::{get_or_create, get_or_insert, update_or_create, update_or_insert};
 pub use api::retry::{AsDieselError, RetryPolicy};

@@ -15,7 +15,7 @@ use crate::options::{BeginOptions, Isolation};
 
 /// The statements that begin a transaction with `options` on `backend`: what runs before
 /// the transaction begins, and the statement that begins it (`None`: diesel's own).
-fn statements(
+pub(crate) fn statements(
     alias: &str,
     backend: BackendKind,
     options: &BeginOptions,

@@ -23,7 +23,7 @@ use crate::options::BeginOptions;
 /// dereferenced, the same whether the connection is reached explicitly (`&mut C`) or through
 /// the pool's wrapper.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct ConnectionId(NonZeroUsize);
+pub struct ConnectionId(NonZeroUsize);
 
 impl ConnectionId {
     /// The id of `conn`.

@@ -74,7 +74,13 @@ impl BackendKind {
     /// the backend's type name is, and the unit tests below pin it for every diesel backend.
     #[inline]
     pub(crate) fn of<C: Connection>() -> BackendKind {
-        match std::any::type_name::<C::Backend>() {
+        BackendKind::of_backend::<C::Backend>()
+    }
+
+    /// The kind of the diesel backend `B` (for diesel-async's connections too).
+    #[inline]
+    pub(crate) fn of_backend<B>() -> BackendKind {
+        match std::any::type_name::<B>() {
             "diesel::pg::backend::Pg" => BackendKind::Postgres,
             "diesel::mysql::backend::Mysql" => BackendKind::Mysql,
             "diesel::sqlite::backend::Sqlite" => BackendKind::Sqlite,

@@ -7,7 +7,10 @@
 //! - [`prepared`]: SQLite's transaction statements through diesel's statement cache.
 //! - [`begin_sql`]: BEGIN with an isolation level, read-only or lock mode, per backend.
 //! - [`classify`]: what an error or a server setting means (transient failures, isolation).
+//! - `async_connection` (feature `async`): the same for diesel-async's connections and pools.
 
+#[cfg(feature = "async")]
+pub(crate) mod async_connection;
 pub(crate) mod begin_sql;
 pub(crate) mod classify;
 pub(crate) mod connection;

@@ -9,6 +9,8 @@
 //! - [`create`]: `get_or_create` and its family.
 //! - [`savepoint`]: manual savepoints' SQL.
 
+#[cfg(feature = "async")]
+pub mod aio;
 pub(crate) mod ambient;
 pub mod create;
 pub(crate) mod retry;

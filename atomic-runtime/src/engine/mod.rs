@@ -8,6 +8,8 @@
 //! - [`lend`]: ambient access to an alias's connection.
 //! - [`hooks`]: registering and running on_commit callbacks.
 
+#[cfg(feature = "async")]
+pub(crate) mod aio;
 pub(crate) mod block;
 pub(crate) mod hooks;
 pub(crate) mod lend;

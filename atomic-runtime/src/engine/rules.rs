@@ -8,7 +8,8 @@
 
 use crate::adapter::ConnectionId;
 use crate::engine::state::{
-    AliasState, Block, BlockKind, BlockToken, Callback, Entered, Foreign, Others, Outermost, Slot,
+    AliasState, Block, BlockKind, BlockToken, Cancelled, Entered, Flavor, Foreign, Others,
+    Outermost, Slot, SyncFlavor,
 };
 use crate::error::Error;
 use crate::options::{BeginOptions, BlockOptions};
@@ -42,7 +43,7 @@ pub(crate) fn foreign_transaction(depth: u32, is_test: impl FnOnce() -> bool) ->
 /// block runs there, with nothing of the caller's in between, and its own commit is in sight.
 /// Then that block's COMMIT makes the other block's work durable, and the other block's
 /// callbacks join its queue.
-pub(crate) fn hosts(state: &AliasState, id: ConnectionId, depth: u32) -> bool {
+pub(crate) fn hosts<K: Flavor>(state: &AliasState<K>, id: ConnectionId, depth: u32) -> bool {
     state.block_connection == Some(id)
         && state
             .blocks
@@ -52,7 +53,7 @@ pub(crate) fn hosts(state: &AliasState, id: ConnectionId, depth: u32) -> bool {
 
 /// The other alias whose block [`hosts`] a block begun on connection `id` at `depth`.
 #[cold]
-fn host_of(others: &Others<'_>, id: ConnectionId, depth: u32) -> Option<Box<str>> {
+fn host_of<K: Flavor>(others: &Others<'_, K>, id: ConnectionId, depth: u32) -> Option<Box<str>> {
     others.find_map(|other| hosts(other, id, depth).then(|| other.alias().into()))
 }
 
@@ -91,9 +92,9 @@ pub(crate) enum EnterPlan {
 /// thread's other alias states: an outermost block inside the caller's own transaction looks
 /// there for the block that [`hosts`] it.
 #[inline]
-pub(crate) fn plan_enter(
-    state: &mut AliasState,
-    others: Others<'_>,
+pub(crate) fn plan_enter<K: Flavor>(
+    state: &mut AliasState<K>,
+    others: Others<'_, K>,
     options: &BlockOptions<'_>,
     caller: Option<&CallersConnection>,
 ) -> Result<EnterPlan, Error> {
@@ -174,7 +175,7 @@ pub(crate) fn plan_enter(
 
 /// Rule E1: durable is refused inside any block but a lone TestTransaction block (T1).
 #[inline]
-pub(crate) fn refuses_durable(state: &AliasState) -> bool {
+pub(crate) fn refuses_durable<K: Flavor>(state: &AliasState<K>) -> bool {
     match state.blocks.as_slice() {
         [] => false,
         [only] => !matches!(
@@ -212,8 +213,8 @@ pub(crate) fn begin_outermost(
 
 /// E2 for an ambient block after its BEGIN on the connection the state now holds.
 #[inline]
-pub(crate) fn push_checked_out(
-    state: &mut AliasState,
+pub(crate) fn push_checked_out<K: Flavor>(
+    state: &mut AliasState<K>,
     depth_before: u32,
     foreign: Foreign,
     options: &BlockOptions<'_>,
@@ -239,7 +240,7 @@ pub(crate) fn push_checked_out(
 
 /// E3 for an ambient block after its SAVEPOINT at `depth_before`.
 #[inline]
-pub(crate) fn push_savepoint(state: &mut AliasState, depth_before: u32) -> Entered {
+pub(crate) fn push_savepoint<K: Flavor>(state: &mut AliasState<K>, depth_before: u32) -> Entered {
     let out_of_sight = nested_out_of_sight(state, None);
     push(
         state,
@@ -251,7 +252,7 @@ pub(crate) fn push_savepoint(state: &mut AliasState, depth_before: u32) -> Enter
 
 /// Rule T1: a TestTransaction begins outside every block and `connection()` call of the
 /// alias.
-pub(crate) fn check_test_transaction_start(state: &AliasState) -> Result<(), Error> {
+pub(crate) fn check_test_transaction_start<K: Flavor>(state: &AliasState<K>) -> Result<(), Error> {
     if state.in_atomic_block() || state.slot != Slot::Empty {
         return Err(Error::TestTransactionNested {
             alias: state.alias().to_owned(),
@@ -261,8 +262,8 @@ pub(crate) fn check_test_transaction_start(state: &AliasState) -> Result<(), Err
 }
 
 /// Rule T1: the outermost block of a TestTransaction, on the connection the state now holds.
-pub(crate) fn push_test_transaction(
-    state: &mut AliasState,
+pub(crate) fn push_test_transaction<K: Flavor>(
+    state: &mut AliasState<K>,
     depth_before: u32,
     foreign: Foreign,
 ) -> Entered {
@@ -281,7 +282,7 @@ pub(crate) fn push_test_transaction(
 }
 
 /// Takes back an explicit-mode block whose BEGIN or SAVEPOINT failed.
-pub(crate) fn unpush(state: &mut AliasState, entered: &Entered) {
+pub(crate) fn unpush<K: Flavor>(state: &mut AliasState<K>, entered: &Entered) {
     if state.blocks.last().map(|block| block.token) != Some(entered.token) {
         return;
     }
@@ -303,7 +304,10 @@ pub(crate) fn unpush(state: &mut AliasState, entered: &Entered) {
 /// caller's connection deeper than the parent block runs, inside a `conn.transaction(..)` of
 /// the caller's whose rollback diesel-atomic would not see.
 #[inline]
-fn nested_out_of_sight(state: &AliasState, caller: Option<&CallersConnection>) -> bool {
+fn nested_out_of_sight<K: Flavor>(
+    state: &AliasState<K>,
+    caller: Option<&CallersConnection>,
+) -> bool {
     let parent = state.blocks.last();
     parent.is_some_and(|block| block.commit_out_of_sight)
         || caller.is_some_and(|conn| conn.depth != state.block_depth())
@@ -311,8 +315,8 @@ fn nested_out_of_sight(state: &AliasState, caller: Option<&CallersConnection>) -
 
 /// E2: the flag is cleared, nothing else of a former transaction survives.
 #[inline]
-fn push_outermost(
-    state: &mut AliasState,
+fn push_outermost<K: Flavor>(
+    state: &mut AliasState<K>,
     outermost: Outermost,
     begun_isolation: Option<crate::options::Isolation>,
     callbacks_join: Option<Box<str>>,
@@ -334,13 +338,19 @@ fn push_outermost(
 }
 
 #[inline]
-fn push(state: &mut AliasState, kind: BlockKind, depth: u32, commit_out_of_sight: bool) -> Entered {
+fn push<K: Flavor>(
+    state: &mut AliasState<K>,
+    kind: BlockKind,
+    depth: u32,
+    commit_out_of_sight: bool,
+) -> Entered {
     let token = BlockToken::next();
     state.blocks.push(Block {
         token,
         kind,
         callbacks_mark: state.callbacks.len(),
         depth,
+        child_cancelled: Cancelled::No,
         commit_out_of_sight,
     });
     Entered {
@@ -353,7 +363,7 @@ fn push(state: &mut AliasState, kind: BlockKind, depth: u32, commit_out_of_sight
 
 /// What the executor does to leave a block. Callbacks the exit discards (C2) are handed out
 /// to be dropped after the state's borrow: their captures' `Drop` may call the runtime.
-pub(crate) enum Leave {
+pub(crate) enum Leave<K: Flavor = SyncFlavor> {
     /// Nothing to run (a merged block, X1/X2).
     Done,
     /// The block is not the innermost one any more: it was ended from elsewhere.
@@ -364,7 +374,7 @@ pub(crate) enum Leave {
         depth_before: u32,
         success: bool,
         callbacks_mark: usize,
-        discarded: Vec<Callback>,
+        discarded: Vec<K::Callback>,
     },
     /// X1/X2 for the outermost block: COMMIT on `success`, else ROLLBACK. The state is reset
     /// already (C3); `callbacks` run, or go where `route` says, only if the COMMIT succeeded
@@ -373,14 +383,14 @@ pub(crate) enum Leave {
         success: bool,
         depth_before: u32,
         foreign: Foreign,
-        callbacks: Vec<Callback>,
+        callbacks: Vec<K::Callback>,
         route: Route,
     },
     /// The block's connection is lent to a `connection()` closure that is still running (a
     /// TestTransaction dropped inside it): it is rolled back when the closure gives it back.
     Orphaned {
         success: bool,
-        discarded: Vec<Callback>,
+        discarded: Vec<K::Callback>,
     },
 }
 
@@ -405,7 +415,11 @@ pub(crate) enum Route {
 /// (C3) and moves its connection out (an ambient block's is in `state.pooled` until the
 /// executor takes it with [`AliasState::release_held`]).
 #[inline]
-pub(crate) fn plan_leave(state: &mut AliasState, entered: &Entered, body_succeeded: bool) -> Leave {
+pub(crate) fn plan_leave<K: Flavor>(
+    state: &mut AliasState<K>,
+    entered: &Entered,
+    body_succeeded: bool,
+) -> Leave<K> {
     if state.blocks.last().map(|block| block.token) != Some(entered.token) {
         return Leave::Lost;
     }
@@ -485,7 +499,10 @@ fn route(
 
 /// The callbacks after `mark`, taken out of the queue (C2), to be dropped outside the borrow.
 #[inline]
-pub(crate) fn split_off_callbacks(state: &mut AliasState, mark: usize) -> Vec<Callback> {
+pub(crate) fn split_off_callbacks<K: Flavor>(
+    state: &mut AliasState<K>,
+    mark: usize,
+) -> Vec<K::Callback> {
     let mark = mark.min(state.callbacks.len());
     state.callbacks.split_off(mark)
 }
@@ -510,11 +527,11 @@ pub(crate) struct SavepointExit {
 /// Rule X4 after a savepoint's SQL: a failed RELEASE rolled the savepoint back (its callbacks
 /// go, C2) or lost the transaction, which is then marked for rollback. Returns the callbacks
 /// to drop outside the borrow.
-pub(crate) fn after_savepoint(
-    state: &mut AliasState,
+pub(crate) fn after_savepoint<K: Flavor>(
+    state: &mut AliasState<K>,
     callbacks_mark: usize,
     exit: SavepointExit,
-) -> Vec<Callback> {
+) -> Vec<K::Callback> {
     if exit.transaction_lost {
         state.needs_rollback = true;
     }
@@ -568,10 +585,10 @@ pub(crate) fn rollback_after_failed_commit(depth_now: Option<u32>, depth_before:
 /// on the same connection hands over its committed callbacks; they join this queue and run
 /// after this alias's outermost COMMIT (or go with its rollback). `Err` gives them back when
 /// the block has ended already.
-pub(crate) fn join_queue(
-    host: &mut AliasState,
-    callbacks: Vec<Callback>,
-) -> Result<(), Vec<Callback>> {
+pub(crate) fn join_queue<K: Flavor>(
+    host: &mut AliasState<K>,
+    callbacks: Vec<K::Callback>,
+) -> Result<(), Vec<K::Callback>> {
     if !host.in_atomic_block() {
         return Err(callbacks);
     }
@@ -582,12 +599,12 @@ pub(crate) fn join_queue(
 /// Rule C3 for a block that committed while a `connection()` call held the connection (see
 /// [`Route::AfterLend`]): the callbacks wait in the lender's state until that call gives the
 /// connection back. `Err` gives them back when nothing is lent any more.
-pub(crate) fn defer_until_lend_ends(
-    lender: &mut AliasState,
+pub(crate) fn defer_until_lend_ends<K: Flavor>(
+    lender: &mut AliasState<K>,
     same_alias: bool,
     connection: ConnectionId,
-    callbacks: Vec<Callback>,
-) -> Result<(), Vec<Callback>> {
+    callbacks: Vec<K::Callback>,
+) -> Result<(), Vec<K::Callback>> {
     match lender.slot {
         Slot::Lent(lent) if same_alias || lent == connection => {
             lender.after_lend.extend(callbacks);
@@ -600,13 +617,16 @@ pub(crate) fn defer_until_lend_ends(
 /// Ends a TestTransaction's outermost block with whatever is still open above it (T1: the
 /// TestTransaction was moved into a block of its own and dropped there). Those blocks report
 /// the loss at their exit.
-pub(crate) struct Abandoned {
+pub(crate) struct Abandoned<K: Flavor = SyncFlavor> {
     /// Roll the held connection back to this depth, then return it to the pool.
     pub(crate) depth_before: u32,
-    pub(crate) discarded: Vec<Callback>,
+    pub(crate) discarded: Vec<K::Callback>,
 }
 
-pub(crate) fn abandon_from(state: &mut AliasState, token: BlockToken) -> Option<Abandoned> {
+pub(crate) fn abandon_from<K: Flavor>(
+    state: &mut AliasState<K>,
+    token: BlockToken,
+) -> Option<Abandoned<K>> {
     let depth_before = match state.blocks.first() {
         Some(Block {
             kind: BlockKind::Outermost(outermost),
@@ -629,11 +649,84 @@ pub(crate) fn abandon_from(state: &mut AliasState, token: BlockToken) -> Option<
     })
 }
 
+// --- Cancellation: A2 ---------------------------------------------------------------------------
+
+/// What a block whose future was dropped leaves to its executor.
+pub(crate) enum Cancel<K: Flavor = SyncFlavor> {
+    /// The block is not open any more (its exit ran, or a TestTransaction ended it).
+    Gone,
+    /// The outermost block: its transaction must never commit. The state is reset; the
+    /// executor marks the connection broken (a held one goes back to its pool, which discards
+    /// it) or, on the caller's connection, remembers it as stale.
+    Outermost {
+        depth_before: u32,
+        on_callers_connection: bool,
+        discarded: Vec<K::Callback>,
+    },
+    /// A nested block: its parent is marked to roll back and report `Error::Cancelled`.
+    Nested { discarded: Vec<K::Callback> },
+}
+
+/// Rule A2: the future of block `token` was dropped before the block's exit, `where` it was
+/// (in its body, or in its own SQL). Blocks opened inside it were dropped before it (a future
+/// drops what it owns first), so it is the innermost one; whatever is still above it goes
+/// too. Its callbacks go (C2).
+pub(crate) fn cancel<K: Flavor>(
+    state: &mut AliasState<K>,
+    token: BlockToken,
+    r#where: Cancelled,
+) -> Cancel<K> {
+    let Some(position) = state.blocks.iter().position(|block| block.token == token) else {
+        return Cancel::Gone;
+    };
+    let mark = state.blocks[position].callbacks_mark;
+    let removed: Vec<Block> = state.blocks.drain(position..).collect();
+    let discarded = split_off_callbacks(state, mark);
+    if position > 0 {
+        let parent = &mut state.blocks[position - 1];
+        parent.child_cancelled = match (parent.child_cancelled, r#where) {
+            (Cancelled::InSql, _) | (_, Cancelled::InSql) => Cancelled::InSql,
+            _ => Cancelled::InBody,
+        };
+        state.needs_rollback = true;
+        return Cancel::Nested { discarded };
+    }
+    let Some(Block {
+        kind: BlockKind::Outermost(outermost),
+        ..
+    }) = removed.into_iter().next()
+    else {
+        unreachable!("the first block is the outermost one")
+    };
+    state.needs_rollback = false;
+    let mut discarded = discarded;
+    discarded.append(&mut state.callbacks);
+    if outermost.on_callers_connection {
+        state.unbind_explicit(outermost.restore_lent);
+    } else {
+        state.block_connection = None;
+    }
+    Cancel::Outermost {
+        depth_before: outermost.depth_before,
+        on_callers_connection: outermost.on_callers_connection,
+        discarded,
+    }
+}
+
+/// Rule A2 at a block's exit: whether a block nested in it was cancelled, and where.
+#[inline]
+pub(crate) fn child_cancelled<K: Flavor>(state: &AliasState<K>, entered: &Entered) -> Cancelled {
+    match state.blocks.last() {
+        Some(block) if block.token == entered.token => block.child_cancelled,
+        _ => Cancelled::No,
+    }
+}
+
 // --- The rollback flag: F1–F3 ----------------------------------------------------------------
 
 /// Rules F1 and F2: `set_rollback(flag)` marks the innermost block with a savepoint (or the
 /// outermost) to roll back on exit without an error, or cancels that; only inside a block.
-pub(crate) fn set_rollback(state: &mut AliasState, flag: bool) -> Result<(), Error> {
+pub(crate) fn set_rollback<K: Flavor>(state: &mut AliasState<K>, flag: bool) -> Result<(), Error> {
     if !state.in_atomic_block() {
         return Err(not_in_atomic_block(state.alias(), "set_rollback"));
     }
@@ -642,7 +735,10 @@ pub(crate) fn set_rollback(state: &mut AliasState, flag: bool) -> Result<(), Err
 }
 
 /// Rule F1: `get_rollback()` only inside a block.
-pub(crate) fn get_rollback(state: Option<&AliasState>, alias: &str) -> Result<bool, Error> {
+pub(crate) fn get_rollback<K: Flavor>(
+    state: Option<&AliasState<K>>,
+    alias: &str,
+) -> Result<bool, Error> {
     match state {
         Some(state) if state.in_atomic_block() => Ok(state.needs_rollback),
         _ => Err(not_in_atomic_block(alias, "get_rollback")),
@@ -662,7 +758,7 @@ pub(crate) enum Lend {
 /// Ambient access (`connection()`, manual savepoints): rule F3 while the block is marked for
 /// rollback, and one borrower at a time (the connection is lent, or bound to an explicit-mode
 /// block).
-pub(crate) fn lend(state: &AliasState) -> Result<Lend, Error> {
+pub(crate) fn lend<K: Flavor>(state: &AliasState<K>) -> Result<Lend, Error> {
     match state.slot {
         Slot::Explicit(_) => Err(alias_bound_to_explicit_connection(state)),
         Slot::Lent(_) => Err(connection_in_use(state)),
@@ -675,23 +771,23 @@ pub(crate) fn lend(state: &AliasState) -> Result<Lend, Error> {
 }
 
 /// A connection checked out for ambient access outside any block is lent to the caller.
-pub(crate) fn lend_checked_out(state: &mut AliasState, id: ConnectionId) {
+pub(crate) fn lend_checked_out<K: Flavor>(state: &mut AliasState<K>, id: ConnectionId) {
     state.slot = Slot::Lent(id);
 }
 
 /// What giving a lent connection back means.
-pub(crate) struct GiveBack {
+pub(crate) struct GiveBack<K: Flavor = SyncFlavor> {
     /// It goes back to the open block that lent it.
     pub(crate) to_block: bool,
     /// The block that owned it ended meanwhile: roll it back to this depth first (then it
     /// goes to the pool).
     pub(crate) orphaned_at_depth: Option<u32>,
     /// Callbacks of blocks that committed on it, to run once it is back (C3).
-    pub(crate) after_lend: Vec<Callback>,
+    pub(crate) after_lend: Vec<K::Callback>,
 }
 
 /// The end of ambient access: the connection goes back to its block, or to the pool.
-pub(crate) fn give_back(state: &mut AliasState, from_block: bool) -> GiveBack {
+pub(crate) fn give_back<K: Flavor>(state: &mut AliasState<K>, from_block: bool) -> GiveBack<K> {
     let orphaned_at_depth = state.orphaned_at_depth.take();
     let to_block = from_block && orphaned_at_depth.is_none();
     if !to_block {
@@ -707,14 +803,14 @@ pub(crate) fn give_back(state: &mut AliasState, from_block: bool) -> GiveBack {
 // --- on_commit: C1, C2, C5 ---------------------------------------------------------------------
 
 /// What becomes of a callback registered now.
-pub(crate) enum OnCommit {
+pub(crate) enum OnCommit<K: Flavor = SyncFlavor> {
     /// Queued on the open block (C1).
     Queued,
     /// Outside any block: run it now (C1).
-    RunNow(Callback),
+    RunNow(K::Callback),
     /// The commit is out of sight: refused, with the reason (the callback is handed back to
     /// be dropped outside the borrow).
-    Refused(Callback, &'static str),
+    Refused(K::Callback, &'static str),
 }
 
 /// Rules C1 and C5: `on_commit` on `state`'s alias. Refused where the commit is out of sight:
@@ -722,11 +818,11 @@ pub(crate) enum OnCommit {
 /// `connection()` call outside any block, whose closure may have opened such a transaction on
 /// the connection it holds (Django refuses on_commit in manual transaction management).
 #[inline]
-pub(crate) fn on_commit(
-    state: &mut AliasState,
-    mut others: Others<'_>,
-    callback: Callback,
-) -> OnCommit {
+pub(crate) fn on_commit<K: Flavor>(
+    state: &mut AliasState<K>,
+    mut others: Others<'_, K>,
+    callback: K::Callback,
+) -> OnCommit<K> {
     match state.blocks.last() {
         Some(block) if block.commit_out_of_sight => {
             OnCommit::Refused(callback, INSIDE_CALLERS_TRANSACTION)
@@ -776,7 +872,10 @@ const INSIDE_LENT_CONNECTION: &str = "inside a `connection()` call outside any a
      returns";
 
 /// Rule T2: the callbacks registered since `mark` that are still queued, taken out.
-pub(crate) fn take_callbacks_since(state: &mut AliasState, mark: usize) -> Vec<Callback> {
+pub(crate) fn take_callbacks_since<K: Flavor>(
+    state: &mut AliasState<K>,
+    mark: usize,
+) -> Vec<K::Callback> {
     split_off_callbacks(state, mark)
 }
 
@@ -947,19 +1046,19 @@ pub(crate) fn retry_reason(failure: AttemptFailure) -> Option<&'static str> {
 
 // --- Errors the rules return ------------------------------------------------------------------
 
-fn durable_nested(state: &AliasState) -> Error {
+fn durable_nested<K: Flavor>(state: &AliasState<K>) -> Error {
     Error::DurableNested {
         alias: state.alias().to_owned(),
     }
 }
 
-fn connection_in_use(state: &AliasState) -> Error {
+fn connection_in_use<K: Flavor>(state: &AliasState<K>) -> Error {
     Error::ConnectionInUse {
         alias: state.alias().to_owned(),
     }
 }
 
-fn alias_bound_to_explicit_connection(state: &AliasState) -> Error {
+fn alias_bound_to_explicit_connection<K: Flavor>(state: &AliasState<K>) -> Error {
     Error::AliasBoundToExplicitConnection {
         alias: state.alias().to_owned(),
     }

@@ -86,6 +86,13 @@ impl BlockToken {
     }
 }
 
+/// Each thread numbers its block tokens from a base of its own, so tokens are unique across
+/// threads too: an async task's blocks may begin on several worker threads.
+fn token_base() -> u64 {
+    static THREADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    (THREADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) << 40) + 1
+}
+
 pub(crate) struct Block {
     pub(crate) token: BlockToken,
     pub(crate) kind: BlockKind,
@@ -94,10 +101,25 @@ pub(crate) struct Block {
     pub(crate) callbacks_mark: usize,
     /// diesel's transaction depth inside the block (a merged block shares its parent's).
     pub(crate) depth: u32,
+    /// A block nested in this one was cancelled (its future dropped, rule A2): this block
+    /// rolls back and reports `Error::Cancelled`.
+    pub(crate) child_cancelled: Cancelled,
     /// The block runs inside a transaction level the runtime did not open and cannot watch
     /// (the caller's own `conn.transaction(..)`): whether its work commits is out of sight, so
     /// `on_commit` is refused while it is the innermost block.
     pub(crate) commit_out_of_sight: bool,
+}
+
+/// Whether, and where, a nested block's future was dropped (rule A2).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Cancelled {
+    #[default]
+    No,
+    /// While its body ran: the connection is as the body left it (its savepoint open).
+    InBody,
+    /// While its own SQL was awaited: what the server did is unknown, so the connection is
+    /// marked broken rather than used again.
+    InSql,
 }
 
 /// A queued on_commit callback.
@@ -126,7 +148,34 @@ pub(crate) struct Entered {
     pub(crate) index: usize,
 }
 
-pub(crate) struct AliasState {
+/// What differs between the sync runtime's state (per thread) and the async one's (per task):
+/// the callback type (an async callback must be `Send`, and may be a future) and the pooled
+/// connection type. The rules are written once over both.
+pub(crate) trait Flavor: 'static {
+    type Callback;
+    type Pooled: ?Sized + Pooled;
+}
+
+/// A pooled connection as the state sees it.
+pub(crate) trait Pooled {
+    fn id(&self) -> ConnectionId;
+}
+
+impl<P: PooledConn + ?Sized> Pooled for P {
+    fn id(&self) -> ConnectionId {
+        PooledConn::id(self)
+    }
+}
+
+/// The sync runtime's state: per thread, `FnOnce()` callbacks, r2d2 connections.
+pub(crate) struct SyncFlavor;
+
+impl Flavor for SyncFlavor {
+    type Callback = Callback;
+    type Pooled = dyn PooledConn;
+}
+
+pub(crate) struct AliasState<K: Flavor = SyncFlavor> {
     alias: Box<str>,
     /// Where this state sits in the thread's table, so that a block can find its alias's state
     /// again without comparing names (an entry is reused only once idle: see `create`).
@@ -135,10 +184,10 @@ pub(crate) struct AliasState {
     pub(crate) blocks: Vec<Block>,
     pub(crate) needs_rollback: bool,
     /// The on_commit queue, in registration order.
-    pub(crate) callbacks: Vec<Callback>,
+    pub(crate) callbacks: Vec<K::Callback>,
     pub(crate) slot: Slot,
     /// The pooled connection while the slot is `Held`.
-    pub(crate) pooled: Option<Box<dyn PooledConn>>,
+    pub(crate) pooled: Option<Box<K::Pooled>>,
     /// The connection the open blocks run on (`Some` while `blocks` is not empty).
     pub(crate) block_connection: Option<ConnectionId>,
     /// Set when work in the current transaction failed because of a row its snapshot cannot
@@ -156,14 +205,14 @@ pub(crate) struct AliasState {
     /// Callbacks of blocks that committed on the connection a `connection()` call of this
     /// alias lent out: they run when that call gives the connection back (rule C3: after the
     /// state is reset, so they may use the alias).
-    pub(crate) after_lend: Vec<Callback>,
+    pub(crate) after_lend: Vec<K::Callback>,
     /// The block that owned the lent connection ended while it was lent (a `TestTransaction`
     /// dropped inside the `connection()` closure): when the connection comes back it is rolled
     /// back to this depth and returned to the pool.
     pub(crate) orphaned_at_depth: Option<u32>,
 }
 
-impl AliasState {
+impl<K: Flavor> AliasState<K> {
     pub(crate) fn new(alias: &str, index: usize) -> Self {
         AliasState {
             alias: alias.into(),
@@ -210,7 +259,7 @@ impl AliasState {
     // --- Slot transitions: the only places that move the connection in and out. ---------------
 
     /// An ambient outermost block (or a test transaction) holds `pooled` from now on.
-    pub(crate) fn hold(&mut self, pooled: Box<dyn PooledConn>) {
+    pub(crate) fn hold(&mut self, pooled: Box<K::Pooled>) {
         let id = pooled.id();
         self.slot = Slot::Held(id);
         self.block_connection = Some(id);
@@ -220,7 +269,7 @@ impl AliasState {
     /// Takes the held connection out while the engine's own SQL runs on it; the slot reads
     /// `Lent` meanwhile, so nothing else reaches for it. Put it back with [`Self::put_back`].
     #[inline]
-    pub(crate) fn take_held(&mut self) -> Option<Box<dyn PooledConn>> {
+    pub(crate) fn take_held(&mut self) -> Option<Box<K::Pooled>> {
         let Slot::Held(id) = self.slot else {
             return None;
         };
@@ -230,7 +279,7 @@ impl AliasState {
 
     /// Gives a connection taken with [`Self::take_held`] back to the block.
     #[inline]
-    pub(crate) fn put_back(&mut self, pooled: Box<dyn PooledConn>) {
+    pub(crate) fn put_back(&mut self, pooled: Box<K::Pooled>) {
         self.slot = Slot::Held(pooled.id());
         self.pooled = Some(pooled);
     }
@@ -238,7 +287,7 @@ impl AliasState {
     /// The outermost ambient block ended: its connection goes back to the pool (dropped by the
     /// caller, outside the borrow).
     #[inline]
-    pub(crate) fn release_held(&mut self) -> Option<Box<dyn PooledConn>> {
+    pub(crate) fn release_held(&mut self) -> Option<Box<K::Pooled>> {
         self.block_connection = None;
         match self.slot {
             Slot::Held(_) => {
@@ -270,43 +319,99 @@ impl AliasState {
     }
 }
 
-/// The thread's alias states.
-struct States {
-    list: Vec<AliasState>,
+/// A table of alias states: a thread's (sync) or a task's (async).
+pub(crate) struct States<K: Flavor = SyncFlavor> {
+    list: Vec<AliasState<K>>,
 }
 
-/// How many alias states a thread keeps before it reuses idle ones: an application with a
+/// How many alias states a table keeps before it reuses idle ones: an application with a
 /// few aliases never pays for reuse, and one with an alias per tenant stays bounded.
 const KEPT_STATES: usize = 32;
 
+impl<K: Flavor> States<K> {
+    pub(crate) const fn new() -> Self {
+        States { list: Vec::new() }
+    }
+
+    /// The index of `alias`'s state, created on first use.
+    #[inline]
+    pub(crate) fn index(&mut self, alias: &str) -> usize {
+        match self.list.iter().position(|state| &*state.alias == alias) {
+            Some(index) => index,
+            None => self.create(alias),
+        }
+    }
+
+    /// Makes a state for `alias`: a new entry, or, once the table has many, an idle entry of
+    /// another alias (an idle state holds nothing, and no open block refers to its index).
+    #[cold]
+    fn create(&mut self, alias: &str) -> usize {
+        let states = &mut self.list;
+        if states.len() >= KEPT_STATES
+            && let Some(index) = states.iter().position(AliasState::is_idle)
+        {
+            states[index] = AliasState::new(alias, index);
+            return index;
+        }
+        let index = states.len();
+        states.push(AliasState::new(alias, index));
+        index
+    }
+
+    /// The state at `index`.
+    #[inline]
+    pub(crate) fn at(&mut self, index: usize) -> &mut AliasState<K> {
+        &mut self.list[index]
+    }
+
+    /// The state at `index` and the others beside it.
+    pub(crate) fn with_others(&mut self, index: usize) -> (&mut AliasState<K>, Others<'_, K>) {
+        let (before, rest) = self.list.split_at_mut(index);
+        let (state, after) = rest.split_first_mut().expect("the index is in the table");
+        (state, Others { before, after })
+    }
+
+    /// `alias`'s state, if there is one.
+    pub(crate) fn find(&self, alias: &str) -> Option<&AliasState<K>> {
+        self.list.iter().find(|state| &*state.alias == alias)
+    }
+
+    /// `alias`'s state to change, if there is one.
+    pub(crate) fn find_mut(&mut self, alias: &str) -> Option<&mut AliasState<K>> {
+        self.list.iter_mut().find(|state| &*state.alias == alias)
+    }
+
+    /// Every state.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &AliasState<K>> {
+        self.list.iter()
+    }
+}
+
 thread_local! {
-    static STATES: RefCell<States> = const { RefCell::new(States { list: Vec::new() }) };
-    static NEXT_TOKEN: Cell<u64> = const { Cell::new(1) };
+    static STATES: RefCell<States> = const { RefCell::new(States::new()) };
+    static NEXT_TOKEN: Cell<u64> = Cell::new(token_base());
 }
 
 /// Runs `f` on the alias's state, creating it on first use. `f` must not call user code, nor
 /// drop values whose `Drop` might (callbacks, connections): move those out and drop them after.
 pub(crate) fn with<R>(alias: &str, f: impl FnOnce(&mut AliasState) -> R) -> R {
     STATES.with(|states| {
-        let states = &mut states.borrow_mut().list;
-        let index = match states.iter().position(|state| &*state.alias == alias) {
-            Some(index) => index,
-            None => create(states, alias),
-        };
-        f(&mut states[index])
+        let states = &mut *states.borrow_mut();
+        let index = states.index(alias);
+        f(states.at(index))
     })
 }
 
 /// The other aliases' states, beside the one [`with_others`] hands out.
-pub(crate) struct Others<'a> {
-    before: &'a mut [AliasState],
-    after: &'a mut [AliasState],
+pub(crate) struct Others<'a, K: Flavor = SyncFlavor> {
+    before: &'a mut [AliasState<K>],
+    after: &'a mut [AliasState<K>],
 }
 
-impl<'a> Others<'a> {
+impl<'a, K: Flavor> Others<'a, K> {
     /// Other states given as a slice (the rules' unit tests).
     #[cfg(test)]
-    pub(crate) fn of(states: &'a mut [AliasState]) -> Self {
+    pub(crate) fn of(states: &'a mut [AliasState<K>]) -> Self {
         Others {
             before: states,
             after: &mut [],
@@ -314,12 +419,12 @@ impl<'a> Others<'a> {
     }
 
     /// The first of the other states for which `f` says something.
-    pub(crate) fn find_map<R>(&self, f: impl FnMut(&AliasState) -> Option<R>) -> Option<R> {
+    pub(crate) fn find_map<R>(&self, f: impl FnMut(&AliasState<K>) -> Option<R>) -> Option<R> {
         self.before.iter().chain(self.after.iter()).find_map(f)
     }
 
     /// The other states, to change one.
-    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = &mut AliasState> {
+    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = &mut AliasState<K>> {
         self.before.iter_mut().chain(self.after.iter_mut())
     }
 }
@@ -328,30 +433,11 @@ impl<'a> Others<'a> {
 /// across aliases), under the same borrow.
 pub(crate) fn with_others<R>(alias: &str, f: impl FnOnce(&mut AliasState, Others<'_>) -> R) -> R {
     STATES.with(|states| {
-        let states = &mut states.borrow_mut().list;
-        let index = match states.iter().position(|state| &*state.alias == alias) {
-            Some(index) => index,
-            None => create(states, alias),
-        };
-        let (before, rest) = states.split_at_mut(index);
-        let (state, after) = rest.split_first_mut().expect("the index is in the table");
-        f(state, Others { before, after })
+        let states = &mut *states.borrow_mut();
+        let index = states.index(alias);
+        let (state, others) = states.with_others(index);
+        f(state, others)
     })
-}
-
-/// Makes a state for `alias`: a new entry, or, once the thread has many, an idle entry of
-/// another alias (an idle state holds nothing, and no open block refers to its index).
-#[cold]
-fn create(states: &mut Vec<AliasState>, alias: &str) -> usize {
-    if states.len() >= KEPT_STATES
-        && let Some(index) = states.iter().position(AliasState::is_idle)
-    {
-        states[index] = AliasState::new(alias, index);
-        return index;
-    }
-    let index = states.len();
-    states.push(AliasState::new(alias, index));
-    index
 }
 
 /// Runs `f` on the state at `index` (an [`AliasState::index`] of this thread), which was
@@ -360,7 +446,7 @@ fn create(states: &mut Vec<AliasState>, alias: &str) -> usize {
 /// caller's block token (unique on the thread) tells, so `f` must check it first.
 #[inline]
 pub(crate) fn with_at<R>(index: usize, f: impl FnOnce(&mut AliasState) -> R) -> R {
-    STATES.with(|states| f(&mut states.borrow_mut().list[index]))
+    STATES.with(|states| f(states.borrow_mut().at(index)))
 }
 
 /// Like `with`, for drop paths: does nothing once the thread's state is being torn down.
@@ -368,11 +454,7 @@ pub(crate) fn try_with<R>(alias: &str, f: impl FnOnce(&mut AliasState) -> R) -> 
     STATES
         .try_with(|states| {
             let mut states = states.try_borrow_mut().ok()?;
-            let state = states
-                .list
-                .iter_mut()
-                .find(|state| &*state.alias == alias)?;
-            Some(f(state))
+            Some(f(states.find_mut(alias)?))
         })
         .ok()
         .flatten()
@@ -380,15 +462,12 @@ pub(crate) fn try_with<R>(alias: &str, f: impl FnOnce(&mut AliasState) -> R) -> 
 
 /// Reads the alias's state without creating it.
 pub(crate) fn peek<R>(alias: &str, f: impl FnOnce(Option<&AliasState>) -> R) -> R {
-    STATES.with(|states| {
-        let states = states.borrow();
-        f(states.list.iter().find(|state| &*state.alias == alias))
-    })
+    STATES.with(|states| f(states.borrow().find(alias)))
 }
 
 /// Reads every state of the thread (for the rules that look across aliases).
 pub(crate) fn find_map<R>(f: impl FnMut(&AliasState) -> Option<R>) -> Option<R> {
-    STATES.with(|states| states.borrow().list.iter().find_map(f))
+    STATES.with(|states| states.borrow().iter().find_map(f))
 }
 
 #[cfg(test)]

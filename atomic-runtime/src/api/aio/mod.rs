@@ -1,0 +1,377 @@
+//! The async API (feature `async`): the mirror of the crate root for diesel-async code, on the
+//! same rules (docs/SEMANTICS.md), plus rules A1–A4 for tasks and cancellation.
+//!
+//! State is per alias and per tokio task: the outermost async block (or `aio::connection`
+//! call) of a task creates it, and everything it awaits shares it. A task started with
+//! `tokio::spawn` inside a block has its own, so its blocks are independent transactions on
+//! other connections. A block whose future is dropped (a `timeout`, a `select!`, a client
+//! that went away) never commits: see rule A2 in docs/SEMANTICS.md.
+//!
+//! SQLite runs through diesel-async's `SyncConnectionWrapper`, whose cancellation blocks in
+//! place until the running statement ends (`tokio::task::block_in_place`): use it on a
+//! multi-thread tokio runtime.
+//!
+//! ```
+//! # extern crate atomic_runtime as diesel_atomic;
+//! # #[cfg(feature = "sqlite")] {
+//! use diesel::SqliteConnection;
+//! use diesel_async::SimpleAsyncConnection;
+//! use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+//! use diesel_async::pooled_connection::deadpool::Pool;
+//! use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+//! use diesel_atomic::{aio, Database, Databases, Error};
+//!
+//! type Conn = SyncConnectionWrapper<SqliteConnection>;
+//!
+//! # tokio::runtime::Builder::new_multi_thread().build().unwrap().block_on(async {
+//! let manager = AsyncDieselConnectionManager::<Conn>::new(":memory:");
+//! let pool = Pool::builder(manager).max_size(1).build().unwrap();
+//! let _registry = Databases::new().add("default", Database::new_async(pool)).enter();
+//! aio::transaction::atomic(async || {
+//!     aio::connection(async |conn: &mut Conn| {
+//!         conn.batch_execute("CREATE TABLE t (id INTEGER)").await
+//!     })
+//!     .await?;
+//!     aio::transaction::on_commit(|| println!("committed"))?;
+//!     Ok::<(), Error>(())
+//! })
+//! .await?;
+//! # Ok::<(), Error>(())
+//! # }).unwrap();
+//! # }
+//! ```
+
+use std::future::Future;
+
+use diesel_async::AsyncConnection;
+use futures_util::future::BoxFuture;
+
+use crate::adapter::async_connection::{AsyncPooledConn, AsyncTx};
+use crate::databases::DEFAULT_DB_ALIAS;
+use crate::engine::aio::block::{self, Outcome};
+use crate::engine::aio::hooks;
+use crate::engine::aio::lend::Lent;
+use crate::engine::aio::state::{self, AsyncCallback};
+use crate::engine::rules;
+use crate::error::Error;
+use crate::options::BlockOptions;
+
+pub mod transaction;
+
+/// An async closure taking `Arg` whose future is nameable, so bounds (`Send`) can be put on it.
+///
+/// `AsyncFnOnce`'s future type is not nameable on stable Rust; diesel-async works around this
+/// with a private trait of the same shape (`AsyncFunc`, diesel-async PR #284), which a
+/// library cannot reuse. Every async closure implements it; you never implement it yourself.
+pub trait AsyncFunc<Arg, R>:
+    AsyncFnOnce(Arg) -> R + FnOnce(Arg) -> <Self as AsyncFunc<Arg, R>>::Fut
+{
+    /// The closure's future.
+    type Fut: Future<Output = R>;
+}
+
+impl<F, Arg, Fut, R> AsyncFunc<Arg, R> for F
+where
+    F: AsyncFnOnce(Arg) -> R + FnOnce(Arg) -> Fut,
+    Fut: Future<Output = R>,
+{
+    type Fut = Fut;
+}
+
+/// [`AsyncFunc`] for closures taking nothing.
+pub trait AsyncFunc0<R>: AsyncFnOnce() -> R + FnOnce() -> <Self as AsyncFunc0<R>>::Fut {
+    /// The closure's future.
+    type Fut: Future<Output = R>;
+}
+
+impl<F, Fut, R> AsyncFunc0<R> for F
+where
+    F: AsyncFnOnce() -> R + FnOnce() -> Fut,
+    Fut: Future<Output = R>,
+{
+    type Fut = Fut;
+}
+
+/// [`AsyncFunc`] for closures called more than once (retrying blocks).
+pub trait AsyncFuncMut<Arg, R>:
+    AsyncFnMut(Arg) -> R + FnMut(Arg) -> <Self as AsyncFuncMut<Arg, R>>::Fut
+{
+    /// The closure's future.
+    type Fut: Future<Output = R>;
+}
+
+impl<F, Arg, Fut, R> AsyncFuncMut<Arg, R> for F
+where
+    F: AsyncFnMut(Arg) -> R + FnMut(Arg) -> Fut,
+    Fut: Future<Output = R>,
+{
+    type Fut = Fut;
+}
+
+/// A pool of diesel-async connections that an alias can use: deadpool's and bb8's pools of
+/// `AsyncDieselConnectionManager<C>` (see [`Database::new_async`](crate::Database::new_async)).
+/// Implemented by diesel-atomic only.
+pub trait AsyncPool: Send + Sync + 'static {
+    #[doc(hidden)]
+    fn checkout<'a>(
+        &'a self,
+        alias: &'a str,
+    ) -> BoxFuture<'a, Result<Box<dyn AsyncPooledConn>, Error>>;
+    #[doc(hidden)]
+    fn connection_type(&self) -> &'static str;
+}
+
+impl<M> AsyncPool for deadpool::managed::Pool<M>
+where
+    M: deadpool::managed::Manager + 'static,
+    M::Type: AsyncConnection + 'static,
+    M::Error: std::fmt::Display,
+{
+    fn checkout<'a>(
+        &'a self,
+        alias: &'a str,
+    ) -> BoxFuture<'a, Result<Box<dyn AsyncPooledConn>, Error>> {
+        Box::pin(async move {
+            match self.get().await {
+                Ok(object) => Ok(Box::new(object) as Box<dyn AsyncPooledConn>),
+                Err(error) => Err(Error::AsyncPool {
+                    alias: alias.to_owned(),
+                    message: error.to_string(),
+                }),
+            }
+        })
+    }
+
+    fn connection_type(&self) -> &'static str {
+        std::any::type_name::<M::Type>()
+    }
+}
+
+impl<M> AsyncPool for bb8::Pool<M>
+where
+    M: bb8::ManageConnection,
+    M::Connection: AsyncConnection + 'static,
+    M::Error: std::error::Error + 'static,
+{
+    fn checkout<'a>(
+        &'a self,
+        alias: &'a str,
+    ) -> BoxFuture<'a, Result<Box<dyn AsyncPooledConn>, Error>> {
+        Box::pin(async move {
+            match self.get_owned().await {
+                Ok(conn) => Ok(Box::new(conn) as Box<dyn AsyncPooledConn>),
+                Err(error) => Err(Error::AsyncPool {
+                    alias: alias.to_owned(),
+                    message: error.to_string(),
+                }),
+            }
+        })
+    }
+
+    fn connection_type(&self) -> &'static str {
+        std::any::type_name::<M::Connection>()
+    }
+}
+
+/// Runs `f` with the default alias's connection: the open block's, or a pooled one in
+/// autocommit mode for the call. The async twin of [`connection`](crate::connection): inside
+/// `f`, ambient access to the alias is `Error::ConnectionInUse` (never a deadlock).
+///
+/// ```
+/// # extern crate atomic_runtime as diesel_atomic;
+/// # #[cfg(feature = "sqlite")] {
+/// # use diesel::SqliteConnection;
+/// # use diesel_async::pooled_connection::{AsyncDieselConnectionManager, deadpool::Pool};
+/// use diesel_async::SimpleAsyncConnection;
+/// use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+/// use diesel_atomic::{aio, Database, Databases};
+/// type Conn = SyncConnectionWrapper<SqliteConnection>;
+/// # tokio::runtime::Builder::new_multi_thread().build().unwrap().block_on(async {
+/// # let pool = Pool::builder(AsyncDieselConnectionManager::<Conn>::new(":memory:")).build().unwrap();
+/// let _registry = Databases::new().add("default", Database::new_async(pool)).enter();
+/// aio::connection(async |conn: &mut Conn| conn.batch_execute("SELECT 1").await).await?;
+/// # Ok::<(), diesel_atomic::Error>(())
+/// # }).unwrap();
+/// # }
+/// ```
+pub async fn connection<C, T, E, F>(f: F) -> Result<T, E>
+where
+    C: AsyncConnection + 'static,
+    E: From<Error>,
+    for<'r> F: AsyncFnOnce(&'r mut C) -> Result<T, E> + AsyncFunc<&'r mut C, Result<T, E>>,
+{
+    db(DEFAULT_DB_ALIAS).connection(f).await
+}
+
+/// The async handle for one alias; `db(DEFAULT_DB_ALIAS)` is what the free functions use.
+///
+/// ```
+/// # extern crate atomic_runtime as diesel_atomic;
+/// assert!(!diesel_atomic::aio::db("other").in_atomic_block());
+/// ```
+pub fn db(alias: &str) -> Db<'_> {
+    Db { alias }
+}
+
+/// One alias, from async code: its connection, blocks, rollback flag and on_commit queue.
+#[derive(Clone, Copy, Debug)]
+pub struct Db<'a> {
+    alias: &'a str,
+}
+
+impl Db<'_> {
+    /// The alias.
+    pub fn alias(&self) -> &str {
+        self.alias
+    }
+
+    /// [`connection`] on this alias.
+    pub async fn connection<C, T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        C: AsyncConnection + 'static,
+        E: From<Error>,
+        for<'r> F: AsyncFnOnce(&'r mut C) -> Result<T, E> + AsyncFunc<&'r mut C, Result<T, E>>,
+    {
+        let alias = self.alias;
+        state::scoped(async move {
+            let mut lent = Lent::take(alias).await?;
+            let expected = lent.type_name();
+            let Some(conn) = lent.conn().as_any().downcast_mut::<C>() else {
+                lent.give_back().await;
+                return Err(Error::WrongConnectionType {
+                    alias: alias.to_owned(),
+                    expected,
+                }
+                .into());
+            };
+            let result = f(conn).await;
+            lent.give_back().await;
+            result
+        })
+        .await
+    }
+
+    /// An ambient block on this alias: `transaction::Atomic::new().using(alias).run(f)`.
+    pub async fn atomic<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        E: From<Error>,
+        F: AsyncFunc0<Result<T, E>>,
+    {
+        run_ambient(&BlockOptions::nested(self.alias), f).await
+    }
+
+    /// Registers `f` to run after the outermost COMMIT of this task's open block on the alias
+    /// (rule C1), or now outside any block.
+    pub fn on_commit(&self, f: impl FnOnce() + Send + 'static) -> Result<(), Error> {
+        hooks::on_commit(self.alias, AsyncCallback::plain(f, false))
+    }
+
+    /// Like [`Db::on_commit`]; a panic of `f` is caught and logged, and the callbacks after it
+    /// still run (rule C4).
+    pub fn on_commit_robust(&self, f: impl FnOnce() + Send + 'static) -> Result<(), Error> {
+        hooks::on_commit(self.alias, AsyncCallback::plain(f, true))
+    }
+
+    /// Registers a future to be awaited after the outermost COMMIT, in order with the plain
+    /// callbacks, before the block's future resolves (rule A4). Outside any block it is
+    /// spawned on the current tokio runtime.
+    pub fn on_commit_async(
+        &self,
+        f: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), Error> {
+        hooks::on_commit(self.alias, AsyncCallback::future(f, false))
+    }
+
+    /// Marks the innermost block with a savepoint to roll back (rule F2).
+    pub fn set_rollback(&self, rollback: bool) -> Result<(), Error> {
+        if !state::in_task_scope() {
+            return rules::set_rollback(
+                &mut crate::engine::state::AliasState::<state::AsyncFlavor>::new(self.alias, 0),
+                rollback,
+            );
+        }
+        state::with(self.alias, |state| rules::set_rollback(state, rollback))
+    }
+
+    /// Whether the innermost block will roll back (rule F1).
+    pub fn get_rollback(&self) -> Result<bool, Error> {
+        state::peek(self.alias, |state| rules::get_rollback(state, self.alias))
+    }
+
+    /// Whether this task is inside a block of the alias.
+    pub fn in_atomic_block(&self) -> bool {
+        state::peek(self.alias, |state| {
+            state.is_some_and(|state| state.in_atomic_block())
+        })
+    }
+}
+
+// --- What the attribute's expansions call (re-exported by `__private::aio`) ------------------
+
+/// An ambient async block.
+pub async fn run_ambient<T, E, F>(options: &BlockOptions<'_>, body: F) -> Result<T, E>
+where
+    E: From<Error>,
+    F: AsyncFunc0<Result<T, E>>,
+{
+    state::scoped(async move {
+        let (outcome, exit) =
+            block::attempt(options, &mut (), |_| None, move |_: &mut ()| body()).await?;
+        block::finish(options.using, outcome, exit).await
+    })
+    .await
+}
+
+/// An explicit-mode async block on the caller's connection.
+pub async fn run_explicit<C, T, E, F>(
+    options: &BlockOptions<'_>,
+    conn: &mut C,
+    body: F,
+) -> Result<T, E>
+where
+    C: AsyncConnection + 'static,
+    E: From<Error>,
+    for<'r> F: AsyncFnOnce(&'r mut C) -> Result<T, E> + AsyncFunc<&'r mut C, Result<T, E>>,
+{
+    state::scoped(async move {
+        let (outcome, exit) = block::attempt(
+            options,
+            conn,
+            |conn: &mut C| Some(conn as &mut dyn AsyncTx),
+            body,
+        )
+        .await?;
+        block::finish(options.using, outcome, exit).await
+    })
+    .await
+}
+
+/// An explicit-mode async block on a connection held by `owner` (`conn = self.conn`).
+pub async fn run_explicit_field<S, C, T, E, F>(
+    options: &BlockOptions<'_>,
+    owner: &mut S,
+    field: impl Fn(&mut S) -> &mut C + Send,
+    body: F,
+) -> Result<T, E>
+where
+    S: ?Sized + Send,
+    C: AsyncConnection + 'static,
+    E: From<Error>,
+    for<'r> F: AsyncFnOnce(&'r mut S) -> Result<T, E> + AsyncFunc<&'r mut S, Result<T, E>>,
+{
+    state::scoped(async move {
+        let (outcome, exit) = block::attempt(
+            options,
+            owner,
+            |owner: &mut S| Some(field(owner) as &mut dyn AsyncTx),
+            body,
+        )
+        .await?;
+        block::finish(options.using, outcome, exit).await
+    })
+    .await
+}
+
+/// The body's outcome, for the retry loop.
+#[allow(dead_code)]
+pub(crate) type AttemptOutcome<T, E> = Outcome<T, E>;

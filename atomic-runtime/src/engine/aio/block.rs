@@ -1,0 +1,779 @@
+//! The async executor: carries out the plans of `engine::rules` with diesel-async's
+//! connections, awaiting the SQL the sync executor calls. Every decision is the same call
+//! into `rules`; what is new is the dropped future (rule A2), handled by [`Armed`].
+//!
+//! One path for every outcome, as in the sync executor: the body runs under `catch_unwind`,
+//! so `Err`, `Ok` with the rollback flag and a panic all leave through [`leave`].
+
+use std::panic::{self, AssertUnwindSafe};
+
+use futures_util::FutureExt;
+
+use crate::adapter::ConnectionId;
+use crate::adapter::async_connection::{AsyncPooledConn, AsyncTx};
+use crate::api::aio::AsyncFunc;
+use crate::engine::aio::hooks;
+use crate::engine::aio::stale;
+use crate::engine::aio::state::{self, AsyncCallback, InBlock};
+use crate::engine::rules::{
+    self, BeginOptionsUse, CallersConnection, Cancel, EnterPlan, Leave, ReleaseRecovery, Route,
+    SavepointExit,
+};
+use crate::engine::state::{BlockToken, Cancelled, Entered, Foreign, Slot};
+use crate::error::Error;
+use crate::options::BlockOptions;
+
+/// The outcome of a block's body: its result, or its panic.
+pub(crate) type Outcome<T, E> = std::thread::Result<Result<T, E>>;
+
+/// Runs `body` as a block on `alias`: explicit when `connection` finds a connection in
+/// `owner`, ambient otherwise. Returns the body's outcome and what leaving produced; the
+/// caller decides (retry) or [`finish`]es.
+pub(crate) async fn attempt<S, T, E, F>(
+    options: &BlockOptions<'_>,
+    owner: &mut S,
+    connection: impl Fn(&mut S) -> Option<&mut dyn AsyncTx>,
+    body: F,
+) -> Result<(Outcome<T, E>, Exit), Error>
+where
+    S: ?Sized,
+    for<'r> F: AsyncFunc<&'r mut S, Result<T, E>>,
+{
+    let alias = options.using;
+    let mut armed = enter(options, connection(owner)).await?;
+    armed.phase = Cancelled::InBody;
+    let outcome = AssertUnwindSafe(InBlock {
+        token: armed.token,
+        body: body(&mut *owner),
+    })
+    .catch_unwind()
+    .await;
+    armed.phase = Cancelled::InSql;
+    let exit = leave(alias, &mut armed, connection(owner), succeeded(&outcome)).await;
+    armed.disarm();
+    Ok((outcome, exit))
+}
+
+/// Whether the body returned `Ok` (neither `Err` nor a panic).
+pub(crate) fn succeeded<T, E>(outcome: &Outcome<T, E>) -> bool {
+    matches!(outcome, Ok(Ok(_)))
+}
+
+/// Turns the body's outcome and the exit into what the block returns (X3), awaiting the
+/// callbacks of a COMMIT (C3, A4).
+pub(crate) async fn finish<T, E: From<Error>>(
+    alias: &str,
+    outcome: Outcome<T, E>,
+    exit: Exit,
+) -> Result<T, E> {
+    match outcome {
+        Err(payload) => {
+            if let Some(error) = exit.error {
+                tracing::error!(alias, %error, "leaving an atomic block after a panic failed");
+            }
+            panic::resume_unwind(payload)
+        }
+        Ok(Err(error)) => {
+            if let Some(exit_error) = exit.error {
+                tracing::error!(alias, error = %exit_error, "leaving a failed atomic block failed too");
+            }
+            Err(error)
+        }
+        Ok(Ok(value)) => match exit.error {
+            Some(error) => Err(error.into()),
+            None => {
+                hooks::run_after_commit(alias, exit.callbacks).await;
+                Ok(value)
+            }
+        },
+    }
+}
+
+// --- Cancellation -----------------------------------------------------------------------------
+
+/// An open block, armed against its future being dropped (rule A2). Dropped armed, it ends
+/// the block in the state: an outermost block's pooled connection is marked broken and goes
+/// back to its pool, which discards it (the server rolls back when the connection closes);
+/// on the caller's connection, which a destructor cannot reach, the connection is remembered
+/// as stale; a nested block marks its parent.
+pub(crate) struct Armed {
+    alias: Box<str>,
+    pub(crate) token: BlockToken,
+    pub(crate) entered: Option<Entered>,
+    /// Where the block is, for a drop: its body, or its own SQL.
+    pub(crate) phase: Cancelled,
+    /// Set once the exit took the block off the state while its SQL is still awaited: a
+    /// drop then only has the connection to account for.
+    exiting: Option<Exiting>,
+}
+
+#[derive(Clone, Copy)]
+enum Exiting {
+    /// The outermost block's COMMIT or ROLLBACK on the caller's connection.
+    CallersOutermost { id: ConnectionId, depth_before: u32 },
+    /// A savepoint's RELEASE or ROLLBACK TO on the caller's connection.
+    CallersSavepoint,
+    /// SQL on a pooled connection, which goes back to its pool (or its block) marked broken.
+    Pooled,
+}
+
+impl Armed {
+    fn new(alias: &str, entered: Entered) -> Armed {
+        Armed {
+            alias: alias.into(),
+            token: entered.token,
+            entered: Some(entered),
+            phase: Cancelled::InSql,
+            exiting: None,
+        }
+    }
+
+    fn disarm(&mut self) {
+        self.entered = None;
+        self.exiting = None;
+    }
+}
+
+impl Drop for Armed {
+    fn drop(&mut self) {
+        if let Some(exiting) = self.exiting.take() {
+            return cancelled_while_exiting(&self.alias, exiting);
+        }
+        if self.entered.take().is_some() {
+            cancel(&self.alias, self.token, self.phase);
+        }
+    }
+}
+
+#[cold]
+fn cancel(alias: &str, token: BlockToken, phase: Cancelled) {
+    let Some((plan, connection, pooled)) = state::try_with_task(|task| {
+        let index = task.states.index(alias);
+        let state = task.states.at(index);
+        let connection = state.slot.connection();
+        let plan = rules::cancel(state, token, phase);
+        let pooled = match &plan {
+            Cancel::Outermost {
+                on_callers_connection: false,
+                ..
+            } => state.release_held(),
+            _ => None,
+        };
+        (plan, connection, pooled)
+    }) else {
+        return;
+    };
+    state::wake_waiting();
+    match plan {
+        Cancel::Gone => {}
+        Cancel::Nested { discarded } => {
+            tracing::warn!(
+                alias,
+                "a nested atomic block was cancelled; its parent rolls back"
+            );
+            drop(discarded);
+        }
+        Cancel::Outermost {
+            depth_before,
+            on_callers_connection,
+            discarded,
+        } => {
+            tracing::warn!(
+                alias,
+                "an atomic block was cancelled before it finished; its transaction never commits"
+            );
+            if on_callers_connection {
+                if let Some(id) = connection {
+                    stale::remember(id, depth_before);
+                }
+            } else {
+                discard(pooled);
+            }
+            drop(discarded);
+        }
+    }
+}
+
+#[cold]
+fn cancelled_while_exiting(alias: &str, exiting: Exiting) {
+    tracing::warn!(
+        alias,
+        "an atomic block was cancelled while it committed or rolled back"
+    );
+    match exiting {
+        Exiting::CallersOutermost { id, depth_before } => stale::remember(id, depth_before),
+        Exiting::CallersSavepoint => {
+            state::try_with_task(|task| {
+                let index = task.states.index(alias);
+                let state = task.states.at(index);
+                if let Some(parent) = state.blocks.last_mut() {
+                    parent.child_cancelled = Cancelled::InSql;
+                    state.needs_rollback = true;
+                }
+            });
+        }
+        // The pooled connection is in the dropped future, or back in its block's slot
+        // (`Taken`), marked broken either way.
+        Exiting::Pooled => {}
+    }
+    state::wake_waiting();
+}
+
+/// A pooled connection that must not be used again: marked broken, back to its pool, which
+/// discards it.
+fn discard(pooled: Option<Box<dyn AsyncPooledConn>>) {
+    if let Some(mut pooled) = pooled {
+        pooled.inner().mark_broken();
+        drop(pooled);
+    }
+}
+
+/// The held connection of an ambient block, taken out of the state while the engine's SQL
+/// awaits on it. Dropped before it was put back (the future was cancelled), it goes back
+/// marked broken, so the block it belongs to can only fail.
+struct Taken {
+    alias: Box<str>,
+    pooled: Option<Box<dyn AsyncPooledConn>>,
+}
+
+impl Taken {
+    fn take(alias: &str) -> Option<Taken> {
+        let pooled = state::with(alias, |state| state.take_held())?;
+        Some(Taken {
+            alias: alias.into(),
+            pooled: Some(pooled),
+        })
+    }
+
+    fn conn(&mut self) -> &mut dyn AsyncTx {
+        self.pooled.as_mut().expect("taken until put back").inner()
+    }
+
+    fn put_back(mut self) {
+        let pooled = self.pooled.take().expect("taken until put back");
+        state::with(&self.alias, |state| state.put_back(pooled));
+    }
+}
+
+impl Drop for Taken {
+    fn drop(&mut self) {
+        let Some(mut pooled) = self.pooled.take() else {
+            return;
+        };
+        pooled.inner().mark_broken();
+        let back = state::try_with_task(|task| {
+            let index = task.states.index(&self.alias);
+            let state = task.states.at(index);
+            if matches!(state.slot, Slot::Lent(_)) && state.in_atomic_block() {
+                state.put_back(pooled);
+                None
+            } else {
+                Some(pooled)
+            }
+        });
+        // No block to go back to: to the pool, which discards it.
+        drop(back);
+    }
+}
+
+// --- Entering -------------------------------------------------------------------------------
+
+/// Enters a block, ambient when `caller` is `None` (rules E1–E3 in `rules::plan_enter`),
+/// after waiting for the alias's turn (A3).
+pub(crate) async fn enter(
+    options: &BlockOptions<'_>,
+    mut caller: Option<&mut dyn AsyncTx>,
+) -> Result<Armed, Error> {
+    let alias = options.using;
+    state::turn(alias).await;
+    let callers_connection = match caller.as_deref_mut() {
+        Some(conn) => Some(callers_connection(alias, conn)?),
+        None => None,
+    };
+    let plan = state::with_others(alias, |state, others| {
+        rules::plan_enter(state, others, options, callers_connection.as_ref())
+    })?;
+    match plan {
+        EnterPlan::Merged(entered) => {
+            let mut armed = Armed::new(alias, entered);
+            armed.phase = Cancelled::InBody;
+            Ok(armed)
+        }
+        EnterPlan::OnCallersConnection { entered, begin } => {
+            let conn = caller.expect("a plan on the caller's connection comes with one");
+            let depth = callers_connection.map_or(0, |conn| conn.depth);
+            // Armed in its SQL phase: dropped during the BEGIN or SAVEPOINT, the block is
+            // taken off the state and the connection counts as unknown.
+            let mut armed = Armed::new(alias, entered);
+            match begin_on(alias, conn, options, begin).await {
+                Ok(()) => {
+                    tracing::debug!(
+                        alias,
+                        depth = depth + 1,
+                        "BEGIN or SAVEPOINT (caller's connection)"
+                    );
+                    armed.phase = Cancelled::InBody;
+                    Ok(armed)
+                }
+                Err(error) => {
+                    let entered = armed.entered.take().expect("armed until here");
+                    state::with(alias, |state| rules::unpush(state, &entered));
+                    state::wake_waiting();
+                    Err(error)
+                }
+            }
+        }
+        EnterPlan::CheckOut => enter_checked_out(options).await,
+        EnterPlan::AmbientSavepoint => enter_ambient_savepoint(alias).await,
+    }
+}
+
+/// diesel's view of the caller's connection; refuses one left stale by a cancelled block.
+fn callers_connection(alias: &str, conn: &mut dyn AsyncTx) -> Result<CallersConnection, Error> {
+    let depth = conn.depth()?;
+    let id = conn.id();
+    if depth > 0
+        && !state::with(alias, |state| state.block_connection == Some(id))
+        && stale::is_stale(id, depth)
+    {
+        conn.mark_broken();
+        stale::forget(id);
+        return Err(Error::StaleTransaction {
+            alias: alias.to_owned(),
+        });
+    }
+    let foreign = rules::foreign_transaction(depth, || conn.open_transaction_is_test());
+    Ok(CallersConnection { id, depth, foreign })
+}
+
+async fn begin_on(
+    alias: &str,
+    conn: &mut dyn AsyncTx,
+    options: &BlockOptions<'_>,
+    begin: BeginOptionsUse,
+) -> Result<(), Error> {
+    match begin {
+        BeginOptionsUse::Apply => conn.begin_with(alias, &options.begin).await,
+        BeginOptionsUse::Plain => Ok(conn.begin().await?),
+        BeginOptionsUse::IgnoredInTest => {
+            tracing::debug!(
+                alias,
+                options = %options.begin.describe(),
+                "begin options ignored inside a test transaction"
+            );
+            Ok(conn.begin().await?)
+        }
+    }
+}
+
+/// E2 for an ambient block: a connection from the alias's pool, BEGIN, push.
+async fn enter_checked_out(options: &BlockOptions<'_>) -> Result<Armed, Error> {
+    let alias = options.using;
+    let mut pooled = checkout(alias).await?;
+    let conn = pooled.inner();
+    let depth_before = conn.depth()?;
+    let foreign = rules::foreign_transaction(depth_before, || conn.open_transaction_is_test());
+    let begin = rules::begin_outermost(options, foreign)?;
+    // Dropped during the BEGIN, `pooled` goes back to its pool marked broken by diesel-async
+    // (or by `begin_with`): discarded.
+    begin_on(alias, conn, options, begin).await?;
+    tracing::debug!(alias, depth = depth_before + 1, "BEGIN");
+    let entered = state::with(alias, |state| {
+        state.hold(pooled);
+        rules::push_checked_out(state, depth_before, foreign, options, begin)
+    });
+    let mut armed = Armed::new(alias, entered);
+    armed.phase = Cancelled::InBody;
+    Ok(armed)
+}
+
+/// A connection from the async alias's pool.
+pub(crate) async fn checkout(alias: &str) -> Result<Box<dyn AsyncPooledConn>, Error> {
+    let database = lookup(alias)?;
+    let pool = database.async_pool(alias)?.clone();
+    pool.checkout(alias).await
+}
+
+/// The database configured under `alias`, from the task's registry.
+pub(crate) fn lookup(alias: &str) -> Result<crate::databases::Database, Error> {
+    let databases = state::try_with_task(|task| task.databases.clone()).flatten();
+    match databases {
+        Some(databases) => databases.get(alias).cloned(),
+        None => crate::databases::lookup(alias),
+    }
+}
+
+/// E3 for an ambient block: SAVEPOINT on the held connection, push.
+async fn enter_ambient_savepoint(alias: &str) -> Result<Armed, Error> {
+    let mut taken = Taken::take(alias).expect("an ambient block holds its connection");
+    let conn = taken.conn();
+    let begun = match conn.depth() {
+        Ok(depth_before) => conn.begin().await.map(|()| depth_before),
+        Err(error) => Err(error),
+    };
+    taken.put_back();
+    let depth_before = begun?;
+    tracing::trace!(alias, depth = depth_before + 1, "SAVEPOINT");
+    let entered = state::with(alias, |state| rules::push_savepoint(state, depth_before));
+    let mut armed = Armed::new(alias, entered);
+    armed.phase = Cancelled::InBody;
+    Ok(armed)
+}
+
+// --- Leaving --------------------------------------------------------------------------------
+
+/// What leaving a block produced.
+pub(crate) struct Exit {
+    /// The exit's own failure (COMMIT or RELEASE failed, a nested block was cancelled).
+    pub(crate) error: Option<Error>,
+    /// Callbacks to run now: the transaction committed.
+    pub(crate) callbacks: Vec<AsyncCallback>,
+}
+
+impl Exit {
+    fn clean() -> Self {
+        Exit {
+            error: None,
+            callbacks: Vec::new(),
+        }
+    }
+
+    fn failed(error: Error) -> Self {
+        Exit {
+            error: Some(error),
+            callbacks: Vec::new(),
+        }
+    }
+}
+
+/// Leaves a block (rules X1–X4 in `rules::plan_leave`, A2 for a cancelled child).
+pub(crate) async fn leave(
+    alias: &str,
+    armed: &mut Armed,
+    caller: Option<&mut dyn AsyncTx>,
+    body_succeeded: bool,
+) -> Exit {
+    let Some(entered) = armed.entered.take() else {
+        return Exit::clean();
+    };
+    let (plan, pooled, child) = state::with(alias, |state| {
+        let child = rules::child_cancelled(state, &entered);
+        let plan = rules::plan_leave(state, &entered, body_succeeded && child == Cancelled::No);
+        let pooled = match &plan {
+            Leave::Outermost { .. } => state.release_held(),
+            _ => None,
+        };
+        (plan, pooled, child)
+    });
+    armed.exiting = Some(match (&caller, &plan) {
+        (Some(conn), Leave::Outermost { depth_before, .. }) => Exiting::CallersOutermost {
+            id: conn.id(),
+            depth_before: *depth_before,
+        },
+        (Some(_), _) => Exiting::CallersSavepoint,
+        (None, _) => Exiting::Pooled,
+    });
+    let mut exit = match plan {
+        Leave::Done => Exit::clean(),
+        Leave::Lost => Exit::failed(Error::BlockEndedElsewhere {
+            alias: alias.to_owned(),
+        }),
+        Leave::Orphaned { success, discarded } => {
+            drop(discarded);
+            if success {
+                Exit::failed(connection_missing(alias))
+            } else {
+                Exit::clean()
+            }
+        }
+        Leave::Savepoint {
+            depth_before,
+            success,
+            callbacks_mark,
+            discarded,
+        } => {
+            drop(discarded);
+            leave_savepoint(alias, caller, depth_before, success, callbacks_mark, child).await
+        }
+        Leave::Outermost {
+            success,
+            depth_before,
+            foreign,
+            callbacks,
+            route,
+        } => {
+            leave_outermost(
+                alias,
+                caller,
+                pooled,
+                depth_before,
+                success,
+                foreign,
+                callbacks,
+                route,
+                child,
+            )
+            .await
+        }
+    };
+    armed.exiting = None;
+    state::wake_waiting();
+    if child != Cancelled::No && exit.error.is_none() && body_succeeded {
+        exit.error = Some(Error::Cancelled {
+            alias: alias.to_owned(),
+        });
+    }
+    exit
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn leave_outermost(
+    alias: &str,
+    caller: Option<&mut dyn AsyncTx>,
+    mut pooled: Option<Box<dyn AsyncPooledConn>>,
+    depth_before: u32,
+    success: bool,
+    foreign: Foreign,
+    callbacks: Vec<AsyncCallback>,
+    route: Route,
+    child: Cancelled,
+) -> Exit {
+    let conn: &mut dyn AsyncTx = match (&mut pooled, caller) {
+        (Some(pooled), _) => pooled.inner(),
+        (None, Some(conn)) => conn,
+        (None, None) => return Exit::failed(connection_missing(alias)),
+    };
+    let error = if child == Cancelled::InSql {
+        // What the server did with the cancelled SQL is unknown: never use it again.
+        conn.mark_broken();
+        None
+    } else {
+        let depth = close_levels_left_open(alias, conn, depth_before + 1).await;
+        if success {
+            commit_outermost(alias, conn, depth_before, depth).await
+        } else {
+            rollback_outermost(alias, conn, depth_before).await;
+            None
+        }
+    };
+    // Back to the pool before the callbacks run (C3); the pool discards it if diesel-async
+    // reports it broken or inside a transaction.
+    drop(pooled);
+    let committed = error.is_none() && success;
+    let callbacks = if rules::callbacks_survive(foreign, committed) {
+        route_callbacks(alias, route, callbacks)
+    } else {
+        drop(callbacks);
+        Vec::new()
+    };
+    Exit {
+        error: error.map(Error::from),
+        callbacks,
+    }
+}
+
+/// Sends committed callbacks where the plan routed them; returns those that run now.
+fn route_callbacks(alias: &str, route: Route, callbacks: Vec<AsyncCallback>) -> Vec<AsyncCallback> {
+    match route {
+        Route::RunNow => callbacks,
+        Route::AfterLend {
+            same_alias,
+            connection,
+        } => {
+            let lender = if same_alias {
+                Some(alias.to_owned())
+            } else {
+                state::with_task(|task| {
+                    task.states
+                        .iter()
+                        .find(|state| {
+                            !state.in_atomic_block() && state.slot == Slot::Lent(connection)
+                        })
+                        .map(|state| state.alias().to_owned())
+                })
+            };
+            let Some(lender) = lender else {
+                return callbacks;
+            };
+            state::with(&lender, |state| {
+                rules::defer_until_lend_ends(state, same_alias, connection, callbacks)
+            })
+            .err()
+            .unwrap_or_default()
+        }
+        Route::Join(host) => {
+            if let Err(lost) = state::with(&host, |state| rules::join_queue(state, callbacks)) {
+                tracing::error!(
+                    alias,
+                    host = &*host,
+                    dropped = lost.len(),
+                    "on_commit callbacks dropped: the block of the alias whose transaction \
+                     carried this block's work ended first"
+                );
+            }
+            Vec::new()
+        }
+    }
+}
+
+async fn leave_savepoint(
+    alias: &str,
+    caller: Option<&mut dyn AsyncTx>,
+    depth_before: u32,
+    success: bool,
+    callbacks_mark: usize,
+    child: Cancelled,
+) -> Exit {
+    let mut taken = match caller {
+        Some(_) => None,
+        None => match Taken::take(alias) {
+            Some(taken) => Some(taken),
+            None => return Exit::failed(connection_missing(alias)),
+        },
+    };
+    let conn: &mut dyn AsyncTx = match (&mut taken, caller) {
+        (Some(taken), _) => taken.conn(),
+        (None, Some(conn)) => conn,
+        (None, None) => unreachable!("taken above"),
+    };
+    let (error, transaction_lost) = if child == Cancelled::InSql {
+        conn.mark_broken();
+        (None, true)
+    } else {
+        let depth = close_levels_left_open(alias, conn, depth_before + 1).await;
+        if success {
+            release_savepoint(alias, conn, depth_before, depth).await
+        } else {
+            (None, !rollback_savepoint(alias, conn, depth_before).await)
+        }
+    };
+    if let Some(taken) = taken {
+        taken.put_back();
+    }
+    let exit = SavepointExit {
+        release_failed: error.is_some(),
+        transaction_lost,
+    };
+    if exit != SavepointExit::default() {
+        let discarded = state::with(alias, |state| {
+            rules::after_savepoint(state, callbacks_mark, exit)
+        });
+        drop(discarded);
+    }
+    Exit {
+        error: error.map(Error::from),
+        callbacks: Vec::new(),
+    }
+}
+
+/// Rolls back the levels left open above the block's own (a panic, or a cancelled child);
+/// returns diesel's depth now.
+async fn close_levels_left_open(
+    alias: &str,
+    conn: &mut dyn AsyncTx,
+    block_depth: u32,
+) -> Option<u32> {
+    let depth = conn.depth().ok()?;
+    let levels = rules::levels_left_open(Some(depth), block_depth);
+    if levels == 0 {
+        return Some(depth);
+    }
+    tracing::debug!(
+        alias,
+        levels,
+        "rolling back levels left open inside the block"
+    );
+    for _ in 0..levels {
+        if let Err(error) = conn.rollback().await {
+            tracing::error!(alias, %error, "rolling back a level left open failed");
+            break;
+        }
+    }
+    conn.depth().ok()
+}
+
+async fn release_savepoint(
+    alias: &str,
+    conn: &mut dyn AsyncTx,
+    depth_before: u32,
+    depth: Option<u32>,
+) -> (Option<diesel::result::Error>, bool) {
+    let _ = depth;
+    match conn.commit().await {
+        Ok(()) => {
+            tracing::trace!(alias, depth = depth_before + 1, "RELEASE SAVEPOINT");
+            (None, false)
+        }
+        Err(error) => {
+            tracing::error!(alias, %error, "RELEASE SAVEPOINT failed");
+            let recovered = match rules::recover_release(conn.depth().ok(), depth_before) {
+                ReleaseRecovery::RollbackTo => rollback_savepoint(alias, conn, depth_before).await,
+                ReleaseRecovery::ReleaseOnly => {
+                    conn.release_rolled_back(depth_before).await.is_ok()
+                }
+                ReleaseRecovery::Lost => false,
+            };
+            (Some(error), !recovered)
+        }
+    }
+}
+
+async fn rollback_savepoint(alias: &str, conn: &mut dyn AsyncTx, depth_before: u32) -> bool {
+    let rolled_back = match conn.rollback().await {
+        Ok(()) => conn.release_rolled_back(depth_before).await,
+        Err(error) => Err(error),
+    };
+    match rolled_back {
+        Ok(()) => {
+            tracing::trace!(alias, depth = depth_before + 1, "ROLLBACK TO SAVEPOINT");
+            true
+        }
+        Err(error) => {
+            tracing::error!(alias, %error, "ROLLBACK TO SAVEPOINT failed; marking the transaction for rollback");
+            false
+        }
+    }
+}
+
+async fn commit_outermost(
+    alias: &str,
+    conn: &mut dyn AsyncTx,
+    depth_before: u32,
+    depth: Option<u32>,
+) -> Option<diesel::result::Error> {
+    let _ = depth;
+    match conn.commit().await {
+        Ok(()) => {
+            tracing::debug!(alias, "COMMIT");
+            None
+        }
+        Err(error) => {
+            tracing::error!(alias, %error, "COMMIT failed; rolling back");
+            if rules::rollback_after_failed_commit(conn.depth().ok(), depth_before) {
+                rollback_outermost(alias, conn, depth_before).await;
+            }
+            Some(error)
+        }
+    }
+}
+
+async fn rollback_outermost(alias: &str, conn: &mut dyn AsyncTx, depth_before: u32) {
+    let rolled_back = match conn.rollback().await {
+        Ok(()) if depth_before > 0 => conn.release_rolled_back(depth_before).await,
+        other => other,
+    };
+    match rolled_back {
+        Ok(()) => tracing::debug!(alias, "ROLLBACK"),
+        Err(error) => {
+            conn.mark_broken();
+            tracing::error!(alias, %error, "ROLLBACK failed; the connection is discarded")
+        }
+    }
+}
+
+#[cold]
+fn connection_missing(alias: &str) -> Error {
+    Error::ConnectionMissing {
+        alias: alias.to_owned(),
+    }
+}

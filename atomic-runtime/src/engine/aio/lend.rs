@@ -1,0 +1,119 @@
+//! Lending an async alias's connection to `aio::connection`'s closure: the open block's, or
+//! one checked out for the call (autocommit). The decisions are `rules::lend` and
+//! `rules::give_back`, as for sync code.
+
+use crate::adapter::async_connection::{AsyncPooledConn, AsyncTx};
+use crate::engine::aio::block::checkout;
+use crate::engine::aio::hooks;
+use crate::engine::aio::state;
+use crate::engine::rules::{self, GiveBack, Lend};
+use crate::error::Error;
+
+/// The alias's connection, taken out of the task's state while the closure uses it. Given
+/// back with [`Lent::give_back`]; dropped before that (the future was cancelled), the
+/// connection goes back marked broken (rule A2: what the closure left half-done is unknown),
+/// and callbacks waiting for it are dropped.
+pub(crate) struct Lent {
+    alias: Box<str>,
+    pooled: Option<Box<dyn AsyncPooledConn>>,
+    /// The connection belongs to an open block (put it back) rather than to this call.
+    from_block: bool,
+}
+
+impl Lent {
+    /// Takes the alias's connection after waiting for the alias's turn (A3); rule F3 and one
+    /// borrower at a time as for sync code.
+    pub(crate) async fn take(alias: &str) -> Result<Lent, Error> {
+        state::turn(alias).await;
+        let from_block = state::with(alias, |state| {
+            Ok::<_, Error>(match rules::lend(state)? {
+                Lend::FromBlock => state.take_held(),
+                Lend::CheckOut => None,
+            })
+        })?;
+        if let Some(pooled) = from_block {
+            return Ok(Lent {
+                alias: alias.into(),
+                pooled: Some(pooled),
+                from_block: true,
+            });
+        }
+        let pooled = checkout(alias).await?;
+        let id = pooled.id();
+        state::with(alias, |state| rules::lend_checked_out(state, id));
+        Ok(Lent {
+            alias: alias.into(),
+            pooled: Some(pooled),
+            from_block: false,
+        })
+    }
+
+    pub(crate) fn conn(&mut self) -> &mut dyn AsyncTx {
+        self.pooled
+            .as_mut()
+            .expect("the connection is present until given back")
+            .inner()
+    }
+
+    /// The connection's type, for `Error::WrongConnectionType`.
+    pub(crate) fn type_name(&self) -> &'static str {
+        self.pooled
+            .as_ref()
+            .expect("the connection is present until given back")
+            .type_name()
+    }
+
+    /// Gives the connection back to its block or its pool, then runs the callbacks of blocks
+    /// that committed on it meanwhile (C3).
+    pub(crate) async fn give_back(mut self) {
+        let after_lend = self.back(false);
+        hooks::run_after_commit(&self.alias, after_lend).await;
+    }
+
+    fn back(&mut self, broken: bool) -> Vec<crate::engine::aio::state::AsyncCallback> {
+        let mut pooled = self.pooled.take();
+        if broken && let Some(pooled) = &mut pooled {
+            pooled.inner().mark_broken();
+        }
+        let from_block = self.from_block;
+        let back = state::try_with_task(|task| {
+            let index = task.states.index(&self.alias);
+            let state = task.states.at(index);
+            let back = rules::give_back(state, from_block);
+            if back.to_block
+                && let Some(pooled) = pooled.take()
+            {
+                state.put_back(pooled);
+            }
+            back
+        });
+        state::wake_waiting();
+        let Some(GiveBack {
+            orphaned_at_depth,
+            after_lend,
+            ..
+        }) = back
+        else {
+            return Vec::new();
+        };
+        if let (Some(pooled), Some(_)) = (&mut pooled, orphaned_at_depth) {
+            // Its block ended while it was lent: the pool must not get it back inside that
+            // transaction, and a destructor cannot await a ROLLBACK.
+            pooled.inner().mark_broken();
+        }
+        // Back to the pool before the callbacks run.
+        drop(pooled);
+        after_lend
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        if self.pooled.is_some() {
+            // A panic unwinding out of the closure leaves the connection as a failed
+            // statement would; a dropped future may leave it mid-statement.
+            let broken = !std::thread::panicking();
+            drop(self.back(broken));
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! The async runtime's state (rule A1): the same per-alias state as the sync runtime's, in a
+//! table per tokio task instead of per thread, plus what only tasks need: which blocks are
+//! being polled (so sibling blocks under `join!` take turns, A3) and the wakers waiting for
+//! their turn.
+//!
+//! The table lives in a `task_local!` `RefCell`. Its borrow is never held across an `.await`
+//! (the closures below are synchronous), which keeps every future `Send`.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+use crate::adapter::ConnectionId;
+use crate::adapter::async_connection::AsyncPooledConn;
+use crate::databases::Databases;
+use crate::engine::state::{AliasState, BlockToken, Flavor, Others, Pooled, States};
+
+/// The async runtime's flavour of state: `Send` callbacks (plain or futures), diesel-async
+/// pooled connections.
+pub(crate) struct AsyncFlavor;
+
+impl Flavor for AsyncFlavor {
+    type Callback = AsyncCallback;
+    type Pooled = dyn AsyncPooledConn;
+}
+
+impl Pooled for dyn AsyncPooledConn {
+    fn id(&self) -> ConnectionId {
+        AsyncPooledConn::id(self)
+    }
+}
+
+/// A queued on_commit callback of async code.
+pub(crate) struct AsyncCallback {
+    pub(crate) func: CallbackFn,
+    pub(crate) robust: bool,
+    pub(crate) name: &'static str,
+}
+
+pub(crate) enum CallbackFn {
+    Plain(Box<dyn FnOnce() + Send>),
+    /// Awaited after the COMMIT, in order with the plain ones (rule A4).
+    Future(Pin<Box<dyn Future<Output = ()> + Send>>),
+}
+
+impl AsyncCallback {
+    pub(crate) fn plain<F: FnOnce() + Send + 'static>(func: F, robust: bool) -> Self {
+        AsyncCallback {
+            func: CallbackFn::Plain(Box::new(func)),
+            robust,
+            name: std::any::type_name::<F>(),
+        }
+    }
+
+    pub(crate) fn future<F: Future<Output = ()> + Send + 'static>(future: F, robust: bool) -> Self {
+        AsyncCallback {
+            func: CallbackFn::Future(Box::pin(future)),
+            robust,
+            name: std::any::type_name::<F>(),
+        }
+    }
+}
+
+/// One task's state.
+pub(crate) struct Task {
+    pub(crate) states: States<AsyncFlavor>,
+    /// The blocks whose bodies are being polled right now, outermost first: a block may
+    /// begin, or the connection be lent, only where its alias's innermost block is among
+    /// them (nested code), never from a sibling branch of a `join!` (A3).
+    pub(crate) polling: Vec<BlockToken>,
+    /// Sibling branches waiting for their turn; woken whenever a block ends.
+    pub(crate) waiting: Vec<Waker>,
+    /// The registry in force where the task's first block began (the thread's `enter`ed one
+    /// or the installed one): a task moves between worker threads, its registry does not.
+    pub(crate) databases: Option<Databases>,
+}
+
+impl Task {
+    fn new() -> Self {
+        Task {
+            states: States::new(),
+            polling: Vec::new(),
+            waiting: Vec::new(),
+            databases: crate::databases::current().ok(),
+        }
+    }
+}
+
+tokio::task_local! {
+    static TASK: RefCell<Task>;
+}
+
+/// Whether the current task has a state table already.
+pub(crate) fn in_task_scope() -> bool {
+    TASK.try_with(|_| ()).is_ok()
+}
+
+/// Runs `future` with a state table for the task: the existing one when there is one, else a
+/// new one for the future's lifetime (the outermost block or call of a task, rule A1).
+pub(crate) async fn scoped<F: Future>(future: F) -> F::Output {
+    if in_task_scope() {
+        future.await
+    } else {
+        TASK.scope(RefCell::new(Task::new()), future).await
+    }
+}
+
+/// Runs `f` on the task's table. Only inside [`scoped`]. Like the sync `state::with`, `f`
+/// must not call user code nor drop what might.
+pub(crate) fn with_task<R>(f: impl FnOnce(&mut Task) -> R) -> R {
+    TASK.with(|task| f(&mut task.borrow_mut()))
+}
+
+/// Like [`with_task`] for drop paths: nothing when there is no table or it is borrowed.
+pub(crate) fn try_with_task<R>(f: impl FnOnce(&mut Task) -> R) -> Option<R> {
+    TASK.try_with(|task| task.try_borrow_mut().ok().map(|mut task| f(&mut task)))
+        .ok()
+        .flatten()
+}
+
+/// Runs `f` on the alias's state (created on first use).
+pub(crate) fn with<R>(alias: &str, f: impl FnOnce(&mut AliasState<AsyncFlavor>) -> R) -> R {
+    with_task(|task| {
+        let index = task.states.index(alias);
+        f(task.states.at(index))
+    })
+}
+
+/// Runs `f` on the alias's state and the task's other ones.
+pub(crate) fn with_others<R>(
+    alias: &str,
+    f: impl FnOnce(&mut AliasState<AsyncFlavor>, Others<'_, AsyncFlavor>) -> R,
+) -> R {
+    with_task(|task| {
+        let index = task.states.index(alias);
+        let (state, others) = task.states.with_others(index);
+        f(state, others)
+    })
+}
+
+/// Reads the alias's state without creating it; `None` outside a task scope too.
+pub(crate) fn peek<R>(alias: &str, f: impl FnOnce(Option<&AliasState<AsyncFlavor>>) -> R) -> R {
+    let mut f = Some(f);
+    let inside = TASK.try_with(|task| {
+        let task = task.borrow();
+        (f.take().expect("called once"))(task.states.find(alias))
+    });
+    match inside {
+        Ok(result) => result,
+        Err(_) => (f.take().expect("called once"))(None),
+    }
+}
+
+/// Waits until code running now may use `alias` (see [`Task::has_turn`]).
+pub(crate) fn turn(alias: &str) -> Turn<'_> {
+    Turn { alias }
+}
+
+pub(crate) struct Turn<'a> {
+    alias: &'a str,
+}
+
+impl Future for Turn<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        with_task(|task| {
+            let index = task.states.index(self.alias);
+            let state = task.states.at(index);
+            let ok = state
+                .blocks
+                .last()
+                .map(|block| block.token)
+                .is_none_or(|token| task.polling.contains(&token));
+            if ok {
+                Poll::Ready(())
+            } else {
+                task.waiting.push(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+    }
+}
+
+/// Wakes the sibling branches waiting for their turn (a block ended).
+pub(crate) fn wake_waiting() {
+    let waiting = try_with_task(|task| std::mem::take(&mut task.waiting)).unwrap_or_default();
+    for waker in waiting {
+        waker.wake();
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A block's body, polled with the block's token on the task's polling path.
+    pub(crate) struct InBlock<F> {
+        pub(crate) token: BlockToken,
+        #[pin]
+        pub(crate) body: F,
+    }
+}
+
+impl<F: Future> Future for InBlock<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let token = *this.token;
+        with_task(|task| task.polling.push(token));
+        // Popped even if the body panics, so the path stays truthful for the block's exit.
+        struct Pop;
+        impl Drop for Pop {
+            fn drop(&mut self) {
+                try_with_task(|task| task.polling.pop());
+            }
+        }
+        let _pop = Pop;
+        this.body.poll(cx)
+    }
+}

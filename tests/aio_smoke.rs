@@ -1,0 +1,62 @@
+//! First checks of the async runtime on SQLite.
+#![cfg(feature = "async")]
+
+use diesel::SqliteConnection;
+use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::pooled_connection::deadpool::Pool;
+use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+use diesel_async::{AsyncConnection, SimpleAsyncConnection};
+use diesel_atomic::{Database, Databases, Error, aio};
+
+type Conn = SyncConnectionWrapper<SqliteConnection>;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn commits_and_rolls_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = dir.path().join("db.sqlite").display().to_string();
+    let manager = AsyncDieselConnectionManager::<Conn>::new(url.clone());
+    let pool = Pool::builder(manager).max_size(1).build().unwrap();
+    let _g = Databases::new()
+        .add("default", Database::new_async(pool))
+        .enter();
+    aio::connection(async |c: &mut Conn| c.batch_execute("CREATE TABLE t (id INTEGER)").await)
+        .await
+        .unwrap();
+    let ran = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let r2 = ran.clone();
+    aio::transaction::atomic(async || {
+        aio::connection(async |c: &mut Conn| c.batch_execute("INSERT INTO t VALUES (1)").await)
+            .await?;
+        aio::transaction::on_commit(move || {
+            r2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        })?;
+        let inner: Result<(), Error> = aio::transaction::atomic(async || {
+            aio::connection(async |c: &mut Conn| c.batch_execute("INSERT INTO t VALUES (2)").await)
+                .await?;
+            Err(Error::TransactionManagement("fail".into()))
+        })
+        .await;
+        assert!(inner.is_err());
+        Ok::<(), Error>(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(ran.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(count(&url).await, 1);
+}
+
+async fn count(url: &str) -> i64 {
+    use diesel::prelude::*;
+    use diesel_async::RunQueryDsl;
+    #[derive(QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let mut conn = Conn::establish(url).await.unwrap();
+    diesel::sql_query("SELECT COUNT(*) AS n FROM t")
+        .load::<Count>(&mut conn)
+        .await
+        .unwrap()[0]
+        .n
+}
