@@ -60,3 +60,67 @@ async fn count(url: &str) -> i64 {
         .unwrap()[0]
         .n
 }
+
+mod attribute {
+    use super::*;
+    use diesel_atomic::atomic;
+
+    #[atomic]
+    async fn insert_ambient(id: i32) -> Result<(), Error> {
+        aio::connection(async |c: &mut Conn| {
+            c.batch_execute(&format!("INSERT INTO t VALUES ({id})"))
+                .await
+        })
+        .await?;
+        Ok(())
+    }
+
+    #[atomic]
+    async fn insert_explicit(conn: &mut Conn, id: i32) -> Result<(), Error> {
+        conn.batch_execute(&format!("INSERT INTO t VALUES ({id})"))
+            .await?;
+        if id < 0 {
+            return Err(Error::TransactionManagement("negative".into()));
+        }
+        Ok(())
+    }
+
+    struct Repo {
+        conn: Conn,
+    }
+
+    impl Repo {
+        #[atomic(conn = self.conn)]
+        async fn insert(&mut self, id: i32) -> Result<(), Error> {
+            self.conn
+                .batch_execute(&format!("INSERT INTO t VALUES ({id})"))
+                .await?;
+            Ok(())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn async_fn_blocks_commit_and_roll_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = dir.path().join("db.sqlite").display().to_string();
+        let manager = AsyncDieselConnectionManager::<Conn>::new(url.clone());
+        let pool = Pool::builder(manager).max_size(2).build().unwrap();
+        // A spawned task runs on a worker thread: it sees the installed registry (`enter` is
+        // per thread).
+        Databases::new()
+            .add("default", Database::new_async(pool))
+            .install()
+            .unwrap();
+        aio::connection(async |c: &mut Conn| c.batch_execute("CREATE TABLE t (id INTEGER)").await)
+            .await
+            .unwrap();
+        // Send: the future of an #[atomic] async fn runs under tokio::spawn.
+        tokio::spawn(insert_ambient(1)).await.unwrap().unwrap();
+        let mut conn = Conn::establish(&url).await.unwrap();
+        insert_explicit(&mut conn, 2).await.unwrap();
+        assert!(insert_explicit(&mut conn, -3).await.is_err());
+        let mut repo = Repo { conn };
+        repo.insert(4).await.unwrap();
+        assert_eq!(count(&url).await, 3);
+    }
+}

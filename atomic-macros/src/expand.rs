@@ -127,6 +127,16 @@ fn try_expand(
                 let source = errors.keep_once(valid::connection(&function, &args));
                 if let Some(source) = source {
                     errors.keep_once(valid::returns_no_borrow_of_connection(&function, &source));
+                    errors.keep_once(valid::connection_matches_asyncness(&function, &source));
+                    if function.sig.asyncness.is_some()
+                        && let Some(retry) = &args.retry
+                    {
+                        errors.push(syn::Error::new_spanned(
+                            &retry.key,
+                            "`retry` is not supported on an `async fn` yet: retry the call \
+                             yourself, or put the block in a synchronous function",
+                        ));
+                    }
                     wrappers.push(Wrapper::Atomic { args, source });
                 }
             }
@@ -160,7 +170,11 @@ fn generate(function: ItemFn, wrappers: &[Wrapper], uses: TokenStream) -> TokenS
         inner = match wrapper {
             Wrapper::Atomic { args, source } => {
                 let inside_self_block = wrappers[..index].iter().any(lends_self);
-                atomic_call(args, source, inside_self_block, inner, span)
+                if sig.asyncness.is_some() {
+                    async_atomic_call(args, source, inside_self_block, inner, span)
+                } else {
+                    atomic_call(args, source, inside_self_block, inner, span)
+                }
             }
             Wrapper::NonAtomicRequests(args) => non_atomic_requests_call(args, inner, span),
         };
@@ -182,6 +196,22 @@ fn generate(function: ItemFn, wrappers: &[Wrapper], uses: TokenStream) -> TokenS
     }
 }
 
+/// `&Options { .. }`: the block's options, as the runners take them.
+fn block_options(args: &AtomicArgs, krate: &TokenStream, span: Span) -> TokenStream {
+    let using = Alias::literal(args.using.as_ref());
+    let savepoint = args.savepoint.as_ref().is_none_or(|flag| flag.value);
+    let durable = args.durable.as_ref().is_some_and(|flag| flag.value);
+    let begin = begin_options(args, krate, span);
+    quote_spanned! {span=>
+        &#krate::__private::Options {
+            using: #using,
+            savepoint: #savepoint,
+            durable: #durable,
+            begin: #begin,
+        }
+    }
+}
+
 /// One `#[atomic]` block around `body` (the function's body, or the blocks inside this one).
 /// `inside_self_block`: an outer block already holds `self` and passes it on as
 /// `__atomic_self`.
@@ -193,18 +223,7 @@ fn atomic_call(
     span: Span,
 ) -> TokenStream {
     let krate = runtime_path(args.krate.as_ref(), span);
-    let using = Alias::literal(args.using.as_ref());
-    let savepoint = args.savepoint.as_ref().is_none_or(|flag| flag.value);
-    let durable = args.durable.as_ref().is_some_and(|flag| flag.value);
-    let begin = begin_options(args, &krate, span);
-    let options = quote_spanned! {span=>
-        &#krate::__private::Options {
-            using: #using,
-            savepoint: #savepoint,
-            durable: #durable,
-            begin: #begin,
-        }
-    };
+    let options = block_options(args, &krate, span);
     let receiver = Ident::new(rename_self::RECEIVER, span);
     match (source, &args.retry) {
         (ConnectionSource::Ambient, None) => quote_spanned! {span=>
@@ -217,7 +236,7 @@ fn atomic_call(
         // it; the body gets `self` back as `__atomic_self`.
         (ConnectionSource::Receiver(path), None) => {
             let owner = owner(path, inside_self_block, span);
-            let field = field_accessor(path, &krate);
+            let field = field_accessor(path, &quote!(#krate::__private));
             quote_spanned! {span=>
                 #krate::__private::run_explicit_field(#options, #owner, #field, |#receiver| #body)
             }
@@ -251,7 +270,7 @@ fn atomic_call(
         (ConnectionSource::Receiver(path), Some(retry)) => {
             let retries = &retry.retries;
             let owner = owner(path, inside_self_block, span);
-            let field = field_accessor(path, &krate);
+            let field = field_accessor(path, &quote!(#krate::__private));
             let closure = quote_spanned!(retry.key.span()=> |#receiver|);
             quote_spanned! {span=>
                 #krate::__private::run_explicit_field_retry(
@@ -261,6 +280,37 @@ fn atomic_call(
                     #field,
                     #closure #body,
                 )
+            }
+        }
+    }
+}
+
+/// One `#[atomic]` block around the body of an `async fn`: the same runners as
+/// [`atomic_call`]'s, from `__private::aio`, with async closures, awaited.
+fn async_atomic_call(
+    args: &AtomicArgs,
+    source: &ConnectionSource,
+    inside_self_block: bool,
+    body: TokenStream,
+    span: Span,
+) -> TokenStream {
+    let krate = runtime_path(args.krate.as_ref(), span);
+    let options = block_options(args, &krate, span);
+    let receiver = Ident::new(rename_self::RECEIVER, span);
+    match source {
+        ConnectionSource::Ambient => quote_spanned! {span=>
+            #krate::__private::aio::run_ambient(#options, async || #body).await
+        },
+        ConnectionSource::Explicit(conn) => quote_spanned! {span=>
+            #krate::__private::aio::run_explicit(#options, #conn, async |#conn| #body).await
+        },
+        ConnectionSource::Receiver(path) => {
+            let owner = owner(path, inside_self_block, span);
+            let field = field_accessor(path, &quote!(#krate::__private::aio));
+            quote_spanned! {span=>
+                #krate::__private::aio::run_explicit_field(
+                    #options, #owner, #field, async |#receiver| #body,
+                ).await
             }
         }
     }
@@ -289,11 +339,12 @@ fn non_atomic_requests_call(
     }
 }
 
-/// `|__atomic_self| __atomic_self.conn.__diesel_atomic_connection()` for `conn = self.conn`.
+/// `|__atomic_self| __atomic_self.conn.__diesel_atomic_connection()` for `conn = self.conn`;
+/// `module` is where the `FieldConnection` trait is (`__private`, or `__private::aio`).
 /// Method-call autoderef makes it work for a field holding the connection and for one holding
 /// a `&mut` to it. Spanned on the last field, so that a field that is not a connection is
 /// reported there.
-fn field_accessor(path: &ReceiverPath, krate: &TokenStream) -> TokenStream {
+fn field_accessor(path: &ReceiverPath, module: &TokenStream) -> TokenStream {
     let span = match path.fields.last() {
         Some(field) => field.span(),
         None => path.self_token.span,
@@ -302,7 +353,7 @@ fn field_accessor(path: &ReceiverPath, krate: &TokenStream) -> TokenStream {
     let fields = &path.fields;
     quote_spanned! {span=>
         |#receiver| {
-            use #krate::__private::FieldConnection as _;
+            use #module::FieldConnection as _;
             #receiver #(.#fields)* .__diesel_atomic_connection()
         }
     }

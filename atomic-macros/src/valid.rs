@@ -89,13 +89,14 @@ fn first_tokens(item: &Item) -> TokenStream {
 /// `async fn` and `const fn` cannot run a block; problems go to `errors`.
 pub(crate) fn runs_at_run_time(function: &ItemFn, attribute: Attribute, errors: &mut Errors) {
     let name = attribute.name();
-    if let Some(asyncness) = &function.sig.asyncness {
+    if let Some(asyncness) = &function.sig.asyncness
+        && attribute == Attribute::NonAtomicRequests
+    {
         errors.push(syn::Error::new_spanned(
             asyncness,
             format!(
-                "{name} does not support `async fn` yet: diesel connections are synchronous; \
-                 put the database work in a synchronous function (from async code, call it \
-                 on a blocking thread pool)"
+                "{name} does not support `async fn` yet: per-request transactions of async \
+                 services come with the tower layer; exempt a synchronous view instead"
             ),
         ));
     }
@@ -458,6 +459,7 @@ impl<'a> GenericTypes<'a> {
                 };
                 let generic = path.path.get_ident();
                 if last.ident.to_string().ends_with("Connection")
+                    || last.ident == "SyncConnectionWrapper"
                     || generic.is_some_and(|ident| self.connections.contains(&ident))
                 {
                     Kind::Connection
@@ -727,6 +729,65 @@ fn bound_is_connection(bound: &syn::TypeParamBound) -> bool {
             .is_some_and(|segment| segment.ident.to_string().ends_with("Connection")),
         _ => false,
     }
+}
+
+/// diesel's sync connections in an `async fn`, and diesel-async's in a sync one: the block
+/// would not compile against the runner, with a message about trait bounds; this one says
+/// which connection the function needs. Spanned on the parameter's type.
+pub(crate) fn connection_matches_asyncness(
+    function: &ItemFn,
+    source: &ConnectionSource,
+) -> syn::Result<()> {
+    const SYNC: &[&str] = &["PgConnection", "MysqlConnection", "SqliteConnection"];
+    const ASYNC: &[&str] = &[
+        "AsyncPgConnection",
+        "AsyncMysqlConnection",
+        "SyncConnectionWrapper",
+    ];
+    let ConnectionSource::Explicit(name) = source else {
+        return Ok(());
+    };
+    let ty = function.sig.inputs.iter().find_map(|input| match input {
+        FnArg::Typed(typed) => match &*typed.pat {
+            Pat::Ident(pat) if pat.ident == *name => Some(&*typed.ty),
+            _ => None,
+        },
+        FnArg::Receiver(_) => None,
+    });
+    let Some(Type::Reference(reference)) = ty else {
+        return Ok(());
+    };
+    let Type::Path(path) = &*reference.elem else {
+        return Ok(());
+    };
+    let Some(last) = path.path.segments.last() else {
+        return Ok(());
+    };
+    let is_async = function.sig.asyncness.is_some();
+    if is_async && SYNC.iter().any(|sync| last.ident == sync) {
+        return Err(syn::Error::new_spanned(
+            &reference.elem,
+            format!(
+                "#[atomic] async fn needs a diesel-async connection, and `{}` is diesel's \
+                 synchronous one: take `&mut AsyncPgConnection`, `&mut AsyncMysqlConnection` or \
+                 `&mut SyncConnectionWrapper<SqliteConnection>` (feature `async`), or make the \
+                 function synchronous",
+                last.ident
+            ),
+        ));
+    }
+    if !is_async && ASYNC.iter().any(|known| last.ident == known) {
+        return Err(syn::Error::new_spanned(
+            &reference.elem,
+            format!(
+                "`{}` is a diesel-async connection, whose queries are awaited: make this an \
+                 `async fn` (the block then runs on diesel-async), or take diesel's synchronous \
+                 connection",
+                last.ident
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Stacked attributes must not contradict or repeat each other for one alias; each later one

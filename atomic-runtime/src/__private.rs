@@ -75,4 +75,18 @@ pub fn check_error_type<E: AtomicFunctionError>() {}
 #[cfg(feature = "async")]
 pub mod aio {
     pub use crate::api::aio::{run_ambient, run_explicit, run_explicit_field};
+
+    /// `conn = self.field` on an `async fn`: reaches a diesel-async connection in a field, as
+    /// [`super::FieldConnection`] does for sync ones.
+    pub trait FieldConnection {
+        /// The connection.
+        fn __diesel_atomic_connection(&mut self) -> &mut Self;
+    }
+
+    impl<C: diesel_async::AsyncConnection> FieldConnection for C {
+        #[inline]
+        fn __diesel_atomic_connection(&mut self) -> &mut Self {
+            self
+        }
+    }
 }
