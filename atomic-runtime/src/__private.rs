@@ -90,3 +90,45 @@ pub mod aio {
         }
     }
 }
+
+/// Without the `async` feature, `#[atomic] async fn` reaches these, whose bound says what to
+/// turn on.
+#[cfg(not(feature = "async"))]
+pub mod aio {
+    use super::Options;
+
+    /// Never implemented: the feature is off.
+    #[diagnostic::on_unimplemented(
+        message = "#[atomic] async fn needs diesel-atomic's `async` feature",
+        label = "an async block needs the async runtime",
+        note = "add `features = [\"async\"]` (and `async-postgres` / `async-mysql` for those \
+                servers) to the diesel-atomic dependency"
+    )]
+    pub trait AsyncFeatureEnabled {}
+
+    /// See [`AsyncFeatureEnabled`].
+    pub async fn run_ambient<T, F: AsyncFeatureEnabled>(_: &Options<'_>, _: F) -> T {
+        unreachable!("the `async` feature is off")
+    }
+
+    /// See [`AsyncFeatureEnabled`].
+    pub async fn run_explicit<C, T, F: AsyncFeatureEnabled>(_: &Options<'_>, _: &mut C, _: F) -> T {
+        unreachable!("the `async` feature is off")
+    }
+
+    /// See [`AsyncFeatureEnabled`].
+    pub async fn run_explicit_field<S, A, T, F: AsyncFeatureEnabled>(
+        _: &Options<'_>,
+        _: &mut S,
+        _: A,
+        _: F,
+    ) -> T {
+        unreachable!("the `async` feature is off")
+    }
+
+    /// See [`AsyncFeatureEnabled`].
+    pub trait FieldConnection {
+        /// The connection.
+        fn __diesel_atomic_connection(&mut self) -> &mut Self;
+    }
+}

@@ -123,6 +123,10 @@ pub(crate) fn enter(
     mut caller: Option<&mut dyn TxConnection>,
 ) -> Result<Entered, Error> {
     let alias = options.using;
+    #[cfg(feature = "async")]
+    if crate::engine::aio::state::held_by_async_block(alias) {
+        return Err(sync_inside_async(alias));
+    }
     let callers_connection = match caller.as_deref_mut() {
         Some(conn) => Some(callers_connection(conn)?),
         None => None,
@@ -633,6 +637,18 @@ pub(crate) fn roll_back_to(alias: &str, conn: &mut dyn TxConnection, depth_befor
         alias,
         "ROLLBACK (the block ended while its connection was lent)"
     );
+}
+
+/// A sync block on an alias an async block of the current task holds (API §9).
+#[cfg(feature = "async")]
+#[cold]
+pub(crate) fn sync_inside_async(alias: &str) -> Error {
+    Error::SyncInsideAsync {
+        alias: alias.to_owned(),
+        advice: "a synchronous block or connection() here would be a second transaction and \
+                 would block the executor; use the async API (#[atomic] async fn, \
+                 diesel_atomic::aio)",
+    }
 }
 
 #[cold]

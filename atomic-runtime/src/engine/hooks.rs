@@ -11,6 +11,15 @@ use crate::error::Error;
 /// Queues `callback` on the alias's open block, runs it at once outside any block (C1), or
 /// refuses it where the commit is out of sight.
 pub(crate) fn on_commit(alias: &str, callback: Callback) -> Result<(), Error> {
+    #[cfg(feature = "async")]
+    if crate::engine::aio::state::held_by_async_block(alias) {
+        drop(callback);
+        return Err(Error::SyncInsideAsync {
+            alias: alias.to_owned(),
+            advice: "register the callback with diesel_atomic::aio::transaction::on_commit \
+                     (or aio::db(alias).on_commit), so it runs after the async block commits",
+        });
+    }
     match state::with_others(alias, |state, others| {
         rules::on_commit(state, others, callback)
     }) {

@@ -23,6 +23,10 @@ impl<'a> Lent<'a> {
     /// Takes the alias's connection (rule F3: refused while its block is marked for
     /// rollback).
     pub(crate) fn take(alias: &'a str) -> Result<Self, Error> {
+        #[cfg(feature = "async")]
+        if crate::engine::aio::state::held_by_async_block(alias) {
+            return Err(crate::engine::block::sync_inside_async(alias));
+        }
         let from_block = state::with(alias, |state| {
             Ok::<_, Error>(match rules::lend(state)? {
                 Lend::FromBlock => state.take_held(),

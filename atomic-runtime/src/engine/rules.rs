@@ -652,6 +652,7 @@ pub(crate) fn abandon_from<K: Flavor>(
 // --- Cancellation: A2 ---------------------------------------------------------------------------
 
 /// What a block whose future was dropped leaves to its executor.
+#[cfg_attr(not(feature = "async"), allow(dead_code))]
 pub(crate) enum Cancel<K: Flavor = SyncFlavor> {
     /// The block is not open any more (its exit ran, or a TestTransaction ended it).
     Gone,
@@ -671,6 +672,7 @@ pub(crate) enum Cancel<K: Flavor = SyncFlavor> {
 /// (in its body, or in its own SQL). Blocks opened inside it were dropped before it (a future
 /// drops what it owns first), so it is the innermost one; whatever is still above it goes
 /// too. Its callbacks go (C2).
+#[cfg_attr(not(feature = "async"), allow(dead_code))]
 pub(crate) fn cancel<K: Flavor>(
     state: &mut AliasState<K>,
     token: BlockToken,
@@ -714,6 +716,7 @@ pub(crate) fn cancel<K: Flavor>(
 }
 
 /// Rule A2 at a block's exit: whether a block nested in it was cancelled, and where.
+#[cfg_attr(not(feature = "async"), allow(dead_code))]
 #[inline]
 pub(crate) fn child_cancelled<K: Flavor>(state: &AliasState<K>, entered: &Entered) -> Cancelled {
     match state.blocks.last() {

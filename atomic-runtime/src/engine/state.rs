@@ -103,6 +103,7 @@ pub(crate) struct Block {
     pub(crate) depth: u32,
     /// A block nested in this one was cancelled (its future dropped, rule A2): this block
     /// rolls back and reports `Error::Cancelled`.
+    #[cfg_attr(not(feature = "async"), allow(dead_code))]
     pub(crate) child_cancelled: Cancelled,
     /// The block runs inside a transaction level the runtime did not open and cannot watch
     /// (the caller's own `conn.transaction(..)`): whether its work commits is out of sight, so
@@ -112,6 +113,7 @@ pub(crate) struct Block {
 
 /// Whether, and where, a nested block's future was dropped (rule A2).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(not(feature = "async"), allow(dead_code))]
 pub(crate) enum Cancelled {
     #[default]
     No,

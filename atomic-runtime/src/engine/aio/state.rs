@@ -218,3 +218,17 @@ impl<F: Future> Future for InBlock<F> {
         this.body.poll(cx)
     }
 }
+
+/// Whether an async block (or `aio::connection` call) of the current task holds `alias`:
+/// then sync access to it is refused (API §9), never a second transaction. Cheap outside a
+/// task scope, which is where sync code normally runs.
+pub(crate) fn held_by_async_block(alias: &str) -> bool {
+    TASK.try_with(|task| {
+        task.try_borrow().is_ok_and(|task| {
+            task.states.find(alias).is_some_and(|state| {
+                state.in_atomic_block() || state.slot != crate::engine::state::Slot::Empty
+            })
+        })
+    })
+    .unwrap_or(false)
+}

@@ -1,8 +1,0 @@
-use diesel_atomic::atomic;
-
-#[atomic]
-async fn signup() -> Result<(), diesel_atomic::Error> {
-    Ok(())
-}
-
-fn main() {}

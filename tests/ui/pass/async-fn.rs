@@ -1,0 +1,52 @@
+//! `#[atomic] async fn` (feature `async`): the future is `Send`, so it runs under
+//! `tokio::spawn` and as an axum handler.
+use axum::Router;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use diesel::SqliteConnection;
+use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+use diesel_async::SimpleAsyncConnection;
+use diesel_atomic::{aio, atomic};
+
+type Conn = SyncConnectionWrapper<SqliteConnection>;
+
+#[atomic]
+async fn signup() -> Result<(), diesel_atomic::Error> {
+    aio::connection(async |conn: &mut Conn| conn.batch_execute("SELECT 1").await).await?;
+    aio::transaction::on_commit(|| println!("welcome"))?;
+    Ok(())
+}
+
+#[atomic(durable = true)]
+async fn on_connection(conn: &mut Conn, name: &str) -> Result<usize, diesel_atomic::Error> {
+    conn.batch_execute("SELECT 1").await?;
+    Ok(name.len())
+}
+
+struct AppError;
+
+impl From<diesel_atomic::Error> for AppError {
+    fn from(_: diesel_atomic::Error) -> Self {
+        AppError
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        StatusCode::INTERNAL_SERVER_ERROR.into_response()
+    }
+}
+
+#[atomic]
+async fn handler() -> Result<&'static str, AppError> {
+    Ok("created")
+}
+
+fn main() {
+    let _spawned = async {
+        tokio::spawn(signup());
+    };
+    let _app: Router = Router::new().route("/signup", post(handler));
+    let _ = on_connection;
+}
