@@ -53,7 +53,18 @@ pub trait AsyncTx: Send {
 impl<C: AsyncConnection + 'static> AsyncTx for C {
     fn depth(&mut self) -> QueryResult<u32> {
         let status = C::TransactionManager::transaction_manager_status_mut(self);
-        Ok(status.transaction_depth()?.map_or(0, |depth| depth.get()))
+        let depth = status.transaction_depth()?.map_or(0, |depth| depth.get());
+        // A BEGIN whose future was dropped (rule A2) leaves diesel's status valid at depth 0
+        // but sets diesel-async's own `is_broken` flag: the server may or may not be inside
+        // a transaction. Any further transaction SQL on it trips diesel-async's
+        // `debug_assert!` ("previously cancled") in debug builds and runs blind in release,
+        // so report the connection broken here, before the engine plans a block on it. At
+        // depth 0 `is_broken_transaction_manager` is true only for that flag (an open
+        // transaction, which also makes it true, is depth > 0, where `stale` decides).
+        if depth == 0 && C::TransactionManager::is_broken_transaction_manager(self) {
+            return Err(diesel::result::Error::BrokenTransactionManager);
+        }
+        Ok(depth)
     }
 
     fn begin(&mut self) -> BoxFuture<'_, QueryResult<()>> {

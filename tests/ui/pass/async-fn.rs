@@ -39,8 +39,8 @@ impl IntoResponse for AppError {
 }
 
 #[atomic]
-async fn handler() -> Result<&'static str, AppError> {
-    Ok("created")
+async fn handler() -> Result<String, AppError> {
+    Ok("created".to_owned())
 }
 
 fn main() {

@@ -157,12 +157,28 @@ where
         &'a self,
         alias: &'a str,
     ) -> BoxFuture<'a, Result<Box<dyn AsyncPooledConn>, Error>> {
+        // In a task of its own: bb8's `get` validates an idle connection (`test_on_check_out`,
+        // a ping) while holding it in a guard that, if `get` is dropped mid-ping, hands it back
+        // to the pool; `has_broken` sees nothing wrong with it, yet on MariaDB (mysql_async)
+        // the next user reads the ping's leftovers ("can't parse: buf doesn't have enough
+        // data"). A block's future may be dropped anywhere, its checkout included (rule A2),
+        // so the checkout must not be: a spawned one runs to the end, and a connection nobody
+        // waits for any more goes back to the pool whole. (deadpool discards an object whose
+        // recycling was dropped, so it needs none of this.)
+        let pool = self.clone();
+        let checkout =
+            tokio::spawn(async move { pool.get_owned().await.map_err(|error| error.to_string()) });
         Box::pin(async move {
-            match self.get_owned().await {
-                Ok(conn) => Ok(Box::new(conn) as Box<dyn AsyncPooledConn>),
-                Err(error) => Err(Error::AsyncPool {
+            match checkout.await {
+                Ok(Ok(conn)) => Ok(Box::new(conn) as Box<dyn AsyncPooledConn>),
+                Ok(Err(message)) => Err(Error::AsyncPool {
                     alias: alias.to_owned(),
-                    message: error.to_string(),
+                    message,
+                }),
+                Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
+                Err(join) => Err(Error::AsyncPool {
+                    alias: alias.to_owned(),
+                    message: join.to_string(),
                 }),
             }
         })
@@ -315,8 +331,7 @@ where
     F: AsyncFunc0<Result<T, E>>,
 {
     state::scoped(async move {
-        let (outcome, exit) =
-            block::attempt(options, &mut (), |_| None, move |_: &mut ()| body()).await?;
+        let (outcome, exit) = block::attempt_ambient(options, body()).await?;
         block::finish(options.using, outcome, exit).await
     })
     .await

@@ -39,19 +39,47 @@ where
     S: ?Sized,
     for<'r> F: AsyncFunc<&'r mut S, Result<T, E>>,
 {
-    let alias = options.using;
     let mut armed = enter(options, connection(owner)).await?;
+    let outcome = run_body(&mut armed, body(&mut *owner)).await;
+    let exit = leave(
+        options.using,
+        &mut armed,
+        connection(owner),
+        succeeded(&outcome),
+    )
+    .await;
+    armed.disarm();
+    Ok((outcome, exit))
+}
+
+/// [`attempt`] for an ambient block. Its own function, without `attempt`'s higher-ranked
+/// bound: rustc cannot always prove a future `Send` through such a bound when the body's
+/// output holds a lifetime (`Result<&'static str, E>` from an axum handler).
+pub(crate) async fn attempt_ambient<T, E>(
+    options: &BlockOptions<'_>,
+    body: impl Future<Output = Result<T, E>>,
+) -> Result<(Outcome<T, E>, Exit), Error> {
+    let mut armed = enter(options, None).await?;
+    let outcome = run_body(&mut armed, body).await;
+    let exit = leave(options.using, &mut armed, None, succeeded(&outcome)).await;
+    armed.disarm();
+    Ok((outcome, exit))
+}
+
+/// The body, polled inside its block (A3), panics caught (X3).
+async fn run_body<T, E>(
+    armed: &mut Armed,
+    body: impl Future<Output = Result<T, E>>,
+) -> Outcome<T, E> {
     armed.phase = Cancelled::InBody;
     let outcome = AssertUnwindSafe(InBlock {
         token: armed.token,
-        body: body(&mut *owner),
+        body,
     })
     .catch_unwind()
     .await;
     armed.phase = Cancelled::InSql;
-    let exit = leave(alias, &mut armed, connection(owner), succeeded(&outcome)).await;
-    armed.disarm();
-    Ok((outcome, exit))
+    outcome
 }
 
 /// Whether the body returned `Ok` (neither `Err` nor a panic).
@@ -238,7 +266,12 @@ struct Taken {
 
 impl Taken {
     fn take(alias: &str) -> Option<Taken> {
-        let pooled = state::with(alias, |state| state.take_held())?;
+        let pooled = state::with_task(|task| {
+            let index = task.states.index(alias);
+            let pooled = task.states.at(index).take_held()?;
+            task.busy.push(index);
+            Some(pooled)
+        })?;
         Some(Taken {
             alias: alias.into(),
             pooled: Some(pooled),
@@ -251,7 +284,12 @@ impl Taken {
 
     fn put_back(mut self) {
         let pooled = self.pooled.take().expect("taken until put back");
-        state::with(&self.alias, |state| state.put_back(pooled));
+        state::with_task(|task| {
+            let index = task.states.index(&self.alias);
+            task.states.at(index).put_back(pooled);
+            task.busy.retain(|busy| *busy != index);
+        });
+        state::wake_waiting();
     }
 }
 
@@ -263,6 +301,7 @@ impl Drop for Taken {
         pooled.inner().mark_broken();
         let back = state::try_with_task(|task| {
             let index = task.states.index(&self.alias);
+            task.busy.retain(|busy| *busy != index);
             let state = task.states.at(index);
             if matches!(state.slot, Slot::Lent(_)) && state.in_atomic_block() {
                 state.put_back(pooled);
@@ -273,6 +312,7 @@ impl Drop for Taken {
         });
         // No block to go back to: to the pool, which discards it.
         drop(back);
+        state::wake_waiting();
     }
 }
 

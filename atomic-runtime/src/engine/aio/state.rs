@@ -71,6 +71,9 @@ pub(crate) struct Task {
     pub(crate) polling: Vec<BlockToken>,
     /// Sibling branches waiting for their turn; woken whenever a block ends.
     pub(crate) waiting: Vec<Waker>,
+    /// The aliases (state indexes) whose connection the engine's own SQL has out right now
+    /// (BEGIN, SAVEPOINT, RELEASE...): a sibling waits for it rather than find it missing.
+    pub(crate) busy: Vec<usize>,
     /// The registry in force where the task's first block began (the thread's `enter`ed one
     /// or the installed one): a task moves between worker threads, its registry does not.
     pub(crate) databases: Option<Databases>,
@@ -82,6 +85,7 @@ impl Task {
             states: States::new(),
             polling: Vec::new(),
             waiting: Vec::new(),
+            busy: Vec::new(),
             databases: crate::databases::current().ok(),
         }
     }
@@ -168,11 +172,12 @@ impl Future for Turn<'_> {
         with_task(|task| {
             let index = task.states.index(self.alias);
             let state = task.states.at(index);
-            let ok = state
-                .blocks
-                .last()
-                .map(|block| block.token)
-                .is_none_or(|token| task.polling.contains(&token));
+            let ok = !task.busy.contains(&index)
+                && state
+                    .blocks
+                    .last()
+                    .map(|block| block.token)
+                    .is_none_or(|token| task.polling.contains(&token));
             if ok {
                 Poll::Ready(())
             } else {
