@@ -295,11 +295,15 @@
 /// fn count_users(db: &mut DbConn) -> QueryResult<i64> { Ok(0) }
 /// ```
 ///
-/// `async fn`, not supported yet:
+/// diesel's synchronous connection in an `async fn` (it needs a diesel-async one, feature
+/// `async`):
 ///
 /// ```compile_fail
 /// #[diesel_atomic::atomic]
-/// async fn signup() -> Result<(), diesel_atomic::Error> { Ok(()) }
+/// async fn signup(conn: &mut diesel::SqliteConnection) -> Result<(), diesel_atomic::Error> {
+///     let _ = conn;
+///     Ok(())
+/// }
 /// ```
 ///
 /// `durable = true` with `savepoint = false`, which could have no effect:
