@@ -2,6 +2,7 @@
 //! E, X, F, C, Q and T rules are exercised as tables.
 
 use super::*;
+use crate::engine::state::Callback;
 use crate::options::{BeginMode, Isolation};
 
 // --- Fixtures -------------------------------------------------------------------------------
@@ -493,7 +494,7 @@ fn f_rules_as_a_table() {
             ..
         })
     ));
-    assert!(get_rollback(None, "default").is_err());
+    assert!(get_rollback::<SyncFlavor>(None, "default").is_err());
     // F2: set, read, cancel.
     let _outer = ambient_outermost(&mut state);
     for flag in [true, false, true] {
