@@ -124,3 +124,47 @@ mod attribute {
         assert_eq!(count(&url).await, 3);
     }
 }
+
+/// Blocks nested in `aio::connection` in blocks, polled on the test thread (2 MiB of stack,
+/// as tokio's workers have): the futures must not overflow it, in debug builds too.
+#[tokio::test(flavor = "multi_thread")]
+async fn nested_blocks_fit_a_worker_stack() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = dir.path().join("db.sqlite").display().to_string();
+    let manager = AsyncDieselConnectionManager::<Conn>::new(url.clone());
+    let pool = Pool::builder(manager).max_size(1).build().unwrap();
+    let _g = Databases::new()
+        .add("default", Database::new_async(pool))
+        .enter();
+    aio::connection(async |c: &mut Conn| c.batch_execute("CREATE TABLE t (id INTEGER)").await)
+        .await
+        .unwrap();
+    aio::transaction::atomic(async || {
+        aio::connection(async |c: &mut Conn| {
+            aio::transaction::Atomic::new()
+                .run_on(c, async |c: &mut Conn| {
+                    aio::transaction::Atomic::new()
+                        .run_on(c, async |c: &mut Conn| {
+                            c.batch_execute("INSERT INTO t VALUES (1)").await
+                        })
+                        .await
+                })
+                .await
+        })
+        .await?;
+        aio::transaction::atomic(async || {
+            aio::transaction::atomic(async || {
+                aio::connection(async |c: &mut Conn| {
+                    c.batch_execute("INSERT INTO t VALUES (2)").await
+                })
+                .await
+            })
+            .await
+        })
+        .await?;
+        Ok::<(), Error>(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(count(&url).await, 2);
+}

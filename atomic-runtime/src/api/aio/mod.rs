@@ -249,7 +249,7 @@ impl Db<'_> {
         for<'r> F: AsyncFnOnce(&'r mut C) -> Result<T, E> + AsyncFunc<&'r mut C, Result<T, E>>,
     {
         let alias = self.alias;
-        state::scoped(async move {
+        state::scoped(Box::pin(async move {
             let mut lent = Lent::take(alias).await?;
             let expected = lent.type_name();
             let Some(conn) = lent.conn().as_any().downcast_mut::<C>() else {
@@ -263,7 +263,7 @@ impl Db<'_> {
             let result = f(conn).await;
             lent.give_back().await;
             result
-        })
+        }))
         .await
     }
 
@@ -325,15 +325,20 @@ impl Db<'_> {
 // --- What the attribute's expansions call (re-exported by `__private::aio`) ------------------
 
 /// An ambient async block.
+///
+/// The block's future is boxed (as are the others here): unoptimised, a block's future state
+/// and poll frames take tens of KB, and blocks nested in `aio::connection` in blocks
+/// overflowed the 2 MiB stacks of tokio's worker threads in debug builds. On the heap each
+/// level costs the parent one pointer; one allocation per block is noise next to its SQL.
 pub async fn run_ambient<T, E, F>(options: &BlockOptions<'_>, body: F) -> Result<T, E>
 where
     E: From<Error>,
     F: AsyncFunc0<Result<T, E>>,
 {
-    state::scoped(async move {
+    state::scoped(Box::pin(async move {
         let (outcome, exit) = block::attempt_ambient(options, body()).await?;
         block::finish(options.using, outcome, exit).await
-    })
+    }))
     .await
 }
 
@@ -348,7 +353,7 @@ where
     E: From<Error>,
     for<'r> F: AsyncFnOnce(&'r mut C) -> Result<T, E> + AsyncFunc<&'r mut C, Result<T, E>>,
 {
-    state::scoped(async move {
+    state::scoped(Box::pin(async move {
         let (outcome, exit) = block::attempt(
             options,
             conn,
@@ -357,7 +362,7 @@ where
         )
         .await?;
         block::finish(options.using, outcome, exit).await
-    })
+    }))
     .await
 }
 
@@ -374,7 +379,7 @@ where
     E: From<Error>,
     for<'r> F: AsyncFnOnce(&'r mut S) -> Result<T, E> + AsyncFunc<&'r mut S, Result<T, E>>,
 {
-    state::scoped(async move {
+    state::scoped(Box::pin(async move {
         let (outcome, exit) = block::attempt(
             options,
             owner,
@@ -383,7 +388,7 @@ where
         )
         .await?;
         block::finish(options.using, outcome, exit).await
-    })
+    }))
     .await
 }
 
