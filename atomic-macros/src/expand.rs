@@ -128,15 +128,6 @@ fn try_expand(
                 if let Some(source) = source {
                     errors.keep_once(valid::returns_no_borrow_of_connection(&function, &source));
                     errors.keep_once(valid::connection_matches_asyncness(&function, &source));
-                    if function.sig.asyncness.is_some()
-                        && let Some(retry) = &args.retry
-                    {
-                        errors.push(syn::Error::new_spanned(
-                            &retry.key,
-                            "`retry` is not supported on an `async fn` yet: retry the call \
-                             yourself, or put the block in a synchronous function",
-                        ));
-                    }
                     wrappers.push(Wrapper::Atomic { args, source });
                 }
             }
@@ -297,19 +288,57 @@ fn async_atomic_call(
     let krate = runtime_path(args.krate.as_ref(), span);
     let options = block_options(args, &krate, span);
     let receiver = Ident::new(rename_self::RECEIVER, span);
-    match source {
-        ConnectionSource::Ambient => quote_spanned! {span=>
-            #krate::__private::aio::run_ambient(#options, async || #body).await
+    let aio = quote_spanned!(span=> #krate::__private::aio);
+    match (source, &args.retry) {
+        (ConnectionSource::Ambient, None) => quote_spanned! {span=>
+            #aio::run_ambient(#options, async || #body).await
         },
-        ConnectionSource::Explicit(conn) => quote_spanned! {span=>
-            #krate::__private::aio::run_explicit(#options, #conn, async |#conn| #body).await
+        (ConnectionSource::Explicit(conn), None) => quote_spanned! {span=>
+            #aio::run_explicit(#options, #conn, async |#conn| #body).await
         },
-        ConnectionSource::Receiver(path) => {
+        (ConnectionSource::Receiver(path), None) => {
             let owner = owner(path, inside_self_block, span);
-            let field = field_accessor(path, &quote!(#krate::__private::aio));
+            let field = field_accessor(path, &aio);
             quote_spanned! {span=>
-                #krate::__private::aio::run_explicit_field(
-                    #options, #owner, #field, async |#receiver| #body,
+                #aio::run_explicit_field(#options, #owner, #field, async |#receiver| #body).await
+            }
+        }
+        // As in `atomic_call`: the closure runs once per attempt, spanned on `retry`.
+        (ConnectionSource::Ambient, Some(retry)) => {
+            let retries = &retry.retries;
+            let closure = quote_spanned!(retry.key.span()=> async ||);
+            quote_spanned! {span=>
+                #aio::run_ambient_retry(
+                    #options,
+                    #krate::RetryPolicy::new(#retries),
+                    #closure #body,
+                ).await
+            }
+        }
+        (ConnectionSource::Explicit(conn), Some(retry)) => {
+            let retries = &retry.retries;
+            let closure = quote_spanned!(retry.key.span()=> async |#conn|);
+            quote_spanned! {span=>
+                #aio::run_explicit_retry(
+                    #options,
+                    #krate::RetryPolicy::new(#retries),
+                    #conn,
+                    #closure #body,
+                ).await
+            }
+        }
+        (ConnectionSource::Receiver(path), Some(retry)) => {
+            let retries = &retry.retries;
+            let owner = owner(path, inside_self_block, span);
+            let field = field_accessor(path, &aio);
+            let closure = quote_spanned!(retry.key.span()=> async |#receiver|);
+            quote_spanned! {span=>
+                #aio::run_explicit_field_retry(
+                    #options,
+                    #krate::RetryPolicy::new(#retries),
+                    #owner,
+                    #field,
+                    #closure #body,
                 ).await
             }
         }

@@ -74,7 +74,10 @@ pub fn check_error_type<E: AtomicFunctionError>() {}
 /// What `#[atomic] async fn` expands to.
 #[cfg(feature = "async")]
 pub mod aio {
-    pub use crate::api::aio::{run_ambient, run_explicit, run_explicit_field};
+    pub use crate::api::aio::{
+        run_ambient, run_ambient_retry, run_explicit, run_explicit_field, run_explicit_field_retry,
+        run_explicit_retry,
+    };
 
     /// `conn = self.field` on an `async fn`: reaches a diesel-async connection in a field, as
     /// [`super::FieldConnection`] does for sync ones.
@@ -119,6 +122,32 @@ pub mod aio {
     /// See [`AsyncFeatureEnabled`].
     pub async fn run_explicit_field<S, A, T, F: AsyncFeatureEnabled>(
         _: &Options<'_>,
+        _: &mut S,
+        _: A,
+        _: F,
+    ) -> T {
+        unreachable!("the `async` feature is off")
+    }
+
+    /// See [`AsyncFeatureEnabled`].
+    pub async fn run_ambient_retry<P, T, F: AsyncFeatureEnabled>(_: &Options<'_>, _: P, _: F) -> T {
+        unreachable!("the `async` feature is off")
+    }
+
+    /// See [`AsyncFeatureEnabled`].
+    pub async fn run_explicit_retry<P, C, T, F: AsyncFeatureEnabled>(
+        _: &Options<'_>,
+        _: P,
+        _: &mut C,
+        _: F,
+    ) -> T {
+        unreachable!("the `async` feature is off")
+    }
+
+    /// See [`AsyncFeatureEnabled`].
+    pub async fn run_explicit_field_retry<P, S, A, T, F: AsyncFeatureEnabled>(
+        _: &Options<'_>,
+        _: P,
         _: &mut S,
         _: A,
         _: F,

@@ -84,7 +84,7 @@ impl RetryPolicy {
     }
 
     /// The wait before retry number `retry` (1 for the first).
-    fn delay(&self, retry: u32, jitter: &mut Jitter) -> Duration {
+    pub(crate) fn delay(&self, retry: u32, jitter: &mut Jitter) -> Duration {
         let doubled = self.base.saturating_mul(
             1u32.checked_shl(retry.saturating_sub(1))
                 .unwrap_or(u32::MAX),
@@ -267,7 +267,7 @@ where
 }
 
 /// What failed in an attempt, for `rules::retry_reason`; `None` when it succeeded.
-fn attempt_failure<T, E: AsDieselError>(
+pub(crate) fn attempt_failure<T, E: AsDieselError>(
     outcome: &std::thread::Result<Result<T, E>>,
     exit_error: Option<&Error>,
     hidden_conflict: bool,
@@ -295,10 +295,10 @@ fn attempt_failure<T, E: AsDieselError>(
 
 /// xorshift64*, seeded from the standard library's per-process random keys: jitter needs to
 /// differ between threads and processes, not to be unpredictable.
-struct Jitter(u64);
+pub(crate) struct Jitter(u64);
 
 impl Jitter {
-    fn new() -> Jitter {
+    pub(crate) fn new() -> Jitter {
         let mut hasher = RandomState::new().build_hasher();
         hasher.write_usize(&hasher as *const _ as usize);
         Jitter(hasher.finish() | 1)

@@ -15,9 +15,4 @@ fn sync_on_async(
     Ok(())
 }
 
-#[atomic(durable = true, retry = 3)]
-async fn retried() -> Result<(), diesel_atomic::Error> {
-    Ok(())
-}
-
 fn main() {}

@@ -24,6 +24,18 @@ async fn on_connection(conn: &mut Conn, name: &str) -> Result<usize, diesel_atom
     Ok(name.len())
 }
 
+#[atomic(durable = true, retry = 3)]
+async fn retried(conn: &mut Conn, name: &str) -> Result<usize, diesel_atomic::Error> {
+    conn.batch_execute("SELECT 1").await?;
+    Ok(name.len())
+}
+
+#[atomic(durable = true, retry = 3)]
+async fn retried_ambient(id: i32) -> Result<i32, diesel_atomic::Error> {
+    aio::connection(async |conn: &mut Conn| conn.batch_execute("SELECT 1").await).await?;
+    Ok(id)
+}
+
 struct AppError;
 
 impl From<diesel_atomic::Error> for AppError {
@@ -49,4 +61,8 @@ fn main() {
     };
     let _app: Router = Router::new().route("/signup", post(handler));
     let _ = on_connection;
+    let _spawned_retry = async {
+        tokio::spawn(retried_ambient(1));
+    };
+    let _ = retried;
 }

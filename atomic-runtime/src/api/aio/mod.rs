@@ -56,7 +56,11 @@ use crate::engine::rules;
 use crate::error::Error;
 use crate::options::BlockOptions;
 
+mod retry;
 pub mod transaction;
+
+#[doc(hidden)]
+pub use retry::{run_ambient_retry, run_explicit_field_retry, run_explicit_retry};
 
 /// An async closure taking `Arg` whose future is nameable, so bounds (`Send`) can be put on it.
 ///
@@ -103,6 +107,20 @@ pub trait AsyncFuncMut<Arg, R>:
 impl<F, Arg, Fut, R> AsyncFuncMut<Arg, R> for F
 where
     F: AsyncFnMut(Arg) -> R + FnMut(Arg) -> Fut,
+    Fut: Future<Output = R>,
+{
+    type Fut = Fut;
+}
+
+/// [`AsyncFuncMut`] for closures taking nothing.
+pub trait AsyncFuncMut0<R>: AsyncFnMut() -> R + FnMut() -> <Self as AsyncFuncMut0<R>>::Fut {
+    /// The closure's future.
+    type Fut: Future<Output = R>;
+}
+
+impl<F, Fut, R> AsyncFuncMut0<R> for F
+where
+    F: AsyncFnMut() -> R + FnMut() -> Fut,
     Fut: Future<Output = R>,
 {
     type Fut = Fut;
