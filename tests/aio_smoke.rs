@@ -168,3 +168,58 @@ async fn nested_blocks_fit_a_worker_stack() {
     .unwrap();
     assert_eq!(count(&url).await, 2);
 }
+
+/// T1/T2 for async code: work inside a TestTransaction never commits, durable blocks are
+/// allowed directly inside it, callbacks never run unless captured and executed.
+#[tokio::test(flavor = "multi_thread")]
+async fn test_transaction_rolls_back_and_captures_callbacks() {
+    use aio::testing::{TestTransaction, capture_on_commit_callbacks};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let url = dir.path().join("db.sqlite").display().to_string();
+    let manager = AsyncDieselConnectionManager::<Conn>::new(url.clone());
+    let pool = Pool::builder(manager).max_size(1).build().unwrap();
+    let _g = Databases::new()
+        .add("default", Database::new_async(pool))
+        .enter();
+    aio::connection(async |c: &mut Conn| c.batch_execute("CREATE TABLE t (id INTEGER)").await)
+        .await
+        .unwrap();
+    let ran = Arc::new(AtomicUsize::new(0));
+    let test = TestTransaction::begin().await.unwrap();
+    let counter = ran.clone();
+    let ((), captured) = capture_on_commit_callbacks(false, async {
+        aio::transaction::Atomic::new()
+            .durable(true)
+            .run(async || {
+                aio::connection(async |c: &mut Conn| {
+                    c.batch_execute("INSERT INTO t VALUES (1)").await
+                })
+                .await?;
+                aio::transaction::on_commit(move || {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                })
+            })
+            .await
+            .unwrap();
+    })
+    .await;
+    assert_eq!(captured.len(), 1);
+    assert_eq!(
+        ran.load(Ordering::SeqCst),
+        0,
+        "inside a test transaction nothing commits"
+    );
+    // The row is visible inside the test transaction.
+    let inside = aio::connection(async |c: &mut Conn| {
+        use diesel_async::RunQueryDsl;
+        diesel::sql_query("SELECT id FROM t").execute(c).await
+    })
+    .await;
+    assert!(inside.is_ok());
+    captured.run().await;
+    assert_eq!(ran.load(Ordering::SeqCst), 1);
+    test.rollback().await;
+    assert_eq!(count(&url).await, 0);
+}

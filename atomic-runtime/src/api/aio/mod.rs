@@ -57,6 +57,7 @@ use crate::error::Error;
 use crate::options::BlockOptions;
 
 mod retry;
+pub mod testing;
 pub mod transaction;
 
 #[doc(hidden)]

@@ -817,3 +817,57 @@ fn connection_missing(alias: &str) -> Error {
         alias: alias.to_owned(),
     }
 }
+
+// --- Test transactions (rule T1) ----------------------------------------------------------------
+
+/// Opens the outermost block of an async `testing::TestTransaction` on a connection of the
+/// alias's pool.
+pub(crate) async fn enter_test_block(alias: &str) -> Result<Entered, Error> {
+    state::with(alias, |state| rules::check_test_transaction_start(state))?;
+    let mut pooled = checkout(alias).await?;
+    let conn = pooled.inner();
+    let depth_before = conn.depth()?;
+    let foreign = rules::foreign_transaction(depth_before, || conn.open_transaction_is_test());
+    conn.begin().await?;
+    tracing::debug!(alias, depth = depth_before + 1, "BEGIN (test transaction)");
+    Ok(state::with(alias, |state| {
+        state.hold(pooled);
+        rules::push_test_transaction(state, depth_before, foreign)
+    }))
+}
+
+/// Rolls a test transaction's block back (and whatever is still open above it): ROLLBACK,
+/// the connection back to its pool.
+pub(crate) async fn leave_test_block(alias: &str, entered: Entered) {
+    let on_top = state::with(alias, |state| {
+        state.blocks.last().map(|block| block.token) == Some(entered.token)
+    });
+    if !on_top {
+        return abandon_test_block(alias, entered);
+    }
+    let mut armed = Armed::new(alias, entered);
+    armed.phase = Cancelled::InBody;
+    let exit = leave(alias, &mut armed, None, false).await;
+    armed.disarm();
+    if let Some(error) = exit.error {
+        tracing::error!(alias, %error, "rolling back a TestTransaction failed");
+    }
+}
+
+/// Ends a test transaction's block without SQL (a destructor cannot await a ROLLBACK): the
+/// state forgets it and its connection goes back to its pool marked broken, so the pool
+/// discards it and the server rolls back when it closes.
+pub(crate) fn abandon_test_block(alias: &str, entered: Entered) {
+    let abandoned = state::try_with_task(|task| {
+        let index = task.states.index(alias);
+        let state = task.states.at(index);
+        let abandoned = rules::abandon_from(state, entered.token)?;
+        Some((abandoned, state.release_held()))
+    })
+    .flatten();
+    if let Some((abandoned, pooled)) = abandoned {
+        drop(abandoned.discarded);
+        discard(pooled);
+    }
+    state::wake_waiting();
+}

@@ -100,13 +100,105 @@ pub(crate) fn in_task_scope() -> bool {
     TASK.try_with(|_| ()).is_ok()
 }
 
-/// Runs `future` with a state table for the task: the existing one when there is one, else a
-/// new one for the future's lifetime (the outermost block or call of a task, rule A1).
+thread_local! {
+    /// A task's table parked between calls: an async `testing::TestTransaction` begun outside
+    /// any block must outlive the call that began it, so its table waits here, on the thread
+    /// that polls the test (`#[tokio::test]` polls its body on the test thread), and each
+    /// outermost call of that thread runs in it.
+    static PARKED: RefCell<Option<Task>> = const { RefCell::new(None) };
+}
+
+/// Runs `future` with a state table for the task: the existing one when there is one, the
+/// table a test transaction parked on this thread, else a new one for the future's lifetime
+/// (the outermost block or call of a task, rule A1).
 pub(crate) async fn scoped<F: Future>(future: F) -> F::Output {
     if in_task_scope() {
-        future.await
-    } else {
-        TASK.scope(RefCell::new(Task::new()), future).await
+        return future.await;
+    }
+    match PARKED.with(|parked| parked.borrow_mut().take()) {
+        None => TASK.scope(RefCell::new(Task::new()), future).await,
+        Some(task) => {
+            Unpark {
+                scope: Box::pin(TASK.scope(RefCell::new(task), future)),
+                done: false,
+            }
+            .await
+        }
+    }
+}
+
+/// Parks a table for the thread's next outermost calls (see `PARKED`).
+pub(crate) fn park(task: Task) {
+    PARKED.with(|parked| *parked.borrow_mut() = Some(task));
+}
+
+/// Whether a table is parked on this thread.
+pub(crate) fn has_parked() -> bool {
+    PARKED.with(|parked| parked.borrow().is_some())
+}
+
+/// Drops the parked table once nothing is left in it (its test transaction ended).
+pub(crate) fn unpark_if_idle() {
+    let idle = PARKED.with(|parked| {
+        parked
+            .borrow()
+            .as_ref()
+            .is_some_and(|task| task.states.iter().all(|state| !state.in_atomic_block()))
+    });
+    if idle {
+        drop(PARKED.with(|parked| parked.borrow_mut().take()));
+    }
+}
+
+/// Runs `f` (synchronous) with the parked table as the task's, for a destructor.
+pub(crate) fn in_parked(f: impl FnOnce()) {
+    let Some(task) = PARKED.with(|parked| parked.borrow_mut().take()) else {
+        return;
+    };
+    let task = TASK.sync_scope(RefCell::new(task), || {
+        f();
+        TASK.with(|task| std::mem::replace(&mut *task.borrow_mut(), Task::new()))
+    });
+    park(task);
+}
+
+/// A new, empty table, to park.
+pub(crate) fn new_task() -> Task {
+    Task::new()
+}
+
+/// Runs a call in the parked table and parks it again when the call ends. A call dropped
+/// before it ended takes the table with it (its guards must see the table while they run,
+/// and tokio drops the call inside its scope): the test transaction's connection is then
+/// discarded with it, never returned to a pool inside the transaction.
+struct Unpark<F: Future> {
+    scope: Pin<Box<tokio::task::futures::TaskLocalFuture<RefCell<Task>, F>>>,
+    done: bool,
+}
+
+impl<F: Future> Future for Unpark<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let polled = self.scope.as_mut().poll(cx);
+        if polled.is_ready() {
+            self.done = true;
+            if let Some(task) = self.scope.as_mut().take_value() {
+                park(task.into_inner());
+            }
+        }
+        polled
+    }
+}
+
+impl<F: Future> Drop for Unpark<F> {
+    fn drop(&mut self) {
+        if !self.done {
+            tracing::warn!(
+                "a call inside a test transaction was dropped before it ended; the test \
+                 transaction ends with it"
+            );
+        }
     }
 }
 
@@ -172,12 +264,12 @@ impl Future for Turn<'_> {
         with_task(|task| {
             let index = task.states.index(self.alias);
             let state = task.states.at(index);
+            // A test transaction's block has no body being polled: everything the test
+            // awaits runs inside it.
             let ok = !task.busy.contains(&index)
-                && state
-                    .blocks
-                    .last()
-                    .map(|block| block.token)
-                    .is_none_or(|token| task.polling.contains(&token));
+                && state.blocks.last().is_none_or(|block| {
+                    task.polling.contains(&block.token) || opened_by_test_transaction(block)
+                });
             if ok {
                 Poll::Ready(())
             } else {
@@ -186,6 +278,13 @@ impl Future for Turn<'_> {
             }
         })
     }
+}
+
+fn opened_by_test_transaction(block: &crate::engine::state::Block) -> bool {
+    matches!(
+        &block.kind,
+        crate::engine::state::BlockKind::Outermost(outermost) if outermost.opened_by_test_transaction
+    )
 }
 
 /// Wakes the sibling branches waiting for their turn (a block ended).
