@@ -1007,7 +1007,7 @@ mod tests {
         let out = expand_atomic(
             quote!(usin = "x"),
             quote!(
-                async fn f() -> i32 {
+                const fn f() -> i32 {
                     1
                 }
             ),
@@ -1020,13 +1020,13 @@ mod tests {
         let out = expand_atomic(
             quote!(retry = 3),
             quote!(
-                async fn f(db: &mut DbConn) -> i32 {
+                const fn f(db: &mut DbConn) -> i32 {
                     1
                 }
             ),
         );
         assert_eq!(out.matches("compile_error").count(), 4, "{out}");
-        assert!(out.contains("does not support `async fn`"), "{out}");
+        assert!(out.contains("cannot be applied to a `const fn`"), "{out}");
         assert!(
             out.contains("needs a function that returns `Result"),
             "{out}"
@@ -1036,6 +1036,48 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("cannot tell whether `db`"), "{out}");
+    }
+
+    #[test]
+    fn async_functions_run_on_the_async_runners() {
+        let ambient = expand_atomic(
+            quote!(),
+            quote!(
+                async fn f() -> Result<(), E> {
+                    Ok(())
+                }
+            ),
+        );
+        assert!(
+            ambient.contains(":: diesel_atomic :: __private :: aio :: run_ambient"),
+            "{ambient}"
+        );
+        assert!(ambient.contains("async ||"), "{ambient}");
+        assert!(ambient.contains(". await"), "{ambient}");
+        let explicit = expand_atomic(
+            quote!(durable = true, retry = 2),
+            quote!(
+                async fn f(conn: &mut AsyncPgConnection) -> Result<(), E> {
+                    Ok(())
+                }
+            ),
+        );
+        assert!(explicit.contains("aio :: run_explicit_retry"), "{explicit}");
+        assert!(explicit.contains("async | conn |"), "{explicit}");
+    }
+
+    #[test]
+    fn a_sync_connection_in_an_async_fn_is_refused_on_its_type() {
+        let out = expand_atomic(
+            quote!(),
+            quote!(
+                async fn f(conn: &mut PgConnection) -> Result<(), E> {
+                    Ok(())
+                }
+            ),
+        );
+        assert!(out.contains("needs a diesel-async connection"), "{out}");
+        assert!(!out.contains("run_explicit"), "{out}");
     }
 
     #[test]

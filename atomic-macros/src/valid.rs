@@ -1398,14 +1398,15 @@ mod tests {
     }
 
     #[test]
-    fn async_and_const_are_reported_together() {
+    fn async_and_const_are_reported_together_where_async_is_refused() {
         let mut errors = Errors::default();
         let function = parse(quote!(
             const async fn f() -> R {
                 x
             }
         ));
-        runs_at_run_time(&function, Attribute::Atomic, &mut errors);
+        // `#[atomic]` runs async fns (feature `async`); `#[non_atomic_requests]` not yet.
+        runs_at_run_time(&function, Attribute::NonAtomicRequests, &mut errors);
         let messages: Vec<String> = errors
             .finish(())
             .unwrap_err()
@@ -1413,6 +1414,15 @@ mod tests {
             .map(|error| error.to_string())
             .collect();
         assert_eq!(messages.len(), 2, "{messages:?}");
+        let mut errors = Errors::default();
+        runs_at_run_time(&function, Attribute::Atomic, &mut errors);
+        let messages: Vec<String> = errors
+            .finish(())
+            .unwrap_err()
+            .into_iter()
+            .map(|error| error.to_string())
+            .collect();
+        assert_eq!(messages.len(), 1, "{messages:?}");
     }
 
     fn options_errors(args: TokenStream) -> Vec<String> {
