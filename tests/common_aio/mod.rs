@@ -41,6 +41,14 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    reporters (id) {
+        id -> Integer,
+        first_name -> Text,
+        last_name -> Text,
+    }
+}
+
 /// Instantiates generic async test bodies `async fn name<C: Backend>(pool: PoolKind)` once
 /// per backend and pool, as modules `sqlite::deadpool`, `sqlite::bb8`, `postgres::…`:
 /// `aio_tests!(a, b)` on both pools, `aio_tests!(deadpool: a, b)` on deadpool only (for
@@ -134,6 +142,10 @@ pub trait Backend: AsyncConnection + PoolableConnection + Send + 'static {
     fn drop_database(name: String) -> impl Future<Output = ()> + Send;
     /// The committed (or, inside a transaction, visible) thing numbers, in insertion order.
     fn nums(&mut self) -> impl Future<Output = QueryResult<Vec<i32>>> + Send;
+    /// Every `(id, first_name, last_name)` reporter (visible on this connection), by id.
+    fn reporter_rows(
+        &mut self,
+    ) -> impl Future<Output = QueryResult<Vec<(i32, String, String)>>> + Send;
     /// Whether this connection is inside a transaction, by the server's own account.
     fn in_transaction(&mut self) -> impl Future<Output = QueryResult<bool>> + Send;
     /// How many other sessions of this test's database have a transaction open (SQLite: 1
@@ -223,6 +235,10 @@ macro_rules! nums_impl {
                 .load(self)
                 .await
         }
+
+        async fn reporter_rows(&mut self) -> QueryResult<Vec<(i32, String, String)>> {
+            reporters::table.order(reporters::id).load(self).await
+        }
     };
 }
 
@@ -281,6 +297,11 @@ impl Backend for Sqlite {
              CREATE TABLE things (
                  id INTEGER PRIMARY KEY AUTOINCREMENT,
                  num INTEGER NOT NULL UNIQUE
+             );
+             CREATE TABLE reporters (
+                 id INTEGER PRIMARY KEY AUTOINCREMENT,
+                 first_name TEXT NOT NULL,
+                 last_name TEXT NOT NULL DEFAULT ''
              );",
         )
         .await
@@ -354,7 +375,12 @@ impl Backend for diesel_async::AsyncPgConnection {
             .await
             .expect("connect to the test schema")
             .batch_execute(
-                "CREATE TABLE things (id SERIAL PRIMARY KEY, num INTEGER NOT NULL UNIQUE)",
+                "CREATE TABLE things (id SERIAL PRIMARY KEY, num INTEGER NOT NULL UNIQUE);
+                 CREATE TABLE reporters (
+                     id SERIAL PRIMARY KEY,
+                     first_name TEXT NOT NULL,
+                     last_name TEXT NOT NULL DEFAULT ''
+                 )",
             )
             .await
             .expect("schema");
@@ -440,17 +466,26 @@ impl Backend for diesel_async::AsyncMysqlConnection {
             .rsplit_once('/')
             .map_or(base.as_str(), |(server, _)| server);
         let url = format!("{server}/{database}");
-        Self::establish(&url)
+        let mut conn = Self::establish(&url)
             .await
-            .expect("connect to the test database")
-            .batch_execute(
-                "CREATE TABLE things (
-                     id INTEGER PRIMARY KEY AUTO_INCREMENT,
-                     num INTEGER NOT NULL UNIQUE
-                 ) ENGINE = InnoDB",
-            )
-            .await
-            .expect("schema");
+            .expect("connect to the test database");
+        conn.batch_execute(
+            "CREATE TABLE things (
+                 id INTEGER PRIMARY KEY AUTO_INCREMENT,
+                 num INTEGER NOT NULL UNIQUE
+             ) ENGINE = InnoDB",
+        )
+        .await
+        .expect("schema");
+        conn.batch_execute(
+            "CREATE TABLE reporters (
+                 id INTEGER PRIMARY KEY AUTO_INCREMENT,
+                 first_name VARCHAR(255) NOT NULL,
+                 last_name VARCHAR(255) NOT NULL DEFAULT ''
+             ) ENGINE = InnoDB",
+        )
+        .await
+        .expect("schema");
         url
     }
 
@@ -609,10 +644,13 @@ pub async fn run<C: Backend, F: Future<Output = ()>>(pool: PoolKind, body: fn(Po
 pub struct TestDb<C: Backend> {
     pub pool: TestPool<C>,
     pub url: String,
+    /// The alias "other" (see [`TestDb::with_other`]): its pool and URL.
+    pub other: Option<(TestPool<C>, String)>,
     pub databases: Databases,
     _registry: DatabasesGuard,
     // Last: the pool's connections are closed before the database is dropped.
     scratch: ScratchGuard<C>,
+    other_scratch: Option<ScratchGuard<C>>,
 }
 
 struct ScratchGuard<C: Backend> {
@@ -638,21 +676,77 @@ impl<C: Backend> Drop for ScratchGuard<C> {
 impl<C: Backend> TestDb<C> {
     /// A database of the test's own, behind a pool of `size` connections of kind `pool`.
     pub async fn new(pool: PoolKind, size: usize) -> TestDb<C> {
+        TestDb::create(pool, size, false).await
+    }
+
+    /// [`TestDb::new`] with a second database of its own, as the alias "other" (Django's
+    /// `databases = {"default", "other"}`), behind a pool of the same kind and size.
+    pub async fn with_other(pool: PoolKind, size: usize) -> TestDb<C> {
+        TestDb::create(pool, size, true).await
+    }
+
+    async fn create(kind: PoolKind, size: usize, other: bool) -> TestDb<C> {
         let scratch = Scratch::new();
         let url = C::create_database(&scratch).await;
-        let pool = TestPool::new(pool, &url, size).await;
-        let databases = Databases::new().add("default", pool.database());
+        let pool = TestPool::new(kind, &url, size).await;
+        let mut databases = Databases::new().add("default", pool.database());
+        let (other, other_scratch) = if other {
+            let scratch = Scratch::new();
+            let url = C::create_database(&scratch).await;
+            let pool = TestPool::new(kind, &url, size).await;
+            databases = databases.add("other", pool.database());
+            let guard = ScratchGuard {
+                scratch,
+                _backend: std::marker::PhantomData,
+            };
+            (Some((pool, url)), Some(guard))
+        } else {
+            (None, None)
+        };
         let registry = databases.enter();
         TestDb {
             pool,
             url,
+            other,
             databases,
             _registry: registry,
             scratch: ScratchGuard {
                 scratch,
                 _backend: std::marker::PhantomData,
             },
+            other_scratch,
         }
+    }
+
+    /// The URL of `alias`'s database ("default", or "other" with [`TestDb::with_other`]).
+    pub fn url_of(&self, alias: &str) -> &str {
+        match (alias, &self.other) {
+            ("default", _) => &self.url,
+            ("other", Some((_, url))) => url,
+            _ => panic!("no test database for alias {alias:?}"),
+        }
+    }
+
+    /// First names of the committed reporters on `alias`, sorted by (first, last) name.
+    pub async fn reporters_on(&self, alias: &str) -> Vec<String> {
+        let mut conn = C::establish(self.url_of(alias))
+            .await
+            .expect("raw connection");
+        reporter_names(conn.reporter_rows().await.expect("read reporters"))
+    }
+
+    /// First names of the committed reporters on "default".
+    pub async fn reporters(&self) -> Vec<String> {
+        self.reporters_on("default").await
+    }
+
+    /// Committed `(id, first_name, last_name)` reporter rows on "default", by id.
+    pub async fn reporter_rows(&self) -> Vec<(i32, String, String)> {
+        self.raw()
+            .await
+            .reporter_rows()
+            .await
+            .expect("read reporters")
     }
 
     /// A fresh connection outside the pool, to look at what was committed.
@@ -762,5 +856,219 @@ pub async fn within<F: Future>(limit: Duration, what: &str, future: F) -> F::Out
     match tokio::time::timeout(limit, future).await {
         Ok(output) => output,
         Err(_) => panic!("{what} did not finish within {limit:?}"),
+    }
+}
+
+// --- Django-port helpers (reporters, failing bodies, panics, logs) ---------------------------
+
+/// First names sorted by (first, last) name, as the sync suite's `reporter_names` (sorted
+/// here, not by SQL: the servers' collations order case differently).
+pub fn reporter_names(rows: Vec<(i32, String, String)>) -> Vec<String> {
+    let mut names: Vec<(String, String)> = rows
+        .into_iter()
+        .map(|(_, first, last)| (first, last))
+        .collect();
+    names.sort();
+    names.into_iter().map(|(first, _)| first).collect()
+}
+
+/// `INSERT INTO reporters (first_name, last_name)` on `conn`.
+pub async fn insert_reporter<C: Backend>(conn: &mut C, first: &str, last: &str) -> QueryResult<()> {
+    let quote = |text: &str| text.replace('\'', "''");
+    conn.batch_execute(&format!(
+        "INSERT INTO reporters (first_name, last_name) VALUES ('{}', '{}')",
+        quote(first),
+        quote(last)
+    ))
+    .await
+}
+
+/// Inserts a reporter through `alias`'s ambient connection (the open block's).
+pub async fn create_reporter_on<C: Backend>(
+    alias: &str,
+    first: &str,
+    last: &str,
+) -> Result<(), diesel_atomic::Error> {
+    diesel_atomic::aio::db(alias)
+        .connection(async |conn: &mut C| {
+            insert_reporter(conn, first, last)
+                .await
+                .map_err(diesel_atomic::Error::from)
+        })
+        .await
+}
+
+/// Inserts a reporter through the default alias's ambient connection.
+pub async fn create_reporter<C: Backend>(
+    first: &str,
+    last: &str,
+) -> Result<(), diesel_atomic::Error> {
+    create_reporter_on::<C>("default", first, last).await
+}
+
+/// The reporters the default alias's ambient connection sees, or the error it is refused with.
+pub async fn try_visible_reporters<C: Backend>() -> Result<Vec<String>, diesel_atomic::Error> {
+    diesel_atomic::aio::connection(async |conn: &mut C| {
+        conn.reporter_rows()
+            .await
+            .map(reporter_names)
+            .map_err(diesel_atomic::Error::from)
+    })
+    .await
+}
+
+/// The reporters the default alias's ambient connection sees (inside its transaction).
+pub async fn visible_reporters<C: Backend>() -> Vec<String> {
+    try_visible_reporters::<C>().await.expect("read reporters")
+}
+
+/// Runs SQL through the default alias's ambient connection.
+pub async fn execute_ambient<C: Backend>(sql: &str) -> Result<(), diesel_atomic::Error> {
+    diesel_atomic::aio::connection(async |conn: &mut C| {
+        conn.batch_execute(sql)
+            .await
+            .map_err(diesel_atomic::Error::from)
+    })
+    .await
+}
+
+/// The error used by test bodies that must fail, like Django's `Exception("Oops")`.
+#[derive(Debug, PartialEq)]
+pub enum TestError {
+    Oops,
+    Atomic(String),
+    Db(String),
+}
+
+impl From<diesel_atomic::Error> for TestError {
+    fn from(error: diesel_atomic::Error) -> Self {
+        TestError::Atomic(error.to_string())
+    }
+}
+
+impl From<diesel::result::Error> for TestError {
+    fn from(error: diesel::result::Error) -> Self {
+        TestError::Db(error.to_string())
+    }
+}
+
+/// Records callback runs, like Django's `notified` list (callbacks are `Send`).
+#[derive(Clone, Default)]
+pub struct Notified(pub std::sync::Arc<std::sync::Mutex<Vec<i32>>>);
+
+impl Notified {
+    pub fn push(&self, n: i32) {
+        self.0.lock().unwrap().push(n);
+    }
+    pub fn get(&self) -> Vec<i32> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+/// Awaits `future`, catching a panic of any of its polls (the async `catch_unwind`).
+pub async fn catch_unwind<F: Future>(
+    future: F,
+) -> Result<F::Output, Box<dyn std::any::Any + Send>> {
+    let mut future = std::pin::pin!(future);
+    std::future::poll_fn(move |cx| {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| future.as_mut().poll(cx))) {
+            Ok(Poll::Ready(value)) => Poll::Ready(Ok(value)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(payload) => Poll::Ready(Err(payload)),
+        }
+    })
+    .await
+}
+
+/// Silences the default panic message for panics whose message starts with `prefix` (those a
+/// test causes on purpose); installed once per test binary.
+pub fn quiet_expected_panics(prefix: &'static str) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default_hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let payload = info.payload();
+            let message = payload
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| payload.downcast_ref::<String>().map(String::as_str));
+            if !message.is_some_and(|message| message.starts_with(prefix)) {
+                default_hook(info);
+            }
+        }));
+    });
+}
+
+/// Events collected by [`capture_logs`]: level and rendered message.
+#[derive(Clone, Default)]
+struct Collected(std::sync::Arc<std::sync::Mutex<Vec<(tracing::Level, String)>>>);
+
+struct CollectLayer(Collected);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for CollectLayer {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Message(String);
+        impl tracing::field::Visit for Message {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    self.0 = format!("{value:?}");
+                }
+            }
+        }
+        let mut message = Message(String::new());
+        event.record(&mut message);
+        self.0
+            .0
+            .lock()
+            .unwrap()
+            .push((*event.metadata().level(), message.0));
+    }
+}
+
+/// Awaits `future` with a collecting subscriber as the default around each of its polls (a
+/// future moved to another task is not followed) and returns its output with the messages of
+/// the events at `level` it emitted, in order. Django's `assertLogs`.
+pub async fn capture_logs<F: Future>(level: tracing::Level, future: F) -> (F::Output, Vec<String>) {
+    use tracing::instrument::WithSubscriber;
+    use tracing_subscriber::layer::SubscriberExt;
+    let collected = Collected::default();
+    let subscriber = tracing_subscriber::registry().with(CollectLayer(collected.clone()));
+    let value = future.with_subscriber(subscriber).await;
+    let messages = collected
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(at, _)| *at == level)
+        .map(|(_, message)| message.clone())
+        .collect();
+    (value, messages)
+}
+
+/// [`capture_logs`] at ERROR level.
+pub async fn capture_error_logs<F: Future>(future: F) -> (F::Output, Vec<String>) {
+    capture_logs(tracing::Level::ERROR, future).await
+}
+
+/// The name the runtime reports for a callback: `std::any::type_name` of its type.
+pub fn type_name_of<F>(_: &F) -> &'static str {
+    std::any::type_name::<F>()
+}
+
+/// Fixes a closure's signature to `FnOnce() + Send` (a closure whose body only panics would
+/// otherwise infer `!` as its return type).
+pub fn callback<F: FnOnce() + Send + 'static>(f: F) -> F {
+    f
+}
+
+/// Checks out `size` connections of the pool at once (every one the pool has) and makes sure
+/// each is usable and outside any transaction: none was left held by a block.
+pub async fn assert_pool_clean<C: Backend>(db: &TestDb<C>, size: usize) {
+    let mut all = Vec::with_capacity(size);
+    for _ in 0..size {
+        all.push(db.pool.get().await);
+    }
+    for conn in &mut all {
+        assert_clean(&mut **conn).await;
     }
 }

@@ -1,8 +1,0 @@
-use diesel_atomic::non_atomic_requests;
-
-#[non_atomic_requests]
-async fn view() -> String {
-    String::new()
-}
-
-fn main() {}
