@@ -177,14 +177,10 @@ async fn test_transaction_is_visible_from_the_test_body<C: Backend>(pool: PoolKi
 }
 
 mod test_body {
-    macro_rules! ignored {
+    macro_rules! visible {
         ($backend:ident, $conn:ty) => {
             mod $backend {
                 #[test]
-                #[ignore = "runtime bug: with a TestTransaction begun outside any block, \
-                            in_atomic_block/get_rollback/set_rollback/on_commit called from the \
-                            test body ignore the parked table (state::peek and \
-                            hooks::on_commit only look at TASK)"]
                 fn test_transaction_is_visible_from_the_test_body() {
                     crate::common_aio::block_on(|| {
                         crate::common_aio::run::<$conn, _>(
@@ -196,11 +192,11 @@ mod test_body {
             }
         };
     }
-    ignored!(sqlite, crate::common_aio::Sqlite);
+    visible!(sqlite, crate::common_aio::Sqlite);
     #[cfg(feature = "async-postgres")]
-    ignored!(postgres, diesel_async::AsyncPgConnection);
+    visible!(postgres, diesel_async::AsyncPgConnection);
     #[cfg(feature = "async-mysql")]
-    ignored!(mysql, diesel_async::AsyncMysqlConnection);
+    visible!(mysql, diesel_async::AsyncMysqlConnection);
 }
 
 /// Runs a body inside an enclosing atomic block (Django's AtomicInsideTransactionTests), which
@@ -310,32 +306,6 @@ macro_rules! instantiate {
             instantiate!(@backend postgres, diesel_async::AsyncPgConnection, $runner, [$($name),*]);
             #[cfg(feature = "async-mysql")]
             instantiate!(@backend mysql, diesel_async::AsyncMysqlConnection, $runner, [$($name),*]);
-        }
-    };
-    // Ignored with `$reason` (a runtime bug) on every backend.
-    ($module:ident, $runner:ident, ignore = $reason:literal, [$($name:ident),* $(,)?]) => {
-        mod $module {
-            instantiate!(@ignored $reason, sqlite, $crate::common_aio::Sqlite, $runner, [$($name),*]);
-            #[cfg(feature = "async-postgres")]
-            instantiate!(@ignored $reason, postgres, diesel_async::AsyncPgConnection, $runner, [$($name),*]);
-            #[cfg(feature = "async-mysql")]
-            instantiate!(@ignored $reason, mysql, diesel_async::AsyncMysqlConnection, $runner, [$($name),*]);
-        }
-    };
-    (@ignored $reason:literal, $backend:ident, $conn:ty, $runner:ident, [$($name:ident),*]) => {
-        mod $backend {
-            $(
-                #[test]
-                #[ignore = $reason]
-                fn $name() {
-                    $crate::common_aio::block_on(|| {
-                        $crate::common_aio::run::<$conn, _>(
-                            $crate::common_aio::PoolKind::Deadpool,
-                            |pool| $crate::$runner::<$conn, _>(pool, $crate::$name::<$conn>),
-                        )
-                    });
-                }
-            )*
         }
     };
     (@backend $backend:ident, $conn:ty, $runner:ident, [$($name:ident),*]) => {
@@ -793,9 +763,6 @@ instantiate!(
 instantiate!(
     atomic_panics_inside_test_transaction,
     run_in_test_transaction,
-    ignore = "runtime bug: an outermost block that panics inside a parked TestTransaction \
-              loses the test transaction's table (state::Keep never re-parks it when the poll \
-              unwinds)",
     [
         decorator_rollback_on_panic,
         rollback_on_panic,

@@ -167,7 +167,9 @@ fn generate(function: ItemFn, wrappers: &[Wrapper], uses: TokenStream) -> TokenS
                     atomic_call(args, source, inside_self_block, inner, span)
                 }
             }
-            Wrapper::NonAtomicRequests(args) => non_atomic_requests_call(args, inner, span),
+            Wrapper::NonAtomicRequests(args) => {
+                non_atomic_requests_call(args, inner, sig.asyncness.is_some(), span)
+            }
         };
     }
     let check = wrappers.iter().find_map(|wrapper| match wrapper {
@@ -359,12 +361,19 @@ fn owner(path: &ReceiverPath, inside_self_block: bool, span: Span) -> TokenStrea
 fn non_atomic_requests_call(
     args: &NonAtomicRequestsArgs,
     body: TokenStream,
+    is_async: bool,
     span: Span,
 ) -> TokenStream {
     let krate = runtime_path(args.krate.as_ref(), span);
     let using = Alias::literal(args.using.as_ref());
-    quote_spanned! {span=>
-        #krate::__private::non_atomic_requests(#using, || #body)
+    if is_async {
+        quote_spanned! {span=>
+            #krate::__private::aio::non_atomic_requests(#using, async { #body }).await
+        }
+    } else {
+        quote_spanned! {span=>
+            #krate::__private::non_atomic_requests(#using, || #body)
+        }
     }
 }
 
@@ -1113,7 +1122,7 @@ mod tests {
     }
 
     #[test]
-    fn non_atomic_requests_refuses_async() {
+    fn non_atomic_requests_runs_an_async_view_exempt() {
         let out = non_atomic_requests(
             quote!(),
             quote!(
@@ -1121,6 +1130,10 @@ mod tests {
             ),
         )
         .to_string();
-        assert!(out.contains("does not support `async fn`"), "{out}");
+        assert!(
+            out.contains("__private :: aio :: non_atomic_requests (\"default\" , async {"),
+            "{out}"
+        );
+        assert!(out.contains(". await"), "{out}");
     }
 }

@@ -79,6 +79,15 @@ pub mod aio {
         run_explicit_retry,
     };
 
+    /// `#[non_atomic_requests(using = alias)]` on an `async fn` view: the body runs exempt
+    /// from the request transaction on `alias` (rule Q2).
+    pub async fn non_atomic_requests<R>(
+        alias: &'static str,
+        body: impl std::future::Future<Output = R>,
+    ) -> R {
+        crate::scope::aio_request::non_atomic(alias, body).await
+    }
+
     /// `conn = self.field` on an `async fn`: reaches a diesel-async connection in a field, as
     /// [`super::FieldConnection`] does for sync ones.
     pub trait FieldConnection {
@@ -152,6 +161,11 @@ pub mod aio {
         _: A,
         _: F,
     ) -> T {
+        unreachable!("the `async` feature is off")
+    }
+
+    /// See [`AsyncFeatureEnabled`].
+    pub async fn non_atomic_requests<R, F: AsyncFeatureEnabled>(_: &'static str, _: F) -> R {
         unreachable!("the `async` feature is off")
     }
 

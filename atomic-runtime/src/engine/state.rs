@@ -250,7 +250,7 @@ impl<K: Flavor> AliasState<K> {
 
     /// Whether nothing on this thread refers to the state any more, so its entry may be
     /// reused for another alias.
-    fn is_idle(&self) -> bool {
+    pub(crate) fn is_idle(&self) -> bool {
         self.blocks.is_empty()
             && self.slot == Slot::Empty
             && self.callbacks.is_empty()

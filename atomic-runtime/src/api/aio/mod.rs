@@ -55,11 +55,14 @@ use crate::engine::aio::state::{self, AsyncCallback};
 use crate::engine::rules;
 use crate::error::Error;
 use crate::options::BlockOptions;
+use crate::scope::aio_request;
 
+mod create;
 mod retry;
 pub mod testing;
 pub mod transaction;
 
+pub use create::{get_or_create, update_or_create};
 #[doc(hidden)]
 pub use retry::{run_ambient_retry, run_explicit_field_retry, run_explicit_retry};
 
@@ -269,6 +272,7 @@ impl Db<'_> {
     {
         let alias = self.alias;
         state::scoped(Box::pin(async move {
+            aio_request::touch(alias).await?;
             let mut lent = Lent::take(alias).await?;
             let expected = lent.type_name();
             let Some(conn) = lent.conn().as_any().downcast_mut::<C>() else {
@@ -319,7 +323,10 @@ impl Db<'_> {
 
     /// Marks the innermost block with a savepoint to roll back (rule F2).
     pub fn set_rollback(&self, rollback: bool) -> Result<(), Error> {
-        if !state::in_task_scope() {
+        if aio_request::rollback_flag(self.alias, Some(rollback)).is_some() {
+            return Ok(());
+        }
+        if !state::has_table() {
             return rules::set_rollback(
                 &mut crate::engine::state::AliasState::<state::AsyncFlavor>::new(self.alias, 0),
                 rollback,
@@ -330,15 +337,55 @@ impl Db<'_> {
 
     /// Whether the innermost block will roll back (rule F1).
     pub fn get_rollback(&self) -> Result<bool, Error> {
+        if let Some(flag) = aio_request::rollback_flag(self.alias, None) {
+            return Ok(flag);
+        }
         state::peek(self.alias, |state| rules::get_rollback(state, self.alias))
     }
 
     /// Whether this task is inside a block of the alias.
     pub fn in_atomic_block(&self) -> bool {
+        if aio_request::pending(self.alias) {
+            return true;
+        }
         state::peek(self.alias, |state| {
             state.is_some_and(|state| state.in_atomic_block())
         })
     }
+}
+
+/// Runs `view` as one request: Django's `ATOMIC_REQUESTS` for async code (rules Q1–Q3). On
+/// every alias added with `atomic_requests(true)`, the view's work is one transaction, begun
+/// at the view's first use of the alias (a request that never uses it sends no BEGIN),
+/// committed when the view returns `Ok`, rolled back on `Err` or a panic, and never committed
+/// when the request's future is dropped (a client that went away: rule A2).
+/// `#[non_atomic_requests]` on an `async fn` view exempts its aliases.
+///
+/// ```
+/// # extern crate atomic_runtime as diesel_atomic;
+/// # #[cfg(feature = "sqlite")] {
+/// # use diesel::SqliteConnection;
+/// # use diesel_async::pooled_connection::{AsyncDieselConnectionManager, deadpool::Pool};
+/// use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+/// use diesel_atomic::{aio, Database, Databases, Error};
+/// type Conn = SyncConnectionWrapper<SqliteConnection>;
+/// # tokio::runtime::Builder::new_multi_thread().build().unwrap().block_on(async {
+/// # let pool = Pool::builder(AsyncDieselConnectionManager::<Conn>::new(":memory:")).build().unwrap();
+/// let _registry = Databases::new()
+///     .add("default", Database::new_async(pool).atomic_requests(true))
+///     .enter();
+/// let answer = aio::request(async {
+///     assert!(aio::transaction::in_atomic_block());
+///     Ok::<_, Error>(42)
+/// })
+/// .await?;
+/// assert_eq!(answer, 42);
+/// # Ok::<(), Error>(())
+/// # }).unwrap();
+/// # }
+/// ```
+pub async fn request<T, E: From<Error>>(view: impl Future<Output = Result<T, E>>) -> Result<T, E> {
+    aio_request::request(view).await
 }
 
 // --- What the attribute's expansions call (re-exported by `__private::aio`) ------------------
@@ -355,6 +402,7 @@ where
     F: AsyncFunc0<Result<T, E>>,
 {
     state::scoped(Box::pin(async move {
+        aio_request::touch(options.using).await?;
         let (outcome, exit) = block::attempt_ambient(options, body()).await?;
         block::finish(options.using, outcome, exit).await
     }))
@@ -373,6 +421,7 @@ where
     for<'r> F: AsyncFnOnce(&'r mut C) -> Result<T, E> + AsyncFunc<&'r mut C, Result<T, E>>,
 {
     state::scoped(Box::pin(async move {
+        aio_request::touch(options.using).await?;
         let (outcome, exit) = block::attempt(
             options,
             conn,
@@ -399,6 +448,7 @@ where
     for<'r> F: AsyncFnOnce(&'r mut S) -> Result<T, E> + AsyncFunc<&'r mut S, Result<T, E>>,
 {
     state::scoped(Box::pin(async move {
+        aio_request::touch(options.using).await?;
         let (outcome, exit) = block::attempt(
             options,
             owner,

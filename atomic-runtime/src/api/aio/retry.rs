@@ -27,6 +27,7 @@ where
     state::scoped(Box::pin(async move {
         let alias = options.using;
         check_durable(options)?;
+        crate::scope::aio_request::touch(alias).await?;
         let mut retries = Retries::new(policy);
         loop {
             take_hidden_conflict(alias);
@@ -54,6 +55,7 @@ where
     state::scoped(Box::pin(async move {
         let alias = options.using;
         check_durable(options)?;
+        crate::scope::aio_request::touch(alias).await?;
         let mut retries = Retries::new(policy);
         loop {
             take_hidden_conflict(alias);
@@ -89,6 +91,7 @@ where
     state::scoped(Box::pin(async move {
         let alias = options.using;
         check_durable(options)?;
+        crate::scope::aio_request::touch(alias).await?;
         let mut retries = Retries::new(policy);
         loop {
             take_hidden_conflict(alias);

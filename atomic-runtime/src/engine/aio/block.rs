@@ -160,6 +160,31 @@ impl Armed {
         self.entered = None;
         self.exiting = None;
     }
+
+    /// A request transaction's block, being ended by the request (`aio::request`).
+    pub(crate) fn for_request(alias: &str, entered: Entered) -> Armed {
+        let mut armed = Armed::new(alias, entered);
+        armed.phase = Cancelled::InBody;
+        armed
+    }
+
+    /// The block ended.
+    pub(crate) fn done(mut self) {
+        self.disarm();
+    }
+
+    /// Hands the open block over to its owner (a request), which answers for its end and its
+    /// cancellation from now on.
+    pub(crate) fn into_entered(mut self) -> Entered {
+        let entered = self.entered.take().expect("an entered block is armed");
+        self.disarm();
+        entered
+    }
+}
+
+/// Rule A2 for a block whose owner (a request) was dropped before ending it.
+pub(crate) fn cancel_entered(alias: &str, entered: Entered) {
+    cancel(alias, entered.token, Cancelled::InBody);
 }
 
 impl Drop for Armed {

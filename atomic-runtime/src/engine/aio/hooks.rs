@@ -13,7 +13,11 @@ use crate::error::Error;
 /// Queues `callback` on the alias's open block of this task, runs it at once outside any
 /// block (C1), or refuses it where the commit is out of sight.
 pub(crate) fn on_commit(alias: &str, callback: AsyncCallback) -> Result<(), Error> {
-    let decision = if state::in_task_scope() {
+    // Q1: a request transaction due but not begun counts as open; its callbacks wait.
+    let Err(callback) = crate::scope::aio_request::queue_early(alias, callback) else {
+        return Ok(());
+    };
+    let decision = if state::has_table() {
         state::with_others(alias, |state, others| {
             rules::on_commit(state, others, callback)
         })

@@ -77,6 +77,8 @@ pub(crate) struct Task {
     /// The registry in force where the task's first block began (the thread's `enter`ed one
     /// or the installed one): a task moves between worker threads, its registry does not.
     pub(crate) databases: Option<Databases>,
+    /// The running `aio::request`, if any.
+    pub(crate) request: Option<crate::scope::aio_request::AsyncRequest>,
 }
 
 impl Task {
@@ -87,7 +89,37 @@ impl Task {
             waiting: Vec::new(),
             busy: Vec::new(),
             databases: crate::databases::current().ok(),
+            request: None,
         }
+    }
+
+    /// A table for a new outermost block: the thread's spare one when it has one (its
+    /// entries and buffers are allocated already), else a new one.
+    fn fresh() -> Self {
+        match SPARE.with(|spare| spare.borrow_mut().take()) {
+            Some(mut task) => {
+                task.databases = crate::databases::current().ok();
+                task
+            }
+            None => Task::new(),
+        }
+    }
+
+    /// Whether nothing in the table refers to a block, a connection or a callback.
+    fn is_idle(&self) -> bool {
+        self.states.iter().all(AliasState::is_idle)
+            && self.request.is_none()
+            && self.polling.is_empty()
+            && self.busy.is_empty()
+    }
+}
+
+/// Keeps a table whose outermost block ended as the thread's spare, if it is idle.
+fn recycle(mut task: Task) {
+    if task.is_idle() {
+        task.waiting.clear();
+        task.databases = None;
+        SPARE.with(|spare| *spare.borrow_mut() = Some(task));
     }
 }
 
@@ -106,6 +138,9 @@ thread_local! {
     /// that polls the test (`#[tokio::test]` polls its body on the test thread), and each
     /// outermost call of that thread runs in it.
     static PARKED: RefCell<Option<Task>> = const { RefCell::new(None) };
+    /// An idle table kept from the thread's last outermost block, so the next one allocates
+    /// nothing for its state (every outermost block of a task begins with a table).
+    static SPARE: RefCell<Option<Task>> = const { RefCell::new(None) };
 }
 
 /// Runs `future` with a state table for the task: the existing one when there is one, the
@@ -115,16 +150,16 @@ pub(crate) async fn scoped<F: Future>(future: F) -> F::Output {
     if in_task_scope() {
         return future.await;
     }
-    match PARKED.with(|parked| parked.borrow_mut().take()) {
-        None => TASK.scope(RefCell::new(Task::new()), future).await,
-        Some(task) => {
-            Unpark {
-                scope: Box::pin(TASK.scope(RefCell::new(task), future)),
-                done: false,
-            }
-            .await
-        }
+    let (task, then): (Task, fn(Task)) = match PARKED.with(|parked| parked.borrow_mut().take()) {
+        None => (Task::fresh(), recycle),
+        Some(task) => (task, park),
+    };
+    Keep {
+        scope: TASK.scope(RefCell::new(task), future),
+        then,
+        done: false,
     }
+    .await
 }
 
 /// Parks a table for the thread's next outermost calls (see `PARKED`).
@@ -167,52 +202,94 @@ pub(crate) fn new_task() -> Task {
     Task::new()
 }
 
-/// Runs a call in the parked table and parks it again when the call ends. A call dropped
-/// before it ended takes the table with it (its guards must see the table while they run,
-/// and tokio drops the call inside its scope): the test transaction's connection is then
-/// discarded with it, never returned to a pool inside the transaction.
-struct Unpark<F: Future> {
-    scope: Pin<Box<tokio::task::futures::TaskLocalFuture<RefCell<Task>, F>>>,
-    done: bool,
+pin_project_lite::pin_project! {
+    /// Runs a call with a table and hands the table on when the call ends: parked again (a
+    /// test transaction's) or kept as the thread's spare. A call dropped before it ended
+    /// takes its table with it (its guards must see the table while they run, and tokio drops
+    /// the call inside its scope): a test transaction's connection is then discarded with it,
+    /// never returned to a pool inside the transaction.
+    struct Keep<F: Future> {
+        #[pin]
+        scope: tokio::task::futures::TaskLocalFuture<RefCell<Task>, F>,
+        then: fn(Task),
+        done: bool,
+    }
 }
 
-impl<F: Future> Future for Unpark<F> {
+impl<F: Future> Future for Keep<F> {
     type Output = F::Output;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let polled = self.scope.as_mut().poll(cx);
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let mut this = self.project();
+        let polled = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            this.scope.as_mut().poll(cx)
+        })) {
+            Ok(polled) => polled,
+            // A panic out of the call (a block resumes its body's panic once it has rolled
+            // back): the table goes on, a test transaction's with it.
+            Err(payload) => {
+                *this.done = true;
+                if let Some(task) = this.scope.take_value() {
+                    (this.then)(task.into_inner());
+                }
+                std::panic::resume_unwind(payload)
+            }
+        };
         if polled.is_ready() {
-            self.done = true;
-            if let Some(task) = self.scope.as_mut().take_value() {
-                park(task.into_inner());
+            *this.done = true;
+            if let Some(task) = this.scope.take_value() {
+                (this.then)(task.into_inner());
             }
         }
         polled
     }
 }
 
-impl<F: Future> Drop for Unpark<F> {
-    fn drop(&mut self) {
-        if !self.done {
-            tracing::warn!(
-                "a call inside a test transaction was dropped before it ended; the test \
-                 transaction ends with it"
-            );
-        }
-    }
-}
-
 /// Runs `f` on the task's table. Only inside [`scoped`]. Like the sync `state::with`, `f`
 /// must not call user code nor drop what might.
+///
+/// Outside any task scope, the table a test transaction parked on this thread stands in (the
+/// test body's own calls, such as `on_commit` or `in_atomic_block`, see the test
+/// transaction); see [`has_table`].
 pub(crate) fn with_task<R>(f: impl FnOnce(&mut Task) -> R) -> R {
-    TASK.with(|task| f(&mut task.borrow_mut()))
+    let mut f = Some(f);
+    let inside = TASK.try_with(|task| (f.take().expect("called once"))(&mut task.borrow_mut()));
+    match inside {
+        Ok(result) => result,
+        Err(_) => PARKED.with(|parked| {
+            let mut parked = parked.borrow_mut();
+            let task = parked
+                .as_mut()
+                .expect("the task's table is used inside a task scope or a test transaction");
+            (f.take().expect("called once"))(task)
+        }),
+    }
 }
 
 /// Like [`with_task`] for drop paths: nothing when there is no table or it is borrowed.
 pub(crate) fn try_with_task<R>(f: impl FnOnce(&mut Task) -> R) -> Option<R> {
-    TASK.try_with(|task| task.try_borrow_mut().ok().map(|mut task| f(&mut task)))
-        .ok()
-        .flatten()
+    let mut f = Some(f);
+    let inside = TASK.try_with(|task| {
+        let mut task = task.try_borrow_mut().ok()?;
+        Some((f.take().expect("called once"))(&mut task))
+    });
+    match inside {
+        Ok(result) => result,
+        Err(_) => PARKED
+            .try_with(|parked| {
+                let mut parked = parked.try_borrow_mut().ok()?;
+                let task = parked.as_mut()?;
+                Some((f.take().expect("called once"))(task))
+            })
+            .ok()
+            .flatten(),
+    }
+}
+
+/// Whether there is a table to use: the task's, or one a test transaction parked on this
+/// thread.
+pub(crate) fn has_table() -> bool {
+    in_task_scope() || has_parked()
 }
 
 /// Runs `f` on the alias's state (created on first use).
@@ -244,7 +321,11 @@ pub(crate) fn peek<R>(alias: &str, f: impl FnOnce(Option<&AliasState<AsyncFlavor
     });
     match inside {
         Ok(result) => result,
-        Err(_) => (f.take().expect("called once"))(None),
+        Err(_) => PARKED.with(|parked| {
+            let parked = parked.borrow();
+            let state = parked.as_ref().and_then(|task| task.states.find(alias));
+            (f.take().expect("called once"))(state)
+        }),
     }
 }
 
@@ -264,11 +345,16 @@ impl Future for Turn<'_> {
         with_task(|task| {
             let index = task.states.index(self.alias);
             let state = task.states.at(index);
-            // A test transaction's block has no body being polled: everything the test
-            // awaits runs inside it.
+            // A test transaction's or a request's block has no body being polled:
+            // everything the test or the view awaits runs inside it.
             let ok = !task.busy.contains(&index)
                 && state.blocks.last().is_none_or(|block| {
-                    task.polling.contains(&block.token) || opened_by_test_transaction(block)
+                    task.polling.contains(&block.token)
+                        || opened_by_test_transaction(block)
+                        || task
+                            .request
+                            .as_ref()
+                            .is_some_and(|request| request.holds_block(block.token))
                 });
             if ok {
                 Poll::Ready(())
