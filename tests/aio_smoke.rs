@@ -223,3 +223,47 @@ async fn test_transaction_rolls_back_and_captures_callbacks() {
     test.rollback().await;
     assert_eq!(count(&url).await, 0);
 }
+
+/// A3: sibling `aio::connection` calls under `join!` inside a block take turns on the block's
+/// connection (a sibling waits; only code inside a closure is refused).
+#[tokio::test(flavor = "multi_thread")]
+async fn joined_connection_calls_take_turns() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = dir.path().join("db.sqlite").display().to_string();
+    let manager = AsyncDieselConnectionManager::<Conn>::new(url.clone());
+    let pool = Pool::builder(manager).max_size(1).build().unwrap();
+    let _g = Databases::new()
+        .add("default", Database::new_async(pool))
+        .enter();
+    aio::connection(async |c: &mut Conn| c.batch_execute("CREATE TABLE t (id INTEGER)").await)
+        .await
+        .unwrap();
+    let insert = async |id: i32| {
+        aio::connection(async |c: &mut Conn| {
+            c.batch_execute(&format!("INSERT INTO t VALUES ({id})"))
+                .await?;
+            tokio::task::yield_now().await;
+            c.batch_execute(&format!("INSERT INTO t VALUES ({})", id + 1))
+                .await
+        })
+        .await
+    };
+    aio::transaction::atomic(async || {
+        let (a, b) = tokio::join!(insert(10), insert(20));
+        a?;
+        b?;
+        // Inside a closure, the alias is in use: refused at once, never a wait.
+        let inside = aio::connection(async |_: &mut Conn| {
+            aio::connection(async |_: &mut Conn| Ok::<(), Error>(())).await
+        })
+        .await;
+        assert!(
+            matches!(inside, Err(Error::ConnectionInUse { .. })),
+            "{inside:?}"
+        );
+        Ok::<(), Error>(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(count(&url).await, 4);
+}

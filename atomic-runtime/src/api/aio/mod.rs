@@ -51,7 +51,7 @@ use crate::databases::DEFAULT_DB_ALIAS;
 use crate::engine::aio::block::{self, Outcome};
 use crate::engine::aio::hooks;
 use crate::engine::aio::lend::Lent;
-use crate::engine::aio::state::{self, AsyncCallback};
+use crate::engine::aio::state::{self, AsyncCallback, InBlock};
 use crate::engine::rules;
 use crate::error::Error;
 use crate::options::BlockOptions;
@@ -275,6 +275,7 @@ impl Db<'_> {
             aio_request::touch(alias).await?;
             let mut lent = Lent::take(alias).await?;
             let expected = lent.type_name();
+            let token = lent.token;
             let Some(conn) = lent.conn().as_any().downcast_mut::<C>() else {
                 lent.give_back().await;
                 return Err(Error::WrongConnectionType {
@@ -283,7 +284,13 @@ impl Db<'_> {
                 }
                 .into());
             };
-            let result = f(conn).await;
+            // Polled under the call's token: a block or `connection()` inside the closure
+            // is refused at once, a sibling's waits (A3).
+            let result = InBlock {
+                token,
+                body: f(conn),
+            }
+            .await;
             lent.give_back().await;
             result
         }))

@@ -7,6 +7,7 @@ use crate::engine::aio::block::checkout;
 use crate::engine::aio::hooks;
 use crate::engine::aio::state;
 use crate::engine::rules::{self, GiveBack, Lend};
+use crate::engine::state::BlockToken;
 use crate::error::Error;
 
 /// The alias's connection, taken out of the task's state while the closure uses it. Given
@@ -18,6 +19,8 @@ pub(crate) struct Lent {
     pooled: Option<Box<dyn AsyncPooledConn>>,
     /// The connection belongs to an open block (put it back) rather than to this call.
     from_block: bool,
+    /// The token the closure is polled under (see `Task::lends`).
+    pub(crate) token: BlockToken,
 }
 
 impl Lent {
@@ -31,20 +34,25 @@ impl Lent {
                 Lend::CheckOut => None,
             })
         })?;
+        let token = BlockToken::next();
         if let Some(pooled) = from_block {
+            register(alias, token);
             return Ok(Lent {
                 alias: alias.into(),
                 pooled: Some(pooled),
                 from_block: true,
+                token,
             });
         }
         let pooled = checkout(alias).await?;
         let id = pooled.id();
         state::with(alias, |state| rules::lend_checked_out(state, id));
+        register(alias, token);
         Ok(Lent {
             alias: alias.into(),
             pooled: Some(pooled),
             from_block: false,
+            token,
         })
     }
 
@@ -76,8 +84,10 @@ impl Lent {
             pooled.inner().mark_broken();
         }
         let from_block = self.from_block;
+        let token = self.token;
         let back = state::try_with_task(|task| {
             let index = task.states.index(&self.alias);
+            task.lends.retain(|(_, lent)| *lent != token);
             let state = task.states.at(index);
             let back = rules::give_back(state, from_block);
             if back.to_block
@@ -105,6 +115,14 @@ impl Lent {
         drop(pooled);
         after_lend
     }
+}
+
+/// Records the call's hold on `alias` (see `Task::lends`).
+fn register(alias: &str, token: BlockToken) {
+    state::with_task(|task| {
+        let index = task.states.index(alias);
+        task.lends.push((index, token));
+    });
 }
 
 impl Drop for Lent {

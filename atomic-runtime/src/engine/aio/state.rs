@@ -74,6 +74,10 @@ pub(crate) struct Task {
     /// The aliases (state indexes) whose connection the engine's own SQL has out right now
     /// (BEGIN, SAVEPOINT, RELEASE...): a sibling waits for it rather than find it missing.
     pub(crate) busy: Vec<usize>,
+    /// The `aio::connection` calls holding an alias's connection (state index, and the token
+    /// their closure is polled under): code inside the closure that reaches for the alias is
+    /// refused (`ConnectionInUse`), a sibling branch waits for its turn (A3).
+    pub(crate) lends: Vec<(usize, BlockToken)>,
     /// The registry in force where the task's first block began (the thread's `enter`ed one
     /// or the installed one): a task moves between worker threads, its registry does not.
     pub(crate) databases: Option<Databases>,
@@ -88,6 +92,7 @@ impl Task {
             polling: Vec::new(),
             waiting: Vec::new(),
             busy: Vec::new(),
+            lends: Vec::new(),
             databases: crate::databases::current().ok(),
             request: None,
         }
@@ -111,6 +116,7 @@ impl Task {
             && self.request.is_none()
             && self.polling.is_empty()
             && self.busy.is_empty()
+            && self.lends.is_empty()
     }
 }
 
@@ -347,7 +353,12 @@ impl Future for Turn<'_> {
             let state = task.states.at(index);
             // A test transaction's or a request's block has no body being polled:
             // everything the test or the view awaits runs inside it.
+            let lent_to_a_sibling = task
+                .lends
+                .iter()
+                .any(|(lent, token)| *lent == index && !task.polling.contains(token));
             let ok = !task.busy.contains(&index)
+                && !lent_to_a_sibling
                 && state.blocks.last().is_none_or(|block| {
                     task.polling.contains(&block.token)
                         || opened_by_test_transaction(block)
