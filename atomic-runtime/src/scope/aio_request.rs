@@ -120,7 +120,7 @@ async fn end<T, E: From<Error>>(
             continue;
         };
         let commit = end.commits();
-        let mut armed = Armed::for_request(&alias, entered);
+        let mut armed = Armed::for_request(entered);
         let exit = block::leave(&alias, &mut armed, None, commit).await;
         armed.done();
         let ended = match exit.error {
@@ -191,9 +191,9 @@ impl Drop for Abandon {
         }
         let request = state::try_with_task(|task| task.request.take()).flatten();
         let Some(request) = request else { return };
-        for (alias, transaction) in request.scope.aliases {
+        for (_, transaction) in request.scope.aliases {
             if let RequestTransaction::Begun(entered) = transaction {
-                block::cancel_entered(&alias, entered);
+                block::cancel_entered(entered);
             }
         }
         drop(request.early);

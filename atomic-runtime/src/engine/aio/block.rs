@@ -125,7 +125,8 @@ pub(crate) async fn finish<T, E: From<Error>>(
 /// on the caller's connection, which a destructor cannot reach, the connection is remembered
 /// as stale; a nested block marks its parent.
 pub(crate) struct Armed {
-    alias: Box<str>,
+    /// The alias's state index (`Entered::index`): no name to copy on the hot path.
+    index: usize,
     pub(crate) token: BlockToken,
     pub(crate) entered: Option<Entered>,
     /// Where the block is, for a drop: its body, or its own SQL.
@@ -146,9 +147,9 @@ enum Exiting {
 }
 
 impl Armed {
-    fn new(alias: &str, entered: Entered) -> Armed {
+    fn new(entered: Entered) -> Armed {
         Armed {
-            alias: alias.into(),
+            index: entered.index,
             token: entered.token,
             entered: Some(entered),
             phase: Cancelled::InSql,
@@ -162,8 +163,8 @@ impl Armed {
     }
 
     /// A request transaction's block, being ended by the request (`aio::request`).
-    pub(crate) fn for_request(alias: &str, entered: Entered) -> Armed {
-        let mut armed = Armed::new(alias, entered);
+    pub(crate) fn for_request(entered: Entered) -> Armed {
+        let mut armed = Armed::new(entered);
         armed.phase = Cancelled::InBody;
         armed
     }
@@ -183,26 +184,26 @@ impl Armed {
 }
 
 /// Rule A2 for a block whose owner (a request) was dropped before ending it.
-pub(crate) fn cancel_entered(alias: &str, entered: Entered) {
-    cancel(alias, entered.token, Cancelled::InBody);
+pub(crate) fn cancel_entered(entered: Entered) {
+    cancel(entered.index, entered.token, Cancelled::InBody);
 }
 
 impl Drop for Armed {
     fn drop(&mut self) {
         if let Some(exiting) = self.exiting.take() {
-            return cancelled_while_exiting(&self.alias, exiting);
+            return cancelled_while_exiting(self.index, exiting);
         }
         if self.entered.take().is_some() {
-            cancel(&self.alias, self.token, self.phase);
+            cancel(self.index, self.token, self.phase);
         }
     }
 }
 
 #[cold]
-fn cancel(alias: &str, token: BlockToken, phase: Cancelled) {
-    let Some((plan, connection, pooled)) = state::try_with_task(|task| {
-        let index = task.states.index(alias);
+fn cancel(index: usize, token: BlockToken, phase: Cancelled) {
+    let Some((plan, connection, pooled, alias)) = state::try_with_task(|task| {
         let state = task.states.at(index);
+        let alias = state.alias().to_owned();
         let connection = state.slot.connection();
         let plan = rules::cancel(state, token, phase);
         let pooled = match &plan {
@@ -212,7 +213,7 @@ fn cancel(alias: &str, token: BlockToken, phase: Cancelled) {
             } => state.release_held(),
             _ => None,
         };
-        (plan, connection, pooled)
+        (plan, connection, pooled, alias)
     }) else {
         return;
     };
@@ -248,16 +249,12 @@ fn cancel(alias: &str, token: BlockToken, phase: Cancelled) {
 }
 
 #[cold]
-fn cancelled_while_exiting(alias: &str, exiting: Exiting) {
-    tracing::warn!(
-        alias,
-        "an atomic block was cancelled while it committed or rolled back"
-    );
+fn cancelled_while_exiting(index: usize, exiting: Exiting) {
+    tracing::warn!("an atomic block was cancelled while it committed or rolled back");
     match exiting {
         Exiting::CallersOutermost { id, depth_before } => stale::remember(id, depth_before),
         Exiting::CallersSavepoint => {
             state::try_with_task(|task| {
-                let index = task.states.index(alias);
                 let state = task.states.at(index);
                 if let Some(parent) = state.blocks.last_mut() {
                     parent.child_cancelled = Cancelled::InSql;
@@ -285,20 +282,21 @@ fn discard(pooled: Option<Box<dyn AsyncPooledConn>>) {
 /// awaits on it. Dropped before it was put back (the future was cancelled), it goes back
 /// marked broken, so the block it belongs to can only fail.
 struct Taken {
-    alias: Box<str>,
+    /// The alias's state index.
+    index: usize,
     pooled: Option<Box<dyn AsyncPooledConn>>,
 }
 
 impl Taken {
     fn take(alias: &str) -> Option<Taken> {
-        let pooled = state::with_task(|task| {
+        let (index, pooled) = state::with_task(|task| {
             let index = task.states.index(alias);
             let pooled = task.states.at(index).take_held()?;
             task.busy.push(index);
-            Some(pooled)
+            Some((index, pooled))
         })?;
         Some(Taken {
-            alias: alias.into(),
+            index,
             pooled: Some(pooled),
         })
     }
@@ -309,8 +307,8 @@ impl Taken {
 
     fn put_back(mut self) {
         let pooled = self.pooled.take().expect("taken until put back");
+        let index = self.index;
         state::with_task(|task| {
-            let index = task.states.index(&self.alias);
             task.states.at(index).put_back(pooled);
             task.busy.retain(|busy| *busy != index);
         });
@@ -324,8 +322,8 @@ impl Drop for Taken {
             return;
         };
         pooled.inner().mark_broken();
+        let index = self.index;
         let back = state::try_with_task(|task| {
-            let index = task.states.index(&self.alias);
             task.busy.retain(|busy| *busy != index);
             let state = task.states.at(index);
             if matches!(state.slot, Slot::Lent(_)) && state.in_atomic_block() {
@@ -360,7 +358,7 @@ pub(crate) async fn enter(
     })?;
     match plan {
         EnterPlan::Merged(entered) => {
-            let mut armed = Armed::new(alias, entered);
+            let mut armed = Armed::new(entered);
             armed.phase = Cancelled::InBody;
             Ok(armed)
         }
@@ -369,7 +367,7 @@ pub(crate) async fn enter(
             let depth = callers_connection.map_or(0, |conn| conn.depth);
             // Armed in its SQL phase: dropped during the BEGIN or SAVEPOINT, the block is
             // taken off the state and the connection counts as unknown.
-            let mut armed = Armed::new(alias, entered);
+            let mut armed = Armed::new(entered);
             match begin_on(alias, conn, options, begin).await {
                 Ok(()) => {
                     tracing::debug!(
@@ -447,7 +445,7 @@ async fn enter_checked_out(options: &BlockOptions<'_>) -> Result<Armed, Error> {
         state.hold(pooled);
         rules::push_checked_out(state, depth_before, foreign, options, begin)
     });
-    let mut armed = Armed::new(alias, entered);
+    let mut armed = Armed::new(entered);
     armed.phase = Cancelled::InBody;
     Ok(armed)
 }
@@ -480,7 +478,7 @@ async fn enter_ambient_savepoint(alias: &str) -> Result<Armed, Error> {
     let depth_before = begun?;
     tracing::trace!(alias, depth = depth_before + 1, "SAVEPOINT");
     let entered = state::with(alias, |state| rules::push_savepoint(state, depth_before));
-    let mut armed = Armed::new(alias, entered);
+    let mut armed = Armed::new(entered);
     armed.phase = Cancelled::InBody;
     Ok(armed)
 }
@@ -870,7 +868,7 @@ pub(crate) async fn leave_test_block(alias: &str, entered: Entered) {
     if !on_top {
         return abandon_test_block(alias, entered);
     }
-    let mut armed = Armed::new(alias, entered);
+    let mut armed = Armed::new(entered);
     armed.phase = Cancelled::InBody;
     let exit = leave(alias, &mut armed, None, false).await;
     armed.disarm();
