@@ -286,7 +286,7 @@ fn missing_server(var: &str, what: &str) -> Option<String> {
 
 impl Backend for Sqlite {
     const KIND: Kind = Kind::Sqlite;
-    const SETUP: &'static str = "PRAGMA busy_timeout = 5000;";
+    const SETUP: &'static str = "PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;";
 
     fn unavailable() -> Option<String> {
         None
