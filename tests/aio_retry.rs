@@ -1,13 +1,16 @@
 //! Rerunning durable async blocks after transient failures (rule R1), ported from
 //! tests/retry.rs: genuine serialization conflicts (PostgreSQL, two concurrent SERIALIZABLE
-//! transactions) and deadlocks (MariaDB 1213) between two tasks on the real servers, retried
+//! transactions) and deadlocks (PostgreSQL 40P01, MariaDB 1213) between two tasks on the real servers, retried
 //! with `#[atomic(durable = true, retry = n)] async fn` until both commit, with the final value
 //! exact; without retry the error surfaces. Plus the rule that a retrying block inside another
 //! is `DurableNested`, on every backend.
 //!
 //! The async `Atomic` builder has no `retry`, so the retrying blocks are attribute functions
-//! (with the default backoff). Not ported yet: SQLite's stale-snapshot BUSY, give-up after the
-//! policy with its log events, panics and user error types, a COMMIT of unknown outcome.
+//! (`#[atomic(durable = true, retry = n)] async fn`, with the default backoff; the sync suite's
+//! blocks need not be durable, the async attribute requires it). Also ported: SQLite's
+//! stale-snapshot BUSY, giving up after the policy with its log events, other errors and
+//! panics not retried, a user error type read through `AsDieselError`, a COMMIT of unknown
+//! outcome (PostgreSQL, MariaDB), and deadlocks on PostgreSQL as well as MariaDB.
 #![cfg(feature = "async")]
 #![cfg_attr(
     not(all(feature = "async-postgres", feature = "async-mysql")),
@@ -25,7 +28,12 @@ use diesel_atomic::aio::transaction;
 use diesel_atomic::{Error, atomic};
 use tokio::sync::Barrier;
 
-aio_tests!(deadpool: a_retrying_block_inside_another_is_durable_nested);
+aio_tests!(deadpool:
+    retry_gives_up_after_the_policy_and_returns_the_last_error,
+    other_errors_and_panics_are_not_retried,
+    a_users_error_type_is_read_through_as_diesel_error,
+    a_retrying_block_inside_another_is_durable_nested,
+);
 
 /// What one of the two tasks shares with its attempts.
 struct Attempt {
@@ -269,14 +277,18 @@ macro_rules! server_tests {
     };
 }
 
-// MariaDB's SERIALIZABLE is locking, not SSI: the same schedule deadlocks there instead.
+// MariaDB's SERIALIZABLE is locking, not SSI: the same schedule deadlocks there instead
+// (covered by the deadlock tests).
 #[cfg(feature = "async-postgres")]
 server_tests!(
     postgres_only,
     diesel_async::AsyncPgConnection,
     [
         serialization_conflicts_are_retried_to_a_serial_outcome,
-        without_retry_one_serialization_conflict_is_an_error
+        without_retry_one_serialization_conflict_is_an_error,
+        deadlocks_are_retried,
+        without_retry_the_deadlock_victim_gets_the_error,
+        a_commit_with_unknown_outcome_is_not_retried
     ]
 );
 
@@ -286,6 +298,222 @@ server_tests!(
     diesel_async::AsyncMysqlConnection,
     [
         deadlocks_are_retried,
-        without_retry_the_deadlock_victim_gets_the_error
+        without_retry_the_deadlock_victim_gets_the_error,
+        a_commit_with_unknown_outcome_is_not_retried
     ]
 );
+
+server_tests!(
+    sqlite_only,
+    crate::common_aio::Sqlite,
+    [sqlite_stale_snapshot_busy_is_retried]
+);
+
+fn serialization_failure() -> DieselError {
+    DieselError::DatabaseError(
+        DatabaseErrorKind::SerializationFailure,
+        Box::new("could not serialize access due to read/write dependencies".to_owned()),
+    )
+}
+
+/// The attempts a block made so far.
+fn attempts_of(counter: &AtomicUsize) -> usize {
+    counter.load(Ordering::SeqCst)
+}
+
+#[atomic(durable = true, retry = 3)]
+async fn stale_snapshot_block<C: Backend>(url: &str, attempts: &AtomicUsize) -> Result<(), Error> {
+    let attempt = attempts.fetch_add(1, Ordering::SeqCst) + 1;
+    let seen = visible_ambient::<C>().await?.len() as i32;
+    if attempt == 1 {
+        // Another connection writes and commits after this transaction's read.
+        let mut writer = C::establish(url).await.expect("writer connection");
+        insert(&mut writer, 1).await.expect("the writer's insert");
+    }
+    insert_ambient::<C>(100 + seen).await
+}
+
+/// SQLite in WAL mode: a deferred transaction that read, then lost the write lock race to a
+/// writer that committed after its read, fails with SQLITE_BUSY at its first write, busy
+/// timeout or not (its snapshot is stale). Rerun, it succeeds.
+async fn sqlite_stale_snapshot_busy_is_retried<C: Backend>(pool: PoolKind) {
+    let db = TestDb::<C>::new(pool, 2).await;
+    let attempts = AtomicUsize::new(0);
+    let (result, warnings) = capture_logs(
+        tracing::Level::WARN,
+        stale_snapshot_block::<C>(&db.url, &attempts),
+    )
+    .await;
+    result.unwrap();
+    assert_eq!(attempts_of(&attempts), 2);
+    assert_eq!(db.committed().await, [1, 101]);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("retrying atomic block"),
+        "{warnings:?}"
+    );
+    assert_pool_clean(&db, 2).await;
+}
+
+#[atomic(durable = true, retry = 3)]
+async fn always_serialization_failure<C: Backend>(
+    attempts: &AtomicUsize,
+) -> Result<(), DieselError> {
+    attempts.fetch_add(1, Ordering::SeqCst);
+    create_reporter::<C>("Tintin", "")
+        .await
+        .map_err(|_| serialization_failure())?;
+    Err(serialization_failure())
+}
+
+async fn retry_gives_up_after_the_policy_and_returns_the_last_error<C: Backend>(pool: PoolKind) {
+    let db = TestDb::<C>::new(pool, 2).await;
+    let attempts = AtomicUsize::new(0);
+    let (result, warnings) = capture_logs(
+        tracing::Level::WARN,
+        always_serialization_failure::<C>(&attempts),
+    )
+    .await;
+    assert!(matches!(
+        result,
+        Err(DieselError::DatabaseError(
+            DatabaseErrorKind::SerializationFailure,
+            _
+        ))
+    ));
+    assert_eq!(attempts_of(&attempts), 4, "the first attempt and 3 retries");
+    assert!(db.reporters().await.is_empty(), "every attempt rolled back");
+    // One event per retry, then one when giving up.
+    assert_eq!(warnings.len(), 4, "{warnings:?}");
+    assert!(
+        warnings[..3].iter().all(|w| w.contains("retrying")),
+        "{warnings:?}"
+    );
+    assert!(warnings[3].contains("no retries left"), "{warnings:?}");
+    assert_pool_clean(&db, 2).await;
+}
+
+#[atomic(durable = true, retry = 3)]
+async fn unique_violation_block<C: Backend>(attempts: &AtomicUsize) -> Result<(), Error> {
+    attempts.fetch_add(1, Ordering::SeqCst);
+    insert_ambient::<C>(7).await?;
+    insert_ambient::<C>(7).await
+}
+
+#[atomic(durable = true, retry = 3)]
+async fn panicking_block<C: Backend>(attempts: &AtomicUsize) -> Result<(), TestErrorWithDiesel> {
+    attempts.fetch_add(1, Ordering::SeqCst);
+    create_reporter::<C>("Tintin", "").await?;
+    panic!("not retried");
+}
+
+async fn other_errors_and_panics_are_not_retried<C: Backend>(pool: PoolKind) {
+    quiet_expected_panics("not retried");
+    let db = TestDb::<C>::new(pool, 2).await;
+    let attempts = AtomicUsize::new(0);
+    let result = unique_violation_block::<C>(&attempts).await;
+    assert!(
+        matches!(
+            result,
+            Err(Error::Database(DieselError::DatabaseError(
+                DatabaseErrorKind::UniqueViolation,
+                _
+            )))
+        ),
+        "{result:?}"
+    );
+    assert_eq!(attempts_of(&attempts), 1);
+
+    let attempts = AtomicUsize::new(0);
+    let panicked = catch_unwind(panicking_block::<C>(&attempts)).await;
+    assert!(panicked.is_err());
+    assert_eq!(attempts_of(&attempts), 1);
+    assert!(db.reporters().await.is_empty());
+    assert!(db.committed().await.is_empty());
+    assert_pool_clean(&db, 2).await;
+}
+
+/// A user error type for `retry`: wraps both error types and hands out the diesel one.
+#[derive(Debug)]
+enum TestErrorWithDiesel {
+    Db(DieselError),
+    Runtime(Error),
+}
+
+impl From<Error> for TestErrorWithDiesel {
+    fn from(error: Error) -> Self {
+        TestErrorWithDiesel::Runtime(error)
+    }
+}
+
+impl diesel_atomic::AsDieselError for TestErrorWithDiesel {
+    fn as_diesel_error(&self) -> Option<&DieselError> {
+        match self {
+            TestErrorWithDiesel::Db(error) => Some(error),
+            TestErrorWithDiesel::Runtime(error) => error.as_diesel_error(),
+        }
+    }
+}
+
+#[atomic(durable = true, retry = 2)]
+async fn fails_twice(attempts: &AtomicUsize) -> Result<usize, TestErrorWithDiesel> {
+    let attempt = attempts.fetch_add(1, Ordering::SeqCst) + 1;
+    if attempt < 3 {
+        return Err(TestErrorWithDiesel::Db(serialization_failure()));
+    }
+    Ok(attempt)
+}
+
+async fn a_users_error_type_is_read_through_as_diesel_error<C: Backend>(pool: PoolKind) {
+    let _db = TestDb::<C>::new(pool, 1).await;
+    let attempts = AtomicUsize::new(0);
+    assert_eq!(fails_twice(&attempts).await.unwrap(), 3);
+}
+
+/// Ends the server session `session` from `admin` (PostgreSQL: `pg_terminate_backend`;
+/// MariaDB: `KILL`).
+async fn kill_session<C: Backend>(admin: &mut C, session: i64) -> Result<(), DieselError> {
+    let sql = match C::KIND {
+        Kind::Postgres => format!("SELECT pg_terminate_backend({session})"),
+        Kind::Mysql => format!("KILL {session}"),
+        Kind::Sqlite => unreachable!("SQLite has no sessions to kill"),
+    };
+    diesel_async::SimpleAsyncConnection::batch_execute(admin, &sql).await?;
+    // pg_terminate_backend signals the backend: give it a moment to exit.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    Ok(())
+}
+
+#[atomic(durable = true, retry = 3)]
+async fn killed_before_commit<C: Backend>(
+    admin: &tokio::sync::Mutex<C>,
+    attempts: &AtomicUsize,
+) -> Result<(), Error> {
+    attempts.fetch_add(1, Ordering::SeqCst);
+    create_reporter::<C>("Tintin", "").await?;
+    let session = diesel_atomic::aio::connection(async |conn: &mut C| {
+        conn.session_id().await.map_err(Error::from)
+    })
+    .await?
+    .expect("a server session");
+    kill_session(&mut *admin.lock().await, session).await?;
+    Ok(())
+}
+
+/// The connection dies after the body's last statement, so the COMMIT's outcome is unknown
+/// to the client: it is never retried (it might have committed).
+async fn a_commit_with_unknown_outcome_is_not_retried<C: Backend>(pool: PoolKind) {
+    let db = TestDb::<C>::new(pool, 2).await;
+    let admin = tokio::sync::Mutex::new(db.raw().await);
+    let attempts = AtomicUsize::new(0);
+    let result = within(
+        PATIENCE,
+        "the killed block",
+        killed_before_commit::<C>(&admin, &attempts),
+    )
+    .await;
+    assert!(result.is_err(), "{result:?}");
+    assert_eq!(attempts_of(&attempts), 1);
+    assert!(db.reporters().await.is_empty());
+    assert_pool_clean(&db, 2).await;
+}
