@@ -42,22 +42,9 @@ aio_tests!(deadpool:
     does_not_capture_callbacks_of_a_savepoint_rolled_back_by_a_panic,
     execute_also_runs_callbacks_registered_by_callbacks,
     execute_visits_each_callback_of_a_tree_once_in_registration_order,
+    execute_logs_a_panicking_robust_callback_and_continues,
+    execute_logs_a_panicking_robust_named_fn_with_its_path,
 );
-
-// Django's captureOnCommitCallbacks(execute=True) logs a robust callback's failure as
-// "Error calling <name> in on_commit() (<error>).", as the sync runtime does; the async one
-// runs the captured callbacks through the after-commit path (engine/aio/hooks.rs
-// `run_after_commit`), whose wording adds "during transaction".
-mod runtime_bugs {
-    use super::*;
-    aio_tests!(
-        ignore = "runtime bug: aio capture_on_commit_callbacks(execute) logs a robust failure with \
-                  the after-commit wording 'in on_commit() during transaction'",
-        deadpool:
-        execute_logs_a_panicking_robust_callback_and_continues,
-        execute_logs_a_panicking_robust_named_fn_with_its_path,
-    );
-}
 
 const POOL: usize = 2;
 

@@ -157,7 +157,7 @@ impl CapturedCallbacks {
     /// Runs the captured callbacks that were not executed (`execute = false`), in order,
     /// futures awaited.
     pub async fn run(self) {
-        hooks::run_after_commit(&self.alias, self.pending).await;
+        hooks::run_captured(&self.alias, self.pending).await;
     }
 }
 
@@ -204,7 +204,7 @@ pub async fn capture_on_commit_callbacks_using<T>(
                 captured.pending.extend(batch);
                 break;
             }
-            hooks::run_after_commit(alias, batch).await;
+            hooks::run_captured(alias, batch).await;
         }
         (value, captured)
     })

@@ -63,6 +63,17 @@ fn run_now(callback: AsyncCallback) {
 /// Runs a committed transaction's callbacks in registration order (C3, A4): plain ones
 /// called, futures awaited. A plain callback's panic propagates and drops the rest (C4).
 pub(crate) async fn run_after_commit(alias: &str, callbacks: Vec<AsyncCallback>) {
+    run_queue(alias, callbacks, "in on_commit() during transaction").await;
+}
+
+/// Runs callbacks `capture_on_commit_callbacks(true, ..)` took out of the queue (T2): as
+/// after a COMMIT, with Django's wording for a callback run at once (no transaction around).
+pub(crate) async fn run_captured(alias: &str, callbacks: Vec<AsyncCallback>) {
+    run_queue(alias, callbacks, "in on_commit()").await;
+}
+
+/// Runs `callbacks` in order; `when` is Django's wording for a robust one's failure.
+async fn run_queue(alias: &str, callbacks: Vec<AsyncCallback>, when: &str) {
     if callbacks.is_empty() {
         return;
     }
@@ -74,16 +85,10 @@ pub(crate) async fn run_after_commit(alias: &str, callbacks: Vec<AsyncCallback>)
     for AsyncCallback { func, robust, name } in callbacks {
         tracing::trace!(callback = name, "on_commit callback");
         match func {
-            CallbackFn::Plain(func) => {
-                run_plain(func, robust, name, "in on_commit() during transaction")
-            }
+            CallbackFn::Plain(func) => run_plain(func, robust, name, when),
             CallbackFn::Future(future) if robust => {
                 if let Err(payload) = AssertUnwindSafe(future).catch_unwind().await {
-                    log_robust_failure(
-                        name,
-                        "in on_commit() during transaction",
-                        panic_message(payload.as_ref()),
-                    );
+                    log_robust_failure(name, when, panic_message(payload.as_ref()));
                 }
             }
             CallbackFn::Future(future) => future.await,
