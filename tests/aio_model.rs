@@ -30,9 +30,8 @@
 //! silent ROLLBACK. Unique violations are kept out of the bodies of blocks that are cut off:
 //! what an aborted transaction does across a dropped savepoint is not something the rules say.
 //!
-//! The random programs run on bb8's pool; on deadpool's, a dropped outermost block's connection
-//! keeps its transaction open (a runtime bug, kept as an ignored regression below with the
-//! other two the generator found; the generator stays clear of those two until they are fixed).
+//! The random programs run on bb8's pool and on deadpool's. The regressions below are the
+//! runtime bugs the random runs found, each a minimal program that failed before its fix.
 //!
 //! `MODEL_CASES` sets the number of cases per backend (default 1,000: about 5 s per backend in a
 //! debug build, the three side by side). A failure prints the minimal program (shrunk as proptest would) as
@@ -62,9 +61,8 @@ use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, TestRunner};
 
-/// Instantiates the tests on each backend: the random programs on bb8's pool (see
-/// `a_cut_off_outermost_block_leaves_no_transaction_open` for deadpool's), and the kept
-/// regression on deadpool's.
+/// Instantiates the tests on each backend: the random programs on bb8's pool and on
+/// deadpool's, and the regressions the random runs found (each failed before its fix).
 macro_rules! backends {
     ($($backend:ident: $conn:ty $(, $feature:literal)?;)*) => {$(
         $(#[cfg(feature = $feature)])?
@@ -82,8 +80,16 @@ macro_rules! backends {
             }
 
             #[test]
-            #[ignore = "runtime bug: after a nested explicit block with a savepoint is cut off, \
-                        on_commit in the enclosing explicit block is refused (A2)"]
+            fn model_and_runtime_agree_on_random_programs_on_deadpool() {
+                common_aio::block_on(|| {
+                    common_aio::run::<$conn, _>(
+                        PoolKind::Deadpool,
+                        super::model_and_runtime_agree_on_random_programs::<$conn>,
+                    )
+                });
+            }
+
+            #[test]
             fn an_explicit_block_after_a_cut_off_sibling_takes_on_commit() {
                 common_aio::block_on(|| {
                     common_aio::run::<$conn, _>(
@@ -94,8 +100,6 @@ macro_rules! backends {
             }
 
             #[test]
-            #[ignore = "runtime bug: work committed after a savepoint block was cut off inside a \
-                        merged block is silently rolled back with its leftover SAVEPOINT (A2)"]
             fn work_after_a_cut_off_savepoint_in_a_merged_block_commits() {
                 common_aio::block_on(|| {
                     common_aio::run::<$conn, _>(
@@ -106,8 +110,6 @@ macro_rules! backends {
             }
 
             #[test]
-            #[ignore = "runtime bug: the work of a merged block cut off inside a merged block \
-                        commits when an ancestor calls set_rollback(false) (A2)"]
             fn a_cut_off_merged_block_in_a_merged_block_never_commits() {
                 common_aio::block_on(|| {
                     common_aio::run::<$conn, _>(
@@ -118,8 +120,6 @@ macro_rules! backends {
             }
 
             #[test]
-            #[ignore = "runtime bug: on deadpool, a cut-off outermost block's connection keeps \
-                        its transaction open in the pool until its next checkout (A2)"]
             fn deadpool_a_cut_off_outermost_block_leaves_no_transaction_open() {
                 common_aio::block_on(|| {
                     common_aio::run::<$conn, _>(
@@ -400,16 +400,10 @@ fn ends() -> BoxedStrategy<Ends> {
 /// unique violations); `depth`: how many more levels of blocks may nest.
 fn op_in(context: Context, hang: bool, depth: u32, aborts: bool) -> BoxedStrategy<Op> {
     let swallow = || prop::bool::weighted(0.5);
-    // On PostgreSQL a swallowed unique violation makes the savepoint's RELEASE fail (X4), which
-    // the runtime does not recover from as X4 says (a runtime bug, see
-    // `a_failed_release_rolls_the_savepoint_back`): kept out until fixed.
-    let swallow_duplicate = move || {
-        if aborts {
-            Just(false).boxed()
-        } else {
-            swallow().boxed()
-        }
-    };
+    // On PostgreSQL a swallowed unique violation makes the savepoint's RELEASE fail (X4); see
+    // `a_failed_release_rolls_the_savepoint_back`.
+    let _ = aborts;
+    let swallow_duplicate = move || swallow().boxed();
     let mut choices: Vec<(u32, BoxedStrategy<Op>)> = Vec::new();
     match context {
         Context::Top | Context::Ambient => {
@@ -495,14 +489,13 @@ fn op_in(context: Context, hang: bool, depth: u32, aborts: bool) -> BoxedStrateg
             Context::Top => choices.push((3, block(true, body(Context::Explicit, hang), ends()))),
             Context::Explicit => {
                 choices.push((5, block(true, body(Context::Explicit, hang), ends())));
-                // Without a savepoint only: a cut-off explicit block with one makes every
-                // later `on_commit` of the enclosing explicit block fail (a runtime bug, see
+                // With or without a savepoint (see
                 // `an_explicit_block_after_a_cut_off_sibling_takes_on_commit`).
                 choices.push((
                     2,
                     block_with(
                         true,
-                        Just(false).boxed(),
+                        prop::bool::ANY.boxed(),
                         body(Context::Explicit, true),
                         hangs(),
                     ),
@@ -725,6 +718,9 @@ struct Block {
     rows_at_entry: Rows,
     /// A2: a block nested in it was dropped.
     child_cancelled: bool,
+    /// A2: a merged block nested in it (directly, or through merged blocks) was dropped: that
+    /// work is in this block's level, so this block rolls back whatever the flag says.
+    level_cancelled: bool,
 }
 
 /// How an operation left its body early.
@@ -1081,6 +1077,7 @@ impl Model {
                 kind: BlockKind::Outermost,
                 rows_at_entry: Rows::new(),
                 child_cancelled: false,
+                level_cancelled: false,
             });
             return Ok(());
         };
@@ -1108,6 +1105,7 @@ impl Model {
             kind,
             rows_at_entry,
             child_cancelled: false,
+            level_cancelled: false,
         });
         Ok(())
     }
@@ -1116,6 +1114,14 @@ impl Model {
     fn leave(&mut self, body_succeeded: bool) -> Exit {
         let block = self.blocks.pop().expect("model: the block is open");
         let success = body_succeeded && !block.child_cancelled && !self.needs_rollback;
+        if matches!(block.kind, BlockKind::Merged)
+            && block.level_cancelled
+            && let Some(parent) = self.blocks.last_mut()
+        {
+            // A2: the dropped work is in the level this merged block shares with its parent.
+            parent.child_cancelled = true;
+            parent.level_cancelled = true;
+        }
         // X2: the flag is cleared first; a merged block sets it again for its parent.
         self.needs_rollback = false;
         let conn = block.connection;
@@ -1181,20 +1187,18 @@ impl Model {
                 self.slot = Slot::Free;
             }
             kind => {
-                // As if rolled back (no SQL is sent, so an aborted transaction stays so).
-                connection.rows = block.rows_at_entry;
+                let parent = self.blocks.last_mut().expect("a nested block has a parent");
+                parent.child_cancelled = true;
                 if let BlockKind::Savepoint(savepoint) = kind {
+                    // Its savepoint goes (the runtime rolls it back before the parent's next
+                    // statement): as if rolled back.
+                    connection.rows = block.rows_at_entry;
                     let at = connection.position(savepoint);
                     connection.savepoints.truncate(at);
                     connection.depth -= 1;
-                }
-                let parent = self.blocks.last_mut().expect("a nested block has a parent");
-                parent.child_cancelled = true;
-                if matches!(parent.kind, BlockKind::Merged) {
-                    self.known_bug = Some(match kind {
-                        BlockKind::Savepoint(_) => KNOWN_BUG_LEFTOVER_SAVEPOINT,
-                        _ => KNOWN_BUG_MERGED_CUT_COMMITS,
-                    });
+                } else {
+                    // Merged: its work is in the parent's level, which must roll back.
+                    parent.level_cancelled = true;
                 }
                 self.needs_rollback = true;
             }
@@ -1250,14 +1254,6 @@ impl Model {
             .try_for_each(|callback| self.callback(callback))
     }
 }
-
-/// See `work_after_a_cut_off_savepoint_in_a_merged_block_commits`.
-const KNOWN_BUG_LEFTOVER_SAVEPOINT: &str =
-    "skipped (runtime bug): a savepoint block cut off inside a merged block";
-
-/// See `a_cut_off_merged_block_in_a_merged_block_never_commits`.
-const KNOWN_BUG_MERGED_CUT_COMMITS: &str =
-    "skipped (runtime bug): a merged block cut off inside a merged block";
 
 // ---------------------------------------------------------------------------------------------
 // The runtime side: the same program through diesel_atomic::aio on the real database.
@@ -1955,8 +1951,6 @@ async fn an_explicit_block_after_a_cut_off_sibling_takes_on_commit<C: Backend>(p
 
 #[cfg(feature = "async-postgres")]
 #[test]
-#[ignore = "runtime bug: on PostgreSQL a failed RELEASE (X4) marks the parent for rollback \
-            instead of rolling the savepoint back"]
 fn postgres_a_failed_release_rolls_the_savepoint_back() {
     common_aio::block_on(|| {
         common_aio::run::<diesel_async::AsyncPgConnection, _>(

@@ -44,6 +44,9 @@ pub trait AsyncTx: Send {
     /// Marks diesel's transaction manager broken: every later transaction call fails with
     /// `BrokenTransactionManager`, and the pools discard the connection (rule A2).
     fn mark_broken(&mut self);
+    /// Whether a pool must not get this connection back: diesel's status is in error, a
+    /// transaction is open, or diesel-async saw a transaction statement's future dropped.
+    fn is_broken(&mut self) -> bool;
     /// Which connection this is.
     fn id(&self) -> ConnectionId;
     /// The connection, for typed access (`aio::connection`).
@@ -103,6 +106,10 @@ impl<C: AsyncConnection + 'static> AsyncTx for C {
         C::TransactionManager::transaction_manager_status_mut(self).set_in_error();
     }
 
+    fn is_broken(&mut self) -> bool {
+        C::TransactionManager::is_broken_transaction_manager(self)
+    }
+
     fn id(&self) -> ConnectionId {
         ConnectionId::of(self)
     }
@@ -158,6 +165,10 @@ async fn begin_with<C: AsyncConnection>(
 /// A connection checked out of an async alias's pool.
 pub trait AsyncPooledConn: Send {
     fn inner(&mut self) -> &mut dyn AsyncTx;
+    /// Takes the connection out of its pool and closes it (the server rolls back whatever it
+    /// had open). deadpool would otherwise keep a broken connection idle in the pool, its
+    /// transaction and locks open, until its next checkout recycles it.
+    fn discard(self: Box<Self>);
     fn id(&self) -> ConnectionId;
     /// The inner connection's type, for `Error::WrongConnectionType`.
     fn type_name(&self) -> &'static str;
@@ -173,6 +184,10 @@ where
     fn inner(&mut self) -> &mut dyn AsyncTx {
         let conn: &mut M::Type = self;
         conn
+    }
+
+    fn discard(self: Box<Self>) {
+        drop(deadpool::managed::Object::take(*self));
     }
 
     fn id(&self) -> ConnectionId {
@@ -197,6 +212,12 @@ where
         conn
     }
 
+    fn discard(self: Box<Self>) {
+        // bb8 checks a returned connection (`has_broken`, diesel-async's broken check) and
+        // closes a broken one at once.
+        drop(self);
+    }
+
     fn id(&self) -> ConnectionId {
         let conn: &M::Connection = self;
         ConnectionId::of(conn)
@@ -204,5 +225,15 @@ where
 
     fn type_name(&self) -> &'static str {
         std::any::type_name::<M::Connection>()
+    }
+}
+
+/// Gives a pooled connection back: to its pool when it is clean, else closed (see
+/// [`AsyncPooledConn::discard`]), so no pool ever keeps a connection inside a transaction.
+pub(crate) fn release(mut pooled: Box<dyn AsyncPooledConn>) {
+    if pooled.inner().is_broken() {
+        pooled.discard();
+    } else {
+        drop(pooled);
     }
 }

@@ -322,6 +322,7 @@ fn push_outermost<K: Flavor>(
     callbacks_join: Option<Box<str>>,
 ) -> Entered {
     state.needs_rollback = false;
+    state.leftover_savepoint = None;
     state.begun_isolation = begun_isolation;
     // The caller's own transaction commits out of sight, unless another alias's block on the
     // same connection will commit it (then the callbacks join that block's queue).
@@ -424,6 +425,16 @@ pub(crate) fn plan_leave<K: Flavor>(
         return Leave::Lost;
     }
     let block = state.blocks.pop().expect("checked above");
+    // A leftover savepoint above this block's level goes with the block's own exit, which
+    // rolls back every level above its own (a merged block has no level of its own, and
+    // sends nothing).
+    if !matches!(block.kind, BlockKind::Merged)
+        && state
+            .leftover_savepoint
+            .is_some_and(|depth| depth >= block.depth)
+    {
+        state.leftover_savepoint = None;
+    }
     // X2: a failed body, or the rollback flag, rolls back.
     let success = body_succeeded && !state.needs_rollback;
     // X2: the flag is cleared first; a merged block sets it again for its parent.
@@ -685,11 +696,23 @@ pub(crate) fn cancel<K: Flavor>(
     let removed: Vec<Block> = state.blocks.drain(position..).collect();
     let discarded = split_off_callbacks(state, mark);
     if position > 0 {
-        let parent = &mut state.blocks[position - 1];
-        parent.child_cancelled = match (parent.child_cancelled, r#where) {
-            (Cancelled::InSql, _) | (_, Cancelled::InSql) => Cancelled::InSql,
+        // Its work is in its own savepoint, or, merged, in the parent's level.
+        let in_level = matches!(removed[0].kind, BlockKind::Merged);
+        let mark = match r#where {
+            Cancelled::InSql => Cancelled::InSql,
+            _ if in_level => Cancelled::InLevel,
             _ => Cancelled::InBody,
         };
+        if let (BlockKind::Savepoint { depth_before }, Cancelled::InBody) = (&removed[0].kind, mark)
+        {
+            state.leftover_savepoint = Some(
+                state
+                    .leftover_savepoint
+                    .map_or(*depth_before, |known| known.min(*depth_before)),
+            );
+        }
+        let parent = &mut state.blocks[position - 1];
+        parent.child_cancelled = stronger(parent.child_cancelled, mark);
         state.needs_rollback = true;
         return Cancel::Nested { discarded };
     }
@@ -713,6 +736,35 @@ pub(crate) fn cancel<K: Flavor>(
         on_callers_connection: outermost.on_callers_connection,
         discarded,
     }
+}
+
+/// Rule A2 at the exit of a merged block whose child was cancelled with its work in the
+/// level (a merged child): the level is the parent's, so the parent is marked as if the
+/// child had been its own (it rolls back and reports `Error::Cancelled`, whatever the code in
+/// between does with the rollback flag).
+#[cfg_attr(not(feature = "async"), allow(dead_code))]
+pub(crate) fn pass_cancel_up<K: Flavor>(state: &mut AliasState<K>, child: Cancelled) {
+    // A savepoint child's work went with its savepoint: the merged block failed, and marks
+    // its parent for rollback as any failed merged block does (X2), which the parent may clear.
+    if !matches!(child, Cancelled::InLevel | Cancelled::InSql) {
+        return;
+    }
+    if let Some(parent) = state.blocks.last_mut() {
+        parent.child_cancelled = stronger(parent.child_cancelled, child);
+        state.needs_rollback = true;
+    }
+}
+
+/// The mark that says more: unknown SQL over work in the level over work in a savepoint.
+#[cfg_attr(not(feature = "async"), allow(dead_code))]
+fn stronger(a: Cancelled, b: Cancelled) -> Cancelled {
+    let rank = |mark| match mark {
+        Cancelled::No => 0,
+        Cancelled::InBody => 1,
+        Cancelled::InLevel => 2,
+        Cancelled::InSql => 3,
+    };
+    if rank(a) >= rank(b) { a } else { b }
 }
 
 /// Rule A2 at a block's exit: whether a block nested in it was cancelled, and where.

@@ -117,8 +117,12 @@ pub(crate) struct Block {
 pub(crate) enum Cancelled {
     #[default]
     No,
-    /// While its body ran: the connection is as the body left it (its savepoint open).
+    /// While its body ran, and it had a savepoint: its work is in that savepoint (still open
+    /// on the connection, rolled back before the parent's next statement).
     InBody,
+    /// While its body ran, and it had no savepoint: its work is in this block's level, so
+    /// the block that owns that level (a merged block passes the mark up) must roll back.
+    InLevel,
     /// While its own SQL was awaited: what the server did is unknown, so the connection is
     /// marked broken rather than used again.
     InSql,
@@ -212,6 +216,11 @@ pub(crate) struct AliasState<K: Flavor = SyncFlavor> {
     /// dropped inside the `connection()` closure): when the connection comes back it is rolled
     /// back to this depth and returned to the pool.
     pub(crate) orphaned_at_depth: Option<u32>,
+    /// A savepoint block was cancelled in its body (A2, async): its SAVEPOINT, begun at this
+    /// depth, is still open on the connection (a destructor cannot send SQL). The next engine
+    /// step on the connection rolls back to this depth first.
+    #[cfg_attr(not(feature = "async"), allow(dead_code))]
+    pub(crate) leftover_savepoint: Option<u32>,
 }
 
 impl<K: Flavor> AliasState<K> {
@@ -230,6 +239,7 @@ impl<K: Flavor> AliasState<K> {
             callbacks_join: None,
             after_lend: Vec::new(),
             orphaned_at_depth: None,
+            leftover_savepoint: None,
         }
     }
 

@@ -10,7 +10,7 @@ use std::panic::{self, AssertUnwindSafe};
 use futures_util::FutureExt;
 
 use crate::adapter::ConnectionId;
-use crate::adapter::async_connection::{AsyncPooledConn, AsyncTx};
+use crate::adapter::async_connection::{AsyncPooledConn, AsyncTx, release};
 use crate::api::aio::AsyncFunc;
 use crate::engine::aio::hooks;
 use crate::engine::aio::stale;
@@ -274,7 +274,7 @@ fn cancelled_while_exiting(index: usize, exiting: Exiting) {
 fn discard(pooled: Option<Box<dyn AsyncPooledConn>>) {
     if let Some(mut pooled) = pooled {
         pooled.inner().mark_broken();
-        drop(pooled);
+        release(pooled);
     }
 }
 
@@ -333,8 +333,10 @@ impl Drop for Taken {
                 Some(pooled)
             }
         });
-        // No block to go back to: to the pool, which discards it.
-        drop(back);
+        // No block to go back to: closed.
+        if let Some(pooled) = back.flatten() {
+            release(pooled);
+        }
         state::wake_waiting();
     }
 }
@@ -349,6 +351,12 @@ pub(crate) async fn enter(
 ) -> Result<Armed, Error> {
     let alias = options.using;
     state::turn(alias).await;
+    if let Some(conn) = caller.as_deref_mut() {
+        let id = conn.id();
+        if state::with(alias, |state| state.block_connection == Some(id)) {
+            close_cancelled_levels(alias, conn).await;
+        }
+    }
     let callers_connection = match caller.as_deref_mut() {
         Some(conn) => Some(callers_connection(alias, conn)?),
         None => None,
@@ -388,6 +396,18 @@ pub(crate) async fn enter(
         }
         EnterPlan::CheckOut => enter_checked_out(options).await,
         EnterPlan::AmbientSavepoint => enter_ambient_savepoint(alias).await,
+    }
+}
+
+/// A savepoint block was cancelled in its body: its SAVEPOINT is still open on the connection
+/// (a destructor cannot send SQL). Rolled back here, at the next engine step on the
+/// connection, so the statements after it run at their own block's level (and are not rolled
+/// back with the leftover savepoint at that block's exit) and later blocks nest where the
+/// rules expect them.
+pub(crate) async fn close_cancelled_levels(alias: &str, conn: &mut dyn AsyncTx) {
+    let leftover = state::with(alias, |state| state.leftover_savepoint.take());
+    if let Some(depth_before) = leftover {
+        close_levels_left_open(alias, conn, depth_before).await;
     }
 }
 
@@ -470,6 +490,7 @@ pub(crate) fn lookup(alias: &str) -> Result<crate::databases::Database, Error> {
 async fn enter_ambient_savepoint(alias: &str) -> Result<Armed, Error> {
     let mut taken = Taken::take(alias).expect("an ambient block holds its connection");
     let conn = taken.conn();
+    close_cancelled_levels(alias, conn).await;
     let begun = match conn.depth() {
         Ok(depth_before) => conn.begin().await.map(|()| depth_before),
         Err(error) => Err(error),
@@ -522,6 +543,9 @@ pub(crate) async fn leave(
     let (plan, pooled, child) = state::with(alias, |state| {
         let child = rules::child_cancelled(state, &entered);
         let plan = rules::plan_leave(state, &entered, body_succeeded && child == Cancelled::No);
+        if matches!(plan, Leave::Done) && child != Cancelled::No {
+            rules::pass_cancel_up(state, child);
+        }
         let pooled = match &plan {
             Leave::Outermost { .. } => state.release_held(),
             _ => None,
@@ -619,9 +643,11 @@ async fn leave_outermost(
             None
         }
     };
-    // Back to the pool before the callbacks run (C3); the pool discards it if diesel-async
-    // reports it broken or inside a transaction.
-    drop(pooled);
+    // Back to the pool before the callbacks run (C3), or closed if diesel-async reports it
+    // broken or inside a transaction.
+    if let Some(pooled) = pooled {
+        release(pooled);
+    }
     let committed = error.is_none() && success;
     let callbacks = if rules::callbacks_survive(foreign, committed) {
         route_callbacks(alias, route, callbacks)

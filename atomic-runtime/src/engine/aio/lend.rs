@@ -2,7 +2,7 @@
 //! one checked out for the call (autocommit). The decisions are `rules::lend` and
 //! `rules::give_back`, as for sync code.
 
-use crate::adapter::async_connection::{AsyncPooledConn, AsyncTx};
+use crate::adapter::async_connection::{AsyncPooledConn, AsyncTx, release};
 use crate::engine::aio::block::checkout;
 use crate::engine::aio::hooks;
 use crate::engine::aio::state;
@@ -37,12 +37,16 @@ impl Lent {
         let token = BlockToken::next();
         if let Some(pooled) = from_block {
             register(alias, token);
-            return Ok(Lent {
+            // Lent first, so a drop during the cleanup below gives the connection back to its
+            // block (marked broken), never to the pool.
+            let mut lent = Lent {
                 alias: alias.into(),
                 pooled: Some(pooled),
                 from_block: true,
                 token,
-            });
+            };
+            crate::engine::aio::block::close_cancelled_levels(alias, lent.conn()).await;
+            return Ok(lent);
         }
         let pooled = checkout(alias).await?;
         let id = pooled.id();
@@ -111,8 +115,10 @@ impl Lent {
             // transaction, and a destructor cannot await a ROLLBACK.
             pooled.inner().mark_broken();
         }
-        // Back to the pool before the callbacks run.
-        drop(pooled);
+        // Back to the pool (closed if broken) before the callbacks run.
+        if let Some(pooled) = pooled {
+            release(pooled);
+        }
         after_lend
     }
 }
