@@ -17,7 +17,7 @@ use futures_util::future::BoxFuture;
 
 use super::begin_sql::statements;
 use super::connection::ConnectionId;
-use super::internals::{BackendKind, release_rolled_back_savepoint_sql};
+use super::internals::{BackendKind, release_rolled_back_savepoint_sql, savepoint_name};
 use crate::error::Error;
 use crate::options::BeginOptions;
 
@@ -39,6 +39,11 @@ pub trait AsyncTx: Send {
     fn rollback(&mut self) -> BoxFuture<'_, QueryResult<()>>;
     /// RELEASE of the savepoint diesel rolled back to at `depth_before` (diesel keeps it).
     fn release_rolled_back(&mut self, depth_before: u32) -> BoxFuture<'_, QueryResult<()>>;
+    /// ROLLBACK TO and RELEASE of the savepoint begun at `depth_before`, in SQL of ours:
+    /// after a failed RELEASE, diesel-async lowers its depth without rolling the savepoint
+    /// back (unlike diesel), so the savepoint is still there, in an aborted transaction on
+    /// PostgreSQL (rule X4).
+    fn rollback_released(&mut self, depth_before: u32) -> BoxFuture<'_, QueryResult<()>>;
     /// Whether an open transaction the runtime did not begin is a test transaction.
     fn open_transaction_is_test(&mut self) -> bool;
     /// Marks diesel's transaction manager broken: every later transaction call fails with
@@ -92,6 +97,16 @@ impl<C: AsyncConnection + 'static> AsyncTx for C {
 
     fn release_rolled_back(&mut self, depth_before: u32) -> BoxFuture<'_, QueryResult<()>> {
         async move {
+            let sql = release_rolled_back_savepoint_sql(depth_before);
+            self.batch_execute(&sql).await
+        }
+        .boxed()
+    }
+
+    fn rollback_released(&mut self, depth_before: u32) -> BoxFuture<'_, QueryResult<()>> {
+        async move {
+            let sql = format!("ROLLBACK TO SAVEPOINT {}", savepoint_name(depth_before));
+            self.batch_execute(&sql).await?;
             let sql = release_rolled_back_savepoint_sql(depth_before);
             self.batch_execute(&sql).await
         }

@@ -797,9 +797,9 @@ async fn release_savepoint(
             tracing::error!(alias, %error, "RELEASE SAVEPOINT failed");
             let recovered = match rules::recover_release(conn.depth().ok(), depth_before) {
                 ReleaseRecovery::RollbackTo => rollback_savepoint(alias, conn, depth_before).await,
-                ReleaseRecovery::ReleaseOnly => {
-                    conn.release_rolled_back(depth_before).await.is_ok()
-                }
+                // diesel-async lowered its depth without rolling the savepoint back (diesel
+                // rolls it back): both are left to do.
+                ReleaseRecovery::ReleaseOnly => conn.rollback_released(depth_before).await.is_ok(),
                 ReleaseRecovery::Lost => false,
             };
             (Some(error), !recovered)
