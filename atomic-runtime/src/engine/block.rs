@@ -88,25 +88,49 @@ pub(crate) fn finish<T, E: From<Error>>(
     outcome: std::thread::Result<Result<T, E>>,
     exit: Exit,
 ) -> Result<T, E> {
+    match settle(alias, outcome, exit.error) {
+        Settled::Committed(value) => {
+            hooks::run_after_commit(alias, exit.callbacks);
+            Ok(value)
+        }
+        Settled::Returned(result) => result,
+    }
+}
+
+/// What a block returns, before its callbacks run.
+pub(crate) enum Settled<T, E> {
+    /// The body succeeded and the exit committed (or released): run the callbacks, then
+    /// return the value.
+    Committed(T),
+    /// The body's error, or the exit's.
+    Returned(Result<T, E>),
+}
+
+/// Rule X3, for both executors: the body's error or panic wins over the exit's own failure
+/// (logged); the exit's failure turns a successful body into an error. A panic is resumed
+/// unchanged.
+#[inline]
+pub(crate) fn settle<T, E: From<Error>>(
+    alias: &str,
+    outcome: std::thread::Result<Result<T, E>>,
+    exit_error: Option<Error>,
+) -> Settled<T, E> {
     match outcome {
         Err(payload) => {
-            if let Some(error) = exit.error {
+            if let Some(error) = exit_error {
                 tracing::error!(alias, %error, "leaving an atomic block after a panic failed");
             }
             panic::resume_unwind(payload)
         }
         Ok(Err(error)) => {
-            if let Some(exit_error) = exit.error {
+            if let Some(exit_error) = exit_error {
                 tracing::error!(alias, error = %exit_error, "leaving a failed atomic block failed too");
             }
-            Err(error)
+            Settled::Returned(Err(error))
         }
-        Ok(Ok(value)) => match exit.error {
-            Some(error) => Err(error.into()),
-            None => {
-                hooks::run_after_commit(alias, exit.callbacks);
-                Ok(value)
-            }
+        Ok(Ok(value)) => match exit_error {
+            Some(error) => Settled::Returned(Err(error.into())),
+            None => Settled::Committed(value),
         },
     }
 }
@@ -245,23 +269,24 @@ pub(crate) fn enter_test_block(alias: &str) -> Result<Entered, Error> {
 
 // --- Leaving --------------------------------------------------------------------------------
 
-/// What leaving a block produced.
-pub(crate) struct Exit {
-    /// The exit's own failure (COMMIT or RELEASE failed, block ended elsewhere).
+/// What leaving a block produced (the callback type is the sync or the async runtime's).
+pub(crate) struct Exit<C = Callback> {
+    /// The exit's own failure (COMMIT or RELEASE failed, block ended elsewhere, a nested
+    /// block cancelled).
     pub(crate) error: Option<Error>,
     /// Callbacks to run now: the transaction committed.
-    pub(crate) callbacks: Vec<Callback>,
+    pub(crate) callbacks: Vec<C>,
 }
 
-impl Exit {
-    fn clean() -> Self {
+impl<C> Exit<C> {
+    pub(crate) fn clean() -> Self {
         Exit {
             error: None,
             callbacks: Vec::new(),
         }
     }
 
-    fn failed(error: Error) -> Self {
+    pub(crate) fn failed(error: Error) -> Self {
         Exit {
             error: Some(error),
             callbacks: Vec::new(),
@@ -652,7 +677,7 @@ pub(crate) fn sync_inside_async(alias: &str) -> Error {
 }
 
 #[cold]
-fn connection_missing(alias: &str) -> Error {
+pub(crate) fn connection_missing(alias: &str) -> Error {
     Error::ConnectionMissing {
         alias: alias.to_owned(),
     }

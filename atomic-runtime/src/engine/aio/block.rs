@@ -5,7 +5,7 @@
 //! One path for every outcome, as in the sync executor: the body runs under `catch_unwind`,
 //! so `Err`, `Ok` with the rollback flag and a panic all leave through [`leave`].
 
-use std::panic::{self, AssertUnwindSafe};
+use std::panic::AssertUnwindSafe;
 
 use futures_util::FutureExt;
 
@@ -15,6 +15,7 @@ use crate::api::aio::AsyncFunc;
 use crate::engine::aio::hooks;
 use crate::engine::aio::stale;
 use crate::engine::aio::state::{self, AsyncCallback, InBlock};
+use crate::engine::block::{Settled, connection_missing, settle};
 use crate::engine::rules::{
     self, BeginOptionsUse, CallersConnection, Cancel, EnterPlan, Leave, ReleaseRecovery, Route,
     SavepointExit,
@@ -87,33 +88,19 @@ pub(crate) fn succeeded<T, E>(outcome: &Outcome<T, E>) -> bool {
     matches!(outcome, Ok(Ok(_)))
 }
 
-/// Turns the body's outcome and the exit into what the block returns (X3), awaiting the
-/// callbacks of a COMMIT (C3, A4).
+/// Turns the body's outcome and the exit into what the block returns (X3, as the sync
+/// executor's `settle`), awaiting the callbacks of a COMMIT (C3, A4).
 pub(crate) async fn finish<T, E: From<Error>>(
     alias: &str,
     outcome: Outcome<T, E>,
     exit: Exit,
 ) -> Result<T, E> {
-    match outcome {
-        Err(payload) => {
-            if let Some(error) = exit.error {
-                tracing::error!(alias, %error, "leaving an atomic block after a panic failed");
-            }
-            panic::resume_unwind(payload)
+    match settle(alias, outcome, exit.error) {
+        Settled::Committed(value) => {
+            hooks::run_after_commit(alias, exit.callbacks).await;
+            Ok(value)
         }
-        Ok(Err(error)) => {
-            if let Some(exit_error) = exit.error {
-                tracing::error!(alias, error = %exit_error, "leaving a failed atomic block failed too");
-            }
-            Err(error)
-        }
-        Ok(Ok(value)) => match exit.error {
-            Some(error) => Err(error.into()),
-            None => {
-                hooks::run_after_commit(alias, exit.callbacks).await;
-                Ok(value)
-            }
-        },
+        Settled::Returned(result) => result,
     }
 }
 
@@ -506,29 +493,8 @@ async fn enter_ambient_savepoint(alias: &str) -> Result<Armed, Error> {
 
 // --- Leaving --------------------------------------------------------------------------------
 
-/// What leaving a block produced.
-pub(crate) struct Exit {
-    /// The exit's own failure (COMMIT or RELEASE failed, a nested block was cancelled).
-    pub(crate) error: Option<Error>,
-    /// Callbacks to run now: the transaction committed.
-    pub(crate) callbacks: Vec<AsyncCallback>,
-}
-
-impl Exit {
-    fn clean() -> Self {
-        Exit {
-            error: None,
-            callbacks: Vec::new(),
-        }
-    }
-
-    fn failed(error: Error) -> Self {
-        Exit {
-            error: Some(error),
-            callbacks: Vec::new(),
-        }
-    }
-}
+/// What leaving an async block produced.
+pub(crate) type Exit = crate::engine::block::Exit<AsyncCallback>;
 
 /// Leaves a block (rules X1–X4 in `rules::plan_leave`, A2 for a cancelled child).
 pub(crate) async fn leave(
@@ -857,13 +823,6 @@ async fn rollback_outermost(alias: &str, conn: &mut dyn AsyncTx, depth_before: u
             conn.mark_broken();
             tracing::error!(alias, %error, "ROLLBACK failed; the connection is discarded")
         }
-    }
-}
-
-#[cold]
-fn connection_missing(alias: &str) -> Error {
-    Error::ConnectionMissing {
-        alias: alias.to_owned(),
     }
 }
 
