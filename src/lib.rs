@@ -209,6 +209,48 @@
 /// # Ok::<(), diesel::result::Error>(())
 /// ```
 ///
+/// # Reading from a replica: `replica`
+///
+/// `#[atomic(durable = true, read_only = true, replica = true)]` runs the whole block on one of
+/// the alias's replicas ([`Database::replica`]), read-only, after the alias's
+/// [`ReadYourWrites`] check; nested blocks, [`connection`] and [`read`] inside it use the
+/// replica's connection. It must be the outermost block of its alias ([`Error::ReplicaNested`]
+/// otherwise); on an alias without replicas it runs on the primary. It needs `read_only =
+/// true`, ambient mode and a sync `fn`, and cannot be `isolation = "serializable"`:
+///
+/// ```compile_fail
+/// #[diesel_atomic::atomic(durable = true, replica = true)] // needs `read_only = true`
+/// fn report() -> Result<(), diesel_atomic::Error> { Ok(()) }
+/// ```
+///
+/// ```compile_fail
+/// #[diesel_atomic::atomic(durable = true, read_only = true, replica = true)]
+/// fn report(conn: &mut diesel::SqliteConnection) -> diesel::QueryResult<()> { Ok(()) }
+/// ```
+///
+/// ```no_run
+/// # #[cfg(feature = "postgres")] {
+/// use diesel::prelude::*;
+/// use diesel::r2d2::{ConnectionManager, Pool};
+/// use diesel::sql_types::Bool;
+/// use diesel_atomic::{atomic, Database, Databases};
+///
+/// #[atomic(durable = true, read_only = true, replica = true)]
+/// fn on_standby() -> QueryResult<bool> {
+///     diesel_atomic::connection(|conn: &mut PgConnection| {
+///         diesel::select(diesel::dsl::sql::<Bool>("pg_is_in_recovery()")).get_result(conn)
+///     })
+/// }
+///
+/// let pool = |url: &str| Pool::new(ConnectionManager::<PgConnection>::new(url)).unwrap();
+/// let _registry = Databases::new()
+///     .add("default", Database::new(pool("postgres://primary/app")).replica(pool("postgres://standby/app")))
+///     .enter();
+/// assert!(on_standby()?);
+/// # }
+/// # Ok::<(), diesel::result::Error>(())
+/// ```
+///
 /// # Rerunning after a transient failure: `retry`
 ///
 /// `retry = n` (with `durable = true`) reruns the whole block, up to `n` more times with a
@@ -397,8 +439,8 @@ pub use atomic_macros::atomic;
 pub use atomic_macros::non_atomic_requests;
 pub use atomic_runtime::{
     AsDieselError, BeginMode, DEFAULT_DB_ALIAS, Database, Databases, DatabasesGuard, Db, Error,
-    Isolation, RetryPolicy, SavepointId, connection, create, db, get_or_create, get_or_insert,
-    request, testing, transaction, update_or_create, update_or_insert,
+    Isolation, ReadYourWrites, RetryPolicy, SavepointId, connection, create, db, get_or_create,
+    get_or_insert, read, request, testing, transaction, update_or_create, update_or_insert,
 };
 
 #[cfg(feature = "async")]

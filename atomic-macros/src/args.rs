@@ -27,6 +27,7 @@ pub(crate) enum Key {
     Durable,
     Isolation,
     ReadOnly,
+    Replica,
     Begin,
     Retry,
     Conn,
@@ -75,6 +76,12 @@ pub(crate) const KEYS: &[KeyRow] = &[
         key: Key::ReadOnly,
         name: "read_only",
         example: "read_only = true",
+        non_atomic_requests: false,
+    },
+    KeyRow {
+        key: Key::Replica,
+        name: "replica",
+        example: "replica = true",
         non_atomic_requests: false,
     },
     KeyRow {
@@ -169,10 +176,13 @@ impl Alias {
     }
 }
 
-/// `savepoint = ...`, `durable = ...`, `read_only = ...` or `ambient = ...`, with the tokens
-/// that set it for later messages.
+/// `savepoint = ...`, `durable = ...`, `read_only = ...`, `replica = ...` or `ambient = ...`,
+/// with the tokens that set it for later messages.
 pub(crate) struct Flag {
     pub(crate) value: bool,
+    /// The key as written, for messages about what it asks for.
+    pub(crate) key: Ident,
+    /// The whole `key = value`, for messages about the argument as a whole.
     pub(crate) tokens: TokenStream,
 }
 
@@ -245,6 +255,7 @@ pub(crate) struct AtomicArgs {
     pub(crate) durable: Option<Flag>,
     pub(crate) isolation: Option<Choice>,
     pub(crate) read_only: Option<Flag>,
+    pub(crate) replica: Option<Flag>,
     pub(crate) begin: Option<Choice>,
     pub(crate) retry: Option<Retry>,
     pub(crate) conn: Option<Conn>,
@@ -269,6 +280,7 @@ impl AtomicArgs {
                 Key::Durable => parsed.durable = Some(flag(argument)?),
                 Key::Isolation => parsed.isolation = Some(choice(argument, &ISOLATION)?),
                 Key::ReadOnly => parsed.read_only = Some(flag(argument)?),
+                Key::Replica => parsed.replica = Some(flag(argument)?),
                 Key::Begin => parsed.begin = Some(choice(argument, &BEGIN)?),
                 Key::Retry => parsed.retry = Some(retry(argument)?),
                 Key::Conn => parsed.conn = Some(connection(argument)?),
@@ -293,6 +305,7 @@ impl NonAtomicRequestsArgs {
                 | Key::Durable
                 | Key::Isolation
                 | Key::ReadOnly
+                | Key::Replica
                 | Key::Begin
                 | Key::Retry
                 | Key::Conn
@@ -609,6 +622,7 @@ fn flag(argument: &Argument) -> syn::Result<Flag> {
     match syn::parse2::<Lit>(argument.value.clone()) {
         Ok(Lit::Bool(value)) => Ok(Flag {
             value: value.value,
+            key: argument.ident.clone(),
             tokens: argument.tokens.clone(),
         }),
         parsed => {
@@ -899,6 +913,7 @@ mod tests {
             durable = true,
             isolation = "repeatable_read",
             read_only = true,
+            replica = true,
             begin = "exclusive",
             retry = 4,
             conn = c,
@@ -906,6 +921,9 @@ mod tests {
             crate = "x::y",
         ))
         .unwrap();
+        let replica = args.replica.unwrap();
+        assert!(replica.value);
+        assert_eq!(replica.key.to_string(), "replica");
         assert_eq!(
             args.isolation.unwrap().variant.to_string(),
             "RepeatableRead"
@@ -1060,8 +1078,8 @@ mod tests {
         );
         assert!(
             errors[0].ends_with(
-                "`savepoint`, `durable`, `isolation`, `read_only`, `begin`, `retry`, `conn`, \
-                 `ambient` and `crate`"
+                "`savepoint`, `durable`, `isolation`, `read_only`, `replica`, `begin`, `retry`, \
+                 `conn`, `ambient` and `crate`"
             ),
             "{errors:?}"
         );
@@ -1081,6 +1099,8 @@ mod tests {
             ("isolation_level", "isolation"),
             ("readonly", "read_only"),
             ("read_onyl", "read_only"),
+            ("replicas", "replica"),
+            ("replika", "replica"),
             ("begn", "begin"),
             ("retyr", "retry"),
         ] {
@@ -1100,6 +1120,7 @@ mod tests {
             "durable",
             "isolation",
             "read_only",
+            "replica",
             "begin",
             "retry",
             "conn",
@@ -1217,6 +1238,21 @@ mod tests {
         assert_eq!(
             atomic_errors(quote!(read_only = 1)),
             ["`read_only` takes a bool: `read_only = true` or `read_only = false`".to_owned()]
+        );
+    }
+
+    #[test]
+    fn replica_takes_a_bool() {
+        assert!(
+            !AtomicArgs::parse(quote!(replica = false))
+                .unwrap()
+                .replica
+                .unwrap()
+                .value
+        );
+        assert_eq!(
+            atomic_errors(quote!(replica = "true")),
+            ["`replica` takes a bool, without quotes: `replica = true`".to_owned()]
         );
     }
 

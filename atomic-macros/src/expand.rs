@@ -126,6 +126,7 @@ fn try_expand(
                 // The checks of the function itself are reported once for several blocks.
                 let source = errors.keep_once(valid::connection(&function, &args));
                 if let Some(source) = source {
+                    errors.keep(valid::replica_runs_ambient(&function, &args, &source));
                     errors.keep_once(valid::returns_no_borrow_of_connection(&function, &source));
                     errors.keep_once(valid::connection_matches_asyncness(&function, &source));
                     wrappers.push(Wrapper::Atomic { args, source });
@@ -463,10 +464,11 @@ fn respanned(tokens: TokenStream, span: Span) -> TokenStream {
 }
 
 /// What the block asks of its `BEGIN`: the runtime's constant for a plain `BEGIN` (nearly
-/// every block), else the isolation level, read-only flag and SQLite lock mode given.
+/// every block), else the isolation level, read-only flag, SQLite lock mode and replica given.
 fn begin_options(args: &AtomicArgs, krate: &TokenStream, span: Span) -> TokenStream {
     let read_only = args.read_only.as_ref().is_some_and(|flag| flag.value);
-    if args.isolation.is_none() && args.begin.is_none() && !read_only {
+    let replica = args.replica.as_ref().is_some_and(|flag| flag.value);
+    if args.isolation.is_none() && args.begin.is_none() && !read_only && !replica {
         return quote_spanned!(span=> #krate::__private::BeginOptions::DEFAULT);
     }
     let some_or_none = |variant: Option<TokenStream>| match variant {
@@ -486,6 +488,7 @@ fn begin_options(args: &AtomicArgs, krate: &TokenStream, span: Span) -> TokenStr
             isolation: #isolation,
             read_only: #read_only,
             mode: #mode,
+            replica: #replica,
         }
     }
 }
@@ -820,7 +823,7 @@ mod tests {
                 "begin : :: diesel_atomic :: __private :: BeginOptions { isolation : :: core :: \
                  option :: Option :: Some (:: diesel_atomic :: Isolation :: Serializable) , \
                  read_only : false , mode : :: core :: option :: Option :: Some (:: \
-                 diesel_atomic :: BeginMode :: Immediate) , }"
+                 diesel_atomic :: BeginMode :: Immediate) , replica : false , }"
             ),
             "{out}"
         );
@@ -835,10 +838,91 @@ mod tests {
         assert!(
             out.contains(
                 "renamed :: __private :: BeginOptions { isolation : :: core :: option :: Option \
-                 :: None , read_only : true , mode : :: core :: option :: Option :: None , }"
+                 :: None , read_only : true , mode : :: core :: option :: Option :: None , \
+                 replica : false , }"
             ),
             "{out}"
         );
+        let out = expand_atomic(
+            quote!(durable = true, read_only = true, replica = true),
+            quote!(
+                fn f() -> Result<(), E> {
+                    Ok(())
+                }
+            ),
+        );
+        assert!(
+            out.contains(
+                "read_only : true , mode : :: core :: option :: Option :: None , replica : true , }"
+            ),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn replica_blocks_are_refused_where_they_cannot_run_on_a_replica() {
+        let cases = [
+            (
+                quote!(replica = true),
+                quote!(
+                    fn f() -> Result<(), E> {
+                        Ok(())
+                    }
+                ),
+                "`replica = true` needs `read_only = true`",
+            ),
+            (
+                quote!(read_only = true, replica = true, isolation = "serializable"),
+                quote!(
+                    fn f() -> Result<(), E> {
+                        Ok(())
+                    }
+                ),
+                "`replica = true` cannot be combined with `isolation = ",
+            ),
+            (
+                quote!(read_only = true, replica = true),
+                quote!(
+                    fn f(conn: &mut PgConnection) -> QueryResult<()> {
+                        Ok(())
+                    }
+                ),
+                "so the block cannot run on `conn`, the connection passed in",
+            ),
+            (
+                quote!(read_only = true, replica = true, conn = self.db),
+                quote!(
+                    fn f(&mut self) -> QueryResult<()> {
+                        Ok(())
+                    }
+                ),
+                "so the block cannot run on `self.db`, the connection passed in",
+            ),
+            (
+                quote!(read_only = true, replica = true),
+                quote!(
+                    async fn f() -> Result<(), E> {
+                        Ok(())
+                    }
+                ),
+                "replica = true is not supported on async fn yet",
+            ),
+        ];
+        for (args, item, expected) in cases {
+            let out = expand_atomic(args.clone(), item);
+            assert!(out.contains("compile_error"), "{args}: {out}");
+            assert!(out.contains(expected), "{args}: {out}");
+        }
+        // `replica = false` asks for nothing.
+        let out = expand_atomic(
+            quote!(replica = false),
+            quote!(
+                fn f(conn: &mut PgConnection) -> QueryResult<()> {
+                    Ok(())
+                }
+            ),
+        );
+        assert!(!out.contains("compile_error"), "{out}");
     }
 
     #[test]

@@ -28,6 +28,7 @@ use proc_macro::TokenStream;
 /// | `durable = true` | `false` | The block must be the outermost one of its alias (`Error::DurableNested` otherwise). |
 /// | `isolation = "serializable"` | the connection's | The isolation level the transaction begins with: `"serializable"`, `"repeatable_read"`, `"read_committed"` or `"read_uncommitted"`. |
 /// | `read_only = true` | `false` | The transaction begins `READ ONLY` (PostgreSQL, MySQL/MariaDB). |
+/// | `replica = true` | `false` | The transaction begins on one of the alias's replicas (ambient mode, outermost); needs `read_only = true`. |
 /// | `begin = "immediate"` | `"deferred"` | SQLite's lock mode at `BEGIN`: `"deferred"`, `"immediate"` or `"exclusive"`. |
 /// | `retry = 5` | no retries | Rerun the whole block up to this many times after a transient failure; needs `durable = true`. |
 /// | `conn = name` | `conn` | The parameter that holds the connection (explicit mode). A parameter named `conn` is used without saying so. `conn = self.conn` (any field path of `self`) runs the block on a connection the receiver of a `&mut self` method holds, `conn = self` on the receiver itself. |
@@ -53,6 +54,19 @@ use proc_macro::TokenStream;
 /// instead of downgrading it: SQLite runs every transaction serializable and has no read-only
 /// transactions, so it accepts only `isolation = "serializable"`, and `begin` is SQLite's
 /// alone.
+///
+/// ## Reading from a replica: `replica`
+///
+/// `#[atomic(durable = true, read_only = true, replica = true)]` checks the block's connection
+/// out of one of the alias's replicas (`Database::replica`) and runs the whole block on it,
+/// read-only: nested blocks, `connection()` and `read` inside it use that connection. Before
+/// it begins, the alias's read-your-writes policy applies as for a read (after this thread
+/// committed on the alias, it may wait for the replica to replay the commit, or use the
+/// primary). On an alias without replicas it runs on the primary. It must be the outermost
+/// block of its alias: nested in another one it is a run-time `Error::ReplicaNested`. It
+/// needs `read_only = true`, cannot be `isolation = "serializable"` (a PostgreSQL hot standby
+/// cannot run it), cannot run on a connection passed in (explicit mode), and is not supported
+/// on `async fn` yet: each is a compile error on `replica`.
 ///
 /// ## Rerunning after a transient failure: `retry`
 ///
@@ -124,7 +138,8 @@ use proc_macro::TokenStream;
 ///
 /// Arguments (`#[non_atomic_requests]` reports the same ones for its own keys):
 /// - ``unknown argument `usin`; did you mean `using`? #[atomic] takes `using`, `savepoint`,
-///   `durable`, `isolation`, `read_only`, `begin`, `retry`, `conn`, `ambient` and `crate` ``
+///   `durable`, `isolation`, `read_only`, `replica`, `begin`, `retry`, `conn`, `ambient` and
+///   `crate` ``
 ///   (the suggestion only when a key is close);
 /// - ``` `using` is given more than once; keep one ```;
 /// - ``expected an argument such as `using = "other"`, found `= =`; #[atomic] takes ...``
@@ -161,7 +176,10 @@ use proc_macro::TokenStream;
 /// - `` `savepoint = false` has no effect with `durable = true`: ...; remove `savepoint = false` ``;
 /// - `` `retry` reruns the whole transaction, so the block must be the outermost one: add
 ///   `durable = true` (rerunning an inner block would run it again inside a transaction that is
-///   already lost) ``.
+///   already lost) ``;
+/// - `` `replica = true` needs `read_only = true`: a replica refuses writes, so the block must
+///   only read; add `read_only = true` `` and `` `replica = true` cannot be combined with
+///   `isolation = "serializable"`: ... ``, on `replica`.
 ///
 /// The item:
 /// - ``#[atomic] applies to functions, not to structs`` (enums, `impl` blocks, traits,
@@ -199,6 +217,9 @@ use proc_macro::TokenStream;
 /// - ``` `ambient = true` contradicts the parameter `conn`, which the block runs on: remove
 ///   `ambient = true`, or rename the parameter if the block should run on the alias's pooled
 ///   connection ```;
+/// - `` `replica = true` checks the block's connection out of one of the alias's replicas, so
+///   the block cannot run on `conn`, the connection passed in (it is not a replica); ... `` and
+///   `replica = true is not supported on async fn yet: ...`, on `replica`;
 /// - `#[atomic] is given twice for alias "default" (the inner block would only be a savepoint
 ///   of the outer one); keep one`;
 /// - `#[atomic] and #[non_atomic_requests] contradict each other for alias "default": keep

@@ -151,6 +151,11 @@ fn certainly_not_result(ty: &Type) -> bool {
 /// `retry` without `durable = true` is refused: after a serialization failure or a deadlock
 /// the database has lost the whole transaction, so only the outermost block can be rerun, and
 /// `durable = true` is how a block says it is the outermost one.
+///
+/// `replica = true` without `read_only = true` is refused (a replica refuses writes, and the
+/// attribute should say so where it is read), and so is `replica = true` with
+/// `isolation = "serializable"` (a PostgreSQL hot standby cannot run it). Both are spanned on
+/// `replica`.
 pub(crate) fn options(args: &AtomicArgs, errors: &mut Errors) {
     let durable = args.durable.as_ref().is_some_and(|durable| durable.value);
     if durable
@@ -184,6 +189,65 @@ pub(crate) fn options(args: &AtomicArgs, errors: &mut Errors) {
              that is already lost)",
         ));
     }
+    if let Some(replica) = args.replica.as_ref().filter(|replica| replica.value) {
+        if !args
+            .read_only
+            .as_ref()
+            .is_some_and(|read_only| read_only.value)
+        {
+            errors.push(syn::Error::new_spanned(
+                &replica.key,
+                "`replica = true` needs `read_only = true`: a replica refuses writes, so the \
+                 block must only read; add `read_only = true`",
+            ));
+        }
+        if args
+            .isolation
+            .as_ref()
+            .is_some_and(|isolation| isolation.variant == "Serializable")
+        {
+            errors.push(syn::Error::new_spanned(
+                &replica.key,
+                "`replica = true` cannot be combined with `isolation = \"serializable\"`: a \
+                 PostgreSQL hot standby cannot run serializable transactions; remove one of \
+                 them (a serializable read runs on the primary)",
+            ));
+        }
+    }
+}
+
+/// `replica = true` checks the block's connection out of a replica's pool: in explicit mode
+/// the block would run on the caller's connection, which is not a replica, and on an `async
+/// fn` the async runtime does not route such blocks yet. Spanned on `replica`.
+pub(crate) fn replica_runs_ambient(
+    function: &ItemFn,
+    args: &AtomicArgs,
+    source: &ConnectionSource,
+) -> syn::Result<()> {
+    let Some(replica) = args.replica.as_ref().filter(|replica| replica.value) else {
+        return Ok(());
+    };
+    if function.sig.asyncness.is_some() {
+        return Err(syn::Error::new_spanned(
+            &replica.key,
+            "replica = true is not supported on async fn yet: the async runtime would run the \
+             block on the primary; remove `replica = true`, or read from a synchronous function",
+        ));
+    }
+    let connection = match source {
+        ConnectionSource::Ambient => return Ok(()),
+        ConnectionSource::Explicit(name) => format!("`{name}`"),
+        ConnectionSource::Receiver(path) => format!("`{}`", Conn::Receiver(path.clone()).text()),
+    };
+    Err(syn::Error::new_spanned(
+        &replica.key,
+        format!(
+            "`replica = true` checks the block's connection out of one of the alias's replicas, \
+             so the block cannot run on {connection}, the connection passed in (it is not a \
+             replica); take the connection parameter away (ambient mode: the body reaches the \
+             replica with `diesel_atomic::connection`), or remove `replica = true`"
+        ),
+    ))
 }
 
 /// Where the block's connection is: the `conn = ...` argument, else a parameter named `conn`,

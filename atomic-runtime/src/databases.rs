@@ -2,12 +2,14 @@
 
 use std::cell::RefCell;
 use std::marker::PhantomData;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use diesel::r2d2::{ConnectionManager, Pool, PoolError, R2D2Connection};
 
-use crate::adapter::PooledConn;
+use crate::adapter::{PooledConn, replication};
 use crate::error::Error;
+use crate::options::ReadYourWrites;
 
 /// The alias used when none is given, as in Django.
 ///
@@ -52,6 +54,31 @@ impl<C: R2D2Connection + 'static> ErasedPool for Pool<ConnectionManager<C>> {
 pub struct Database {
     pool: Pools,
     atomic_requests: bool,
+    /// Read-only copies of the primary (rules P1, P2); `None` without any, which is what
+    /// nearly every alias costs.
+    replicas: Option<Arc<Replicas>>,
+    read_your_writes: ReadYourWrites,
+}
+
+/// An alias's replicas, shared by the clones of its `Database`.
+struct Replicas {
+    pools: Vec<Arc<dyn ErasedPool>>,
+    /// Why they cannot serve the alias, found when one was added; reported, naming the alias,
+    /// when the registry is installed and at first use.
+    problem: Option<String>,
+    /// The next replica to read from, round robin.
+    next: AtomicUsize,
+}
+
+/// Whether any `Database` of the process has replicas: until one does, a COMMIT does not look
+/// its alias up to remember it for read-your-writes (rule P2), so replicas cost nothing to
+/// programs without them.
+static REPLICAS_CONFIGURED: AtomicBool = AtomicBool::new(false);
+
+/// See [`REPLICAS_CONFIGURED`].
+#[inline]
+pub(crate) fn replicas_configured() -> bool {
+    REPLICAS_CONFIGURED.load(Ordering::Relaxed)
 }
 
 /// A sync (r2d2) or an async (deadpool, bb8) pool.
@@ -71,6 +98,8 @@ impl Database {
         Database {
             pool: Pools::Sync(Arc::new(pool)),
             atomic_requests: false,
+            replicas: None,
+            read_your_writes: ReadYourWrites::default(),
         }
     }
 
@@ -98,6 +127,8 @@ impl Database {
         Database {
             pool: Pools::Async(Arc::new(pool)),
             atomic_requests: false,
+            replicas: None,
+            read_your_writes: ReadYourWrites::default(),
         }
     }
 
@@ -123,6 +154,156 @@ impl Database {
     /// Whether per-request transactions are on for this alias.
     pub fn has_atomic_requests(&self) -> bool {
         self.atomic_requests
+    }
+
+    /// Adds a read-only replica of the primary: a pool of the primary's own connection type
+    /// (PostgreSQL hot standbys, MariaDB replicas). Call it once per replica; reads take them
+    /// in turn.
+    ///
+    /// Reads outside any block of the alias ([`Db::read`](crate::Db::read),
+    /// [`read`](crate::read)) and `#[atomic(durable = true, read_only = true, replica =
+    /// true)]` blocks go to a replica; everything else stays on the primary, and inside a
+    /// block reads use the block's connection (rule P1: a transaction reads its own writes).
+    /// After this thread committed on the alias, [`ReadYourWrites`] decides (rule P2). A
+    /// replica that cannot be reached (its pool's `get` fails: bound it with the pool's
+    /// `connection_timeout`, and build the pool with `build_unchecked` so that a replica down
+    /// at start-up does not stop the application) or lags beyond the policy's bound makes that
+    /// read go to the primary, with one WARN event. A write that reaches a replica fails with
+    /// the database's read-only error.
+    ///
+    /// A replica of another connection type than the primary's, a SQLite alias (SQLite has
+    /// no replicas), an async alias, or a connection type other than diesel's `PgConnection`
+    /// and `MysqlConnection` is `Error::ReplicaMisconfigured` naming the alias, from
+    /// [`Databases::install`] and at the alias's first read.
+    ///
+    /// ```no_run
+    /// # extern crate atomic_runtime as diesel_atomic;
+    /// # #[cfg(feature = "postgres")] {
+    /// use std::time::Duration;
+    /// use diesel::PgConnection;
+    /// use diesel::r2d2::{ConnectionManager, Pool};
+    /// use diesel_atomic::{Database, Databases, ReadYourWrites};
+    ///
+    /// let pool = |url: &str| {
+    ///     Pool::builder()
+    ///         .connection_timeout(Duration::from_secs(2))
+    ///         .build(ConnectionManager::<PgConnection>::new(url))
+    ///         .unwrap()
+    /// };
+    /// Databases::new()
+    ///     .add(
+    ///         "default",
+    ///         Database::new(pool("postgres://db-primary/app"))
+    ///             .replica(pool("postgres://db-standby-1/app"))
+    ///             .replica(pool("postgres://db-standby-2/app"))
+    ///             .read_your_writes(ReadYourWrites::Wait(Duration::from_millis(500))),
+    ///     )
+    ///     .install()?;
+    /// # }
+    /// # Ok::<(), diesel_atomic::Error>(())
+    /// ```
+    pub fn replica<C>(mut self, pool: Pool<ConnectionManager<C>>) -> Database
+    where
+        C: R2D2Connection + 'static,
+    {
+        REPLICAS_CONFIGURED.store(true, Ordering::Relaxed);
+        let problem = self.replica_problem::<C>();
+        let (mut pools, earlier_problem) = match self.replicas.take() {
+            Some(replicas) => (replicas.pools.clone(), replicas.problem.clone()),
+            None => (Vec::new(), None),
+        };
+        pools.push(Arc::new(pool));
+        self.replicas = Some(Arc::new(Replicas {
+            pools,
+            problem: earlier_problem.or(problem),
+            next: AtomicUsize::new(0),
+        }));
+        self
+    }
+
+    /// Why a replica of connection type `C` cannot serve this alias, if it cannot.
+    fn replica_problem<C: R2D2Connection + 'static>(&self) -> Option<String> {
+        let replica = std::any::type_name::<C>();
+        match &self.pool {
+            Pools::Sync(primary) if primary.connection_type() != replica => Some(format!(
+                "the replica's pool holds `{replica}` connections, the primary's `{}`",
+                primary.connection_type()
+            )),
+            Pools::Sync(_) => replication::supports::<C>().err(),
+            #[cfg(feature = "async")]
+            Pools::Async(_) => Some(format!(
+                "the alias is async (`Database::new_async`), and the replica an r2d2 pool of                  diesel's synchronous `{replica}`"
+            )),
+        }
+    }
+
+    /// What reads outside blocks do after this thread committed on the alias (rule P2);
+    /// the default is `ReadYourWrites::Wait(1 s)`. Without replicas it changes nothing.
+    ///
+    /// ```
+    /// # extern crate atomic_runtime as diesel_atomic;
+    /// # use diesel::r2d2::{ConnectionManager, Pool};
+    /// # use diesel::SqliteConnection;
+    /// use diesel_atomic::{Database, ReadYourWrites};
+    ///
+    /// # let pool = Pool::builder().max_size(1)
+    /// #     .build(ConnectionManager::<SqliteConnection>::new(":memory:")).unwrap();
+    /// let database = Database::new(pool).read_your_writes(ReadYourWrites::Primary);
+    /// assert_eq!(database.read_your_writes_policy(), ReadYourWrites::Primary);
+    /// ```
+    pub fn read_your_writes(mut self, policy: ReadYourWrites) -> Database {
+        self.read_your_writes = policy;
+        self
+    }
+
+    /// The alias's read-your-writes policy (see [`Database::read_your_writes`]).
+    ///
+    /// ```
+    /// # extern crate atomic_runtime as diesel_atomic;
+    /// # use diesel::r2d2::{ConnectionManager, Pool};
+    /// # use diesel::SqliteConnection;
+    /// use diesel_atomic::{Database, ReadYourWrites};
+    ///
+    /// # let pool = Pool::builder().max_size(1)
+    /// #     .build(ConnectionManager::<SqliteConnection>::new(":memory:")).unwrap();
+    /// assert_eq!(Database::new(pool).read_your_writes_policy(), ReadYourWrites::default());
+    /// ```
+    pub fn read_your_writes_policy(&self) -> ReadYourWrites {
+        self.read_your_writes
+    }
+
+    /// How many replicas the alias has.
+    ///
+    /// ```
+    /// # extern crate atomic_runtime as diesel_atomic;
+    /// # use diesel::r2d2::{ConnectionManager, Pool};
+    /// # use diesel::SqliteConnection;
+    /// # let pool = Pool::builder().max_size(1)
+    /// #     .build(ConnectionManager::<SqliteConnection>::new(":memory:")).unwrap();
+    /// assert_eq!(diesel_atomic::Database::new(pool).replica_count(), 0);
+    /// ```
+    pub fn replica_count(&self) -> usize {
+        self.replicas
+            .as_ref()
+            .map_or(0, |replicas| replicas.pools.len())
+    }
+
+    /// The alias's replicas, to route a read or a replica block (rules P1, P2): `None`
+    /// without any; a misconfigured replica is an error naming the alias.
+    pub(crate) fn replicas(&self, alias: &str) -> Result<Option<ReplicaSet<'_>>, Error> {
+        let Some(replicas) = &self.replicas else {
+            return Ok(None);
+        };
+        if let Some(problem) = &replicas.problem {
+            return Err(Error::ReplicaMisconfigured {
+                alias: alias.to_owned(),
+                problem: problem.clone(),
+            });
+        }
+        Ok(Some(ReplicaSet {
+            replicas,
+            policy: self.read_your_writes,
+        }))
     }
 
     pub(crate) fn checkout(&self, alias: &str) -> Result<Box<dyn PooledConn>, Error> {
@@ -168,7 +349,32 @@ impl std::fmt::Debug for Database {
         f.debug_struct("Database")
             .field("connection_type", &self.connection_type())
             .field("atomic_requests", &self.atomic_requests)
+            .field("replicas", &self.replica_count())
+            .field("read_your_writes", &self.read_your_writes)
             .finish()
+    }
+}
+
+/// An alias's usable replicas and its read-your-writes policy, as routing sees them.
+pub(crate) struct ReplicaSet<'a> {
+    replicas: &'a Replicas,
+    pub(crate) policy: ReadYourWrites,
+}
+
+impl ReplicaSet<'_> {
+    /// How many replicas there are (at least one).
+    pub(crate) fn len(&self) -> usize {
+        self.replicas.pools.len()
+    }
+
+    /// A number that goes up by one with each call, across threads: the round robin's turn.
+    pub(crate) fn turn(&self) -> usize {
+        self.replicas.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A connection of replica `index`.
+    pub(crate) fn checkout(&self, index: usize) -> Result<Box<dyn PooledConn>, PoolError> {
+        self.replicas.pools[index].checkout()
     }
 }
 
@@ -219,9 +425,14 @@ impl Databases {
     /// Makes this the process-wide registry, replacing any previous one.
     ///
     /// Fails with `Error::EmptyRegistry` when the registry is empty (surely a mistake).
+    ///
+    /// A misconfigured replica ([`Database::replica`]) is `Error::ReplicaMisconfigured`.
     pub fn install(self) -> Result<(), Error> {
         if self.entries.is_empty() {
             return Err(Error::EmptyRegistry);
+        }
+        for (alias, db) in self.entries.iter() {
+            db.replicas(alias)?;
         }
         *GLOBAL
             .write()

@@ -255,6 +255,44 @@ pub enum Error {
         alias: String,
     },
 
+    /// A `replica = true` block inside another block of the same alias (rule P1): the replica
+    /// cannot see the enclosing transaction's work, and the block cannot be part of it.
+    #[error(
+        "a `replica = true` block of alias '{alias}' must be the outermost block of its alias, \
+         and this one is nested in an open transaction (another atomic block, or request()'s \
+         transaction); call it outside every atomic block of '{alias}' (exempt a view with \
+         #[non_atomic_requests(using = \"{alias}\")]), or drop `replica = true` to read inside \
+         the open transaction, on the primary"
+    )]
+    ReplicaNested {
+        /// The alias of the block.
+        alias: String,
+    },
+
+    /// A `replica = true` block where it cannot run on a replica (the caller's own
+    /// connection, or an executor that does not route such blocks yet).
+    #[error("alias '{alias}': a `replica = true` block {reason}")]
+    ReplicaUnsupported {
+        /// The alias of the block.
+        alias: String,
+        /// Why, and what to do instead.
+        reason: &'static str,
+    },
+
+    /// A replica configured with [`Database::replica`](crate::Database::replica) that cannot
+    /// serve the alias (another connection type than the primary's, SQLite, an async alias).
+    #[error(
+        "database alias '{alias}' has a replica that cannot be used: {problem}; fix the \
+         alias's `Database` (every replica pool holds the primary's connection type, \
+         PostgreSQL or MariaDB)"
+    )]
+    ReplicaMisconfigured {
+        /// The alias.
+        alias: String,
+        /// What is wrong.
+        problem: String,
+    },
+
     /// `Databases::install` of a registry with no alias.
     #[error(
         "cannot install an empty Databases registry: add at least one alias (usually \

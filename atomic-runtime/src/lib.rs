@@ -13,7 +13,8 @@ mod options;
 mod adapter;
 // The registry of aliases and their pools.
 mod databases;
-// The block engine: Django's rules (pure) and the sync executor that carries them out.
+// The block engine: Django's rules (pure) and the sync executor that carries them out, with
+// the routing of reads to replicas.
 mod engine;
 // Scopes around blocks: requests and test transactions.
 mod scope;
@@ -24,13 +25,13 @@ mod api;
 
 #[cfg(feature = "async")]
 pub use api::aio;
-pub use api::ambient::{Db, connection, db};
+pub use api::ambient::{Db, connection, db, read};
 pub use api::create::{get_or_create, get_or_insert, update_or_create, update_or_insert};
 pub use api::retry::{AsDieselError, RetryPolicy};
 pub use api::{create, transaction};
 pub use databases::{DEFAULT_DB_ALIAS, Database, Databases, DatabasesGuard};
 pub use error::Error;
-pub use options::{BeginMode, Isolation};
+pub use options::{BeginMode, Isolation, ReadYourWrites};
 pub use scope::request::request;
 pub use scope::testing;
 pub use transaction::SavepointId;

@@ -1,7 +1,9 @@
 //! The options of a block: what `#[atomic(...)]` and `transaction::Atomic` carry (rule S2),
-//! including how an outermost block begins its transaction. Plain data, used by every layer.
+//! including how an outermost block begins its transaction, and an alias's read-your-writes
+//! policy (rule P2). Plain data, used by every layer.
 
 use std::fmt;
+use std::time::Duration;
 
 /// A transaction isolation level, as SQL names them.
 ///
@@ -96,6 +98,10 @@ pub struct BeginOptions {
     pub read_only: bool,
     /// SQLite's lock mode.
     pub mode: Option<BeginMode>,
+    /// `replica = true`: the transaction begins (read-only) on a connection of one of the
+    /// alias's replicas, not on the primary (rule P1). Like the rest of these options it only
+    /// means something to the block that begins the transaction.
+    pub replica: bool,
 }
 
 impl BeginOptions {
@@ -104,12 +110,19 @@ impl BeginOptions {
         isolation: None,
         read_only: false,
         mode: None,
+        replica: false,
     };
 
     /// Whether the block asks for anything but a plain `BEGIN`.
     #[inline]
     pub(crate) fn is_default(&self) -> bool {
-        self.isolation.is_none() && !self.read_only && self.mode.is_none()
+        self.isolation.is_none() && !self.read_only && self.mode.is_none() && !self.replica
+    }
+
+    /// Whether the transaction begins `READ ONLY`: asked for, or on a replica.
+    #[inline]
+    pub(crate) fn begins_read_only(&self) -> bool {
+        self.read_only || self.replica
     }
 
     /// Names the options a block set, for messages.
@@ -123,6 +136,9 @@ impl BeginOptions {
         }
         if let Some(mode) = self.mode {
             parts.push(format!("begin {mode:?}"));
+        }
+        if self.replica {
+            parts.push("replica".to_owned());
         }
         parts.join(", ")
     }
@@ -152,5 +168,46 @@ impl<'a> BlockOptions<'a> {
             durable: false,
             begin: BeginOptions::DEFAULT,
         }
+    }
+}
+
+/// What a read outside any block does after this thread (inside [`request`](crate::request):
+/// this request) committed on the alias, when the alias has replicas (rule P2, read your own
+/// writes). Set per alias with [`Database::read_your_writes`](crate::Database::read_your_writes).
+///
+/// A commit is an outermost block's COMMIT on the primary (not a read-only one), or the end of
+/// a `connection()` call outside every block of the alias, whose statements commit one by one.
+///
+/// A replica replays the primary's commits a little later. Without a policy, a user who saves
+/// a form and is redirected to a page that reads from a replica may not see what they saved.
+///
+/// ```
+/// # extern crate atomic_runtime as diesel_atomic;
+/// use std::time::Duration;
+/// use diesel_atomic::ReadYourWrites;
+///
+/// assert_eq!(ReadYourWrites::default(), ReadYourWrites::Wait(Duration::from_secs(1)));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReadYourWrites {
+    /// Every read after such a commit goes to the primary, for the rest of the request (or,
+    /// outside `request()`, of the thread). No waiting, no extra query; the primary takes
+    /// those reads.
+    Primary,
+    /// The read waits until the chosen replica has replayed the thread's last commit on the
+    /// alias (PostgreSQL: its WAL position, MariaDB: its GTID), at most this long, then reads
+    /// the primary instead (with one WARN event). The commit's position is read on its
+    /// connection right after the COMMIT (one short query); once a replica is seen to have
+    /// replayed it, reads there do not wait for it again.
+    Wait(Duration),
+    /// Reads go to a replica whatever was committed: they may not see the thread's own
+    /// recent writes.
+    Off,
+}
+
+impl Default for ReadYourWrites {
+    /// `Wait(1 s)`.
+    fn default() -> Self {
+        ReadYourWrites::Wait(Duration::from_secs(1))
     }
 }

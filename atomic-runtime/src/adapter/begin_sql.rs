@@ -27,6 +27,13 @@ pub(crate) fn statements(
             reason,
         })
     };
+    if options.replica && options.isolation == Some(Isolation::Serializable) {
+        return refuse(
+            "`replica = true` with isolation SERIALIZABLE: a PostgreSQL hot standby cannot run \
+             serializable transactions; run the block on the primary (without `replica = true`)"
+                .to_owned(),
+        );
+    }
     match backend {
         BackendKind::Postgres => {
             if options.mode.is_some() {
@@ -41,7 +48,7 @@ pub(crate) fn statements(
                 sql.push_str(" ISOLATION LEVEL ");
                 sql.push_str(isolation.sql());
             }
-            if options.read_only {
+            if options.begins_read_only() {
                 sql.push_str(" READ ONLY");
             }
             Ok((None, Some(sql)))
@@ -59,7 +66,7 @@ pub(crate) fn statements(
                 .isolation
                 .map(|isolation| format!("SET TRANSACTION ISOLATION LEVEL {}", isolation.sql()));
             let begin = options
-                .read_only
+                .begins_read_only()
                 .then(|| "START TRANSACTION READ ONLY".to_owned());
             Ok((before, begin))
         }
@@ -73,7 +80,7 @@ pub(crate) fn statements(
                     ));
                 }
             }
-            if options.read_only {
+            if options.begins_read_only() {
                 return refuse(
                     "SQLite has no read-only transactions (open the database read-only \
                      instead)"
@@ -131,7 +138,7 @@ mod tests {
         let options = BeginOptions {
             isolation: Some(Isolation::Serializable),
             read_only: true,
-            mode: None,
+            ..BeginOptions::DEFAULT
         };
         let (before, begin) = statements("default", BackendKind::Postgres, &options, "Pg").unwrap();
         assert_eq!(before, None);
@@ -146,7 +153,7 @@ mod tests {
         let options = BeginOptions {
             isolation: Some(Isolation::ReadCommitted),
             read_only: true,
-            mode: None,
+            ..BeginOptions::DEFAULT
         };
         let (before, begin) = statements("default", BackendKind::Mysql, &options, "My").unwrap();
         assert_eq!(
@@ -154,6 +161,27 @@ mod tests {
             Some("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
         );
         assert_eq!(begin.as_deref(), Some("START TRANSACTION READ ONLY"));
+    }
+
+    #[test]
+    fn a_replica_block_begins_read_only_and_never_serializable() {
+        let replica = BeginOptions {
+            replica: true,
+            ..BeginOptions::DEFAULT
+        };
+        let (_, begin) = statements("default", BackendKind::Postgres, &replica, "Pg").unwrap();
+        assert_eq!(begin.as_deref(), Some("BEGIN READ ONLY"));
+        let (_, begin) = statements("default", BackendKind::Mysql, &replica, "My").unwrap();
+        assert_eq!(begin.as_deref(), Some("START TRANSACTION READ ONLY"));
+        let serializable = BeginOptions {
+            isolation: Some(Isolation::Serializable),
+            ..replica
+        };
+        let message = statements("reports", BackendKind::Postgres, &serializable, "Pg")
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("alias 'reports'"), "{message}");
+        assert!(message.contains("hot standby"), "{message}");
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //! - [`prepared`]: SQLite's transaction statements through diesel's statement cache.
 //! - [`begin_sql`]: BEGIN with an isolation level, read-only or lock mode, per backend.
 //! - [`classify`]: what an error or a server setting means (transient failures, isolation).
+//! - [`replication`]: where a commit is in the primary's log, and whether a replica replayed it
+//!   (rule P2).
 //! - `async_connection` (feature `async`): the same for diesel-async's connections and pools.
 
 #[cfg(feature = "async")]
@@ -16,6 +18,7 @@ pub(crate) mod classify;
 pub(crate) mod connection;
 pub(crate) mod internals;
 pub(crate) mod prepared;
+pub(crate) mod replication;
 
 pub(crate) use connection::{ConnectionId, PooledConn, TxConnection};
 pub(crate) use internals::BackendKind;

@@ -6,7 +6,7 @@ use crate::api::savepoint::{self, SavepointId};
 use crate::databases::DEFAULT_DB_ALIAS;
 use crate::engine::lend::Lent;
 use crate::engine::state::{self, Callback};
-use crate::engine::{block, hooks, rules};
+use crate::engine::{block, hooks, replica, rules};
 use crate::error::Error;
 use crate::options::BlockOptions;
 use crate::scope::request;
@@ -43,6 +43,35 @@ where
     E: From<Error>,
 {
     db(DEFAULT_DB_ALIAS).connection(f)
+}
+
+/// Runs `f`, which only reads, on the default alias's connection for reads: inside a block
+/// the block's (a transaction reads its own writes), outside one a replica's, or the
+/// primary's when the alias has none. See [`Db::read`].
+///
+/// ```
+/// # extern crate atomic_runtime as diesel_atomic;
+/// # use diesel::r2d2::{ConnectionManager, Pool};
+/// use diesel::prelude::*;
+/// use diesel::sql_types::Integer;
+/// use diesel_atomic::{Database, Databases};
+///
+/// # let pool = Pool::builder().max_size(1)
+/// #     .build(ConnectionManager::<SqliteConnection>::new(":memory:")).unwrap();
+/// let _registry = Databases::new().add("default", Database::new(pool)).enter();
+/// // No replica configured: the read runs on the primary.
+/// let answer = diesel_atomic::read(|conn: &mut SqliteConnection| {
+///     diesel::select(diesel::dsl::sql::<Integer>("42")).get_result::<i32>(conn)
+/// })?;
+/// assert_eq!(answer, 42);
+/// # Ok::<(), diesel::result::Error>(())
+/// ```
+pub fn read<C, T, E>(f: impl FnOnce(&mut C) -> Result<T, E>) -> Result<T, E>
+where
+    C: Connection + 'static,
+    E: From<Error>,
+{
+    db(DEFAULT_DB_ALIAS).read(f)
 }
 
 /// The handle for one alias; `db(DEFAULT_DB_ALIAS)` is what the free functions use.
@@ -102,6 +131,53 @@ impl Db<'_> {
             .into());
         };
         f(conn)
+    }
+
+    /// Runs `f`, which only reads, on a connection chosen for reading (rules P1 and P2):
+    ///
+    /// - inside a block of the alias, the block's connection, as [`Db::connection`] gives it:
+    ///   a transaction reads its own writes (also inside a `replica = true` block, whose
+    ///   connection is a replica's; and inside `request()` on an alias with per-request
+    ///   transactions, whose transaction is open);
+    /// - outside blocks, a connection of one of the alias's replicas
+    ///   ([`Database::replica`](crate::Database::replica)), in turn, lent for the call; after
+    ///   this thread committed on the alias, its
+    ///   [`ReadYourWrites`](crate::ReadYourWrites) policy decides: wait (bounded) until that
+    ///   replica has replayed the commit, read the primary, or neither;
+    /// - without replicas, a pooled connection of the primary, as [`Db::connection`].
+    ///
+    /// A replica that cannot be reached or lags beyond the policy's bound makes the read go
+    /// to the primary, with one WARN event that names the alias and the reason. A write in
+    /// `f` that reaches a replica fails with the database's read-only error. As with
+    /// `connection()`, ambient access to the alias inside `f` is `Error::ConnectionInUse`,
+    /// and a `read` inside a `connection()` call of the alias is too.
+    ///
+    /// ```no_run
+    /// # extern crate atomic_runtime as diesel_atomic;
+    /// # #[cfg(feature = "postgres")] {
+    /// use diesel::prelude::*;
+    /// use diesel::r2d2::{ConnectionManager, Pool};
+    /// use diesel::sql_types::Bool;
+    /// use diesel_atomic::{db, Database, Databases};
+    ///
+    /// let pool = |url: &str| Pool::new(ConnectionManager::<PgConnection>::new(url)).unwrap();
+    /// let _registry = Databases::new()
+    ///     .add("reports", Database::new(pool("postgres://primary/app")).replica(pool("postgres://standby/app")))
+    ///     .enter();
+    /// let on_standby = db("reports").read(|conn: &mut PgConnection| {
+    ///     diesel::select(diesel::dsl::sql::<Bool>("pg_is_in_recovery()")).get_result::<bool>(conn)
+    /// })?;
+    /// assert!(on_standby);
+    /// # }
+    /// # Ok::<(), diesel::result::Error>(())
+    /// ```
+    pub fn read<C, T, E>(&self, f: impl FnOnce(&mut C) -> Result<T, E>) -> Result<T, E>
+    where
+        C: Connection + 'static,
+        E: From<Error>,
+    {
+        request::touch(self.alias)?;
+        replica::read(self.alias, f)
     }
 
     /// Runs `f` as an atomic block on this alias (ambient mode, savepoint when nested).

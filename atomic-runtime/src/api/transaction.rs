@@ -137,6 +137,31 @@ impl Atomic {
         self
     }
 
+    /// Begins the block's transaction on one of the alias's replicas
+    /// ([`Database::replica`](crate::Database::replica)), read-only (rule P1): `replica(true)`
+    /// sets [`Atomic::read_only`] too. The block must be the outermost block of its alias
+    /// (`Error::ReplicaNested` otherwise) and check its connection out: with
+    /// [`Atomic::run_on`] it is `Error::ReplicaUnsupported`. Nested blocks, `connection()`
+    /// and `read` inside it use the replica's connection. Before it begins, the alias's
+    /// [`ReadYourWrites`](crate::ReadYourWrites) policy applies as for a read. On an alias
+    /// without replicas it runs on the primary, still read-only, rather than failing: its
+    /// answer is one a replica could have given (the primary is at least as fresh), and the
+    /// same code then runs where no replica is configured (development, tests); a replica
+    /// that is configured but unusable is `Error::ReplicaMisconfigured`.
+    ///
+    /// ```
+    /// # extern crate atomic_runtime as diesel_atomic;
+    /// let block = diesel_atomic::transaction::Atomic::new().durable(true).replica(true);
+    /// # drop(block);
+    /// ```
+    pub fn replica(mut self, on: bool) -> Atomic {
+        self.begin.replica = on;
+        if on {
+            self.begin.read_only = true;
+        }
+        self
+    }
+
     /// SQLite's lock mode at BEGIN (an error on other backends). Outermost blocks only, as
     /// [`Atomic::isolation`].
     ///

@@ -12,12 +12,12 @@ use std::panic::{self, AssertUnwindSafe};
 use crate::adapter::connection::release_rolled_back_savepoint;
 use crate::adapter::{ConnectionId, PooledConn, TxConnection};
 use crate::databases;
-use crate::engine::hooks;
 use crate::engine::rules::{
     self, BeginOptionsUse, CallersConnection, EnterPlan, Leave, ReleaseRecovery, Route,
     SavepointExit,
 };
 use crate::engine::state::{self, Callback, Entered, Foreign};
+use crate::engine::{hooks, replica};
 use crate::error::Error;
 use crate::options::BlockOptions;
 
@@ -218,10 +218,16 @@ fn begin_on(
     }
 }
 
-/// E2 for an ambient block: a connection from the alias's pool, BEGIN, push.
+/// E2 for an ambient block: a connection from the alias's pool (a replica's for a `replica =
+/// true` block, rule P1), BEGIN, push.
 fn enter_checked_out(options: &BlockOptions<'_>) -> Result<Entered, Error> {
     let alias = options.using;
-    let mut pooled = databases::lookup(alias)?.checkout(alias)?;
+    let database = databases::lookup(alias)?;
+    let mut pooled = if options.begin.replica {
+        replica::checkout_for_block(alias, &database)?
+    } else {
+        database.checkout(alias)?
+    };
     let conn = pooled.inner();
     let depth_before = conn.depth()?;
     let foreign = rules::foreign_transaction(depth_before, || conn.open_transaction_is_test());
@@ -303,14 +309,17 @@ pub(crate) fn leave(
     caller: Option<&mut dyn TxConnection>,
     body_succeeded: bool,
 ) -> Exit {
-    let (plan, pooled) = state::with_at(entered.index, |state| {
+    // Only a process with replicas looks at what a COMMIT must leave for later reads (P2).
+    let watch_commits = databases::replicas_configured();
+    let (plan, pooled, remember) = state::with_at(entered.index, |state| {
+        let remember = watch_commits && rules::commit_to_remember(state, &entered);
         let plan = rules::plan_leave(state, &entered, body_succeeded);
         let pooled = match &plan {
             Leave::Savepoint { .. } => state.take_held(),
             Leave::Outermost { .. } => state.release_held(),
             _ => None,
         };
-        (plan, pooled)
+        (plan, pooled, remember)
     });
     match plan {
         Leave::Done => Exit::clean(),
@@ -354,6 +363,7 @@ pub(crate) fn leave(
             foreign,
             callbacks,
             route,
+            remember,
         ),
     }
 }
@@ -369,8 +379,9 @@ fn drop_discarded(discarded: Vec<Callback>) {
     }
 }
 
-/// X1/X2 for the outermost block: COMMIT or ROLLBACK, the connection back to the pool, then
-/// the callbacks of a COMMIT where they belong.
+/// X1/X2 for the outermost block: COMMIT or ROLLBACK, what a COMMIT leaves for later reads
+/// (P2, when `remember`), the connection back to the pool, then the callbacks of a COMMIT
+/// where they belong.
 #[allow(clippy::too_many_arguments)]
 #[inline]
 fn leave_outermost(
@@ -382,6 +393,7 @@ fn leave_outermost(
     foreign: Foreign,
     callbacks: Vec<Callback>,
     route: Route,
+    remember: bool,
 ) -> Exit {
     let conn: &mut dyn TxConnection = match (&mut pooled, caller) {
         (Some(pooled), _) => pooled.inner(),
@@ -395,10 +407,13 @@ fn leave_outermost(
         rollback_outermost(alias, conn, depth_before);
         None
     };
+    let committed = error.is_none() && success;
+    if committed && remember {
+        replica::remember_commit(alias, pooled.as_deref_mut());
+    }
     // Back to the pool before the callbacks run (C3); r2d2 discards it if diesel reports it
     // broken or still inside a transaction (X4, X5).
     drop(pooled);
-    let committed = error.is_none() && success;
     let callbacks = if rules::callbacks_survive(foreign, committed) {
         route_callbacks(alias, route, callbacks)
     } else {

@@ -7,11 +7,13 @@
 //! - [`block`]: the sync executor: enter, run the body, leave, with the SQL of each step.
 //! - [`lend`]: ambient access to an alias's connection.
 //! - [`hooks`]: registering and running on_commit callbacks.
+//! - [`replica`]: which connection a read or a `replica = true` block gets (rules P1, P2).
 
 #[cfg(feature = "async")]
 pub(crate) mod aio;
 pub(crate) mod block;
 pub(crate) mod hooks;
 pub(crate) mod lend;
+pub(crate) mod replica;
 pub(crate) mod rules;
 pub(crate) mod state;

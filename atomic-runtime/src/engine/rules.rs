@@ -6,13 +6,15 @@
 //! executor, and unit-tested below without a database. A function's doc names the rules it
 //! implements; docs/SEMANTICS.md names the function for each rule.
 
+use std::time::Duration;
+
 use crate::adapter::ConnectionId;
 use crate::engine::state::{
-    AliasState, Block, BlockKind, BlockToken, Cancelled, Entered, Flavor, Foreign, Others,
-    Outermost, Slot, SyncFlavor,
+    AliasState, Block, BlockKind, BlockToken, Cancelled, Entered, Flavor, Foreign, LastCommit,
+    Others, Outermost, Position, Slot, SyncFlavor,
 };
 use crate::error::Error;
-use crate::options::{BeginOptions, BlockOptions};
+use crate::options::{BeginOptions, BlockOptions, ReadYourWrites};
 
 // --- Entering a block: E1–E3 -----------------------------------------------------------------
 
@@ -98,6 +100,10 @@ pub(crate) fn plan_enter<K: Flavor>(
     options: &BlockOptions<'_>,
     caller: Option<&CallersConnection>,
 ) -> Result<EnterPlan, Error> {
+    // P1 before E1: a nested replica block is refused for what it is, durable or not.
+    if options.begin.replica {
+        check_replica_block(state, caller)?;
+    }
     // E1: first, with no state change.
     if options.durable && refuses_durable(state) {
         return Err(durable_nested(state));
@@ -123,6 +129,7 @@ pub(crate) fn plan_enter<K: Flavor>(
                         restore_lent,
                         depth_before: conn.depth,
                         foreign: conn.foreign,
+                        read_only: options.begin.begins_read_only(),
                     },
                     begun_isolation,
                     host,
@@ -189,6 +196,40 @@ pub(crate) fn refuses_durable<K: Flavor>(state: &AliasState<K>) -> bool {
     }
 }
 
+/// Rule P1 for a `replica = true` block: it begins a read-only transaction of its own on a
+/// replica, so it must be outermost and checked out of the alias's pools (a connection passed
+/// in is not a replica), by an executor that routes it. Directly inside a lone
+/// `TestTransaction` it is allowed and becomes a savepoint of the test's transaction, which
+/// holds the test's data (as Django's test replicas mirror the primary).
+fn check_replica_block<K: Flavor>(
+    state: &AliasState<K>,
+    caller: Option<&CallersConnection>,
+) -> Result<(), Error> {
+    let unsupported = |reason| Error::ReplicaUnsupported {
+        alias: state.alias().to_owned(),
+        reason,
+    };
+    if !K::ROUTES_REPLICA_BLOCKS {
+        return Err(unsupported(REPLICA_NOT_ROUTED));
+    }
+    if refuses_durable(state) {
+        return Err(Error::ReplicaNested {
+            alias: state.alias().to_owned(),
+        });
+    }
+    if caller.is_some() && !state.in_atomic_block() {
+        return Err(unsupported(REPLICA_ON_CALLERS_CONNECTION));
+    }
+    Ok(())
+}
+
+const REPLICA_NOT_ROUTED: &str = "is not run on a replica by the async runtime yet (it would \
+     run on the primary unnoticed); drop `replica = true` to run it on the primary";
+
+const REPLICA_ON_CALLERS_CONNECTION: &str = "cannot run on a connection passed in (explicit \
+     mode): that connection is not one of the alias's replicas; let the block check one out \
+     (ambient mode, no connection argument), or drop `replica = true`";
+
 /// An outermost block's BEGIN on a connection where `foreign` is open: durable is refused
 /// inside the caller's own transaction (E1); begin options apply to a real BEGIN only.
 #[inline]
@@ -232,6 +273,7 @@ pub(crate) fn push_checked_out<K: Flavor>(
             restore_lent: None,
             depth_before,
             foreign,
+            read_only: options.begin.begins_read_only(),
         },
         begun_isolation,
         None,
@@ -275,6 +317,7 @@ pub(crate) fn push_test_transaction<K: Flavor>(
             restore_lent: None,
             depth_before,
             foreign,
+            read_only: false,
         },
         None,
         None,
@@ -1097,6 +1140,166 @@ pub(crate) fn retry_reason(failure: AttemptFailure) -> Option<&'static str> {
         .or(failure.commit_transient)
         .or((failure.hidden_conflict && failure.body_unique_violation)
             .then_some("snapshot conflict"))
+}
+
+// --- Replicas: P1, P2 --------------------------------------------------------------------------
+
+/// Where a read goes (or the BEGIN of a `replica = true` block), for [`route_read`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum ReadRoute {
+    /// The primary: the alias's connection as `connection()` gets it.
+    Primary(OnPrimary),
+    /// Replica `index`, once it has replayed what `wait` names (`None`: nothing to wait for).
+    Replica { index: usize, wait: Option<WaitFor> },
+}
+
+/// Why a read goes to the primary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum OnPrimary {
+    /// P1: a block of the alias is open (or its connection is lent or bound): a transaction
+    /// reads its own writes, on its own connection.
+    InBlock,
+    /// The alias has no replica.
+    NoReplica,
+    /// P2 under `ReadYourWrites::Primary`: this scope committed on the alias.
+    CommittedInScope,
+}
+
+/// What a read waits for on its replica before it reads there (rule P2).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct WaitFor {
+    /// The thread's last commit on the alias.
+    pub(crate) position: Position,
+    /// How long at most; then the read goes to the primary.
+    pub(crate) timeout: Duration,
+}
+
+/// Rules P1 and P2: where a read on `state`'s alias goes, with `replicas` replicas under
+/// `policy`. `turn` is the round robin's number (replica `turn % replicas`); `scope_start`
+/// the commit serial at which the read scope (the request, else the thread) began.
+///
+/// Inside a block the block's connection (P1). Outside, a replica, except after this thread
+/// committed on the alias: `Wait` first waits until that replica has replayed the commit,
+/// unless it was seen to already; `Primary` reads the primary if the commit was made in this
+/// scope; `Off` reads the replica at once.
+pub(crate) fn route_read<K: Flavor>(
+    state: &AliasState<K>,
+    replicas: usize,
+    policy: ReadYourWrites,
+    scope_start: u64,
+    turn: usize,
+) -> ReadRoute {
+    if state.in_atomic_block() || state.slot != Slot::Empty {
+        return ReadRoute::Primary(OnPrimary::InBlock);
+    }
+    if replicas == 0 {
+        return ReadRoute::Primary(OnPrimary::NoReplica);
+    }
+    let index = turn % replicas;
+    let last = &state.last_commit;
+    let wait = match policy {
+        ReadYourWrites::Off => None,
+        ReadYourWrites::Primary if last.serial > scope_start => {
+            return ReadRoute::Primary(OnPrimary::CommittedInScope);
+        }
+        ReadYourWrites::Primary => None,
+        ReadYourWrites::Wait(timeout) => match &last.position {
+            Some(position) if !replayed_on(last, index) => Some(WaitFor {
+                position: position.clone(),
+                timeout,
+            }),
+            _ => None,
+        },
+    };
+    ReadRoute::Replica { index, wait }
+}
+
+/// Whether replica `index` was seen to have replayed the last commit.
+fn replayed_on(last: &LastCommit, index: usize) -> bool {
+    index < 64 && last.replayed_on & (1 << index) != 0
+}
+
+/// What a COMMIT on an alias leaves for later reads (rule P2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Remember {
+    /// Nothing: no replica, or the policy is `Off`.
+    Nothing,
+    /// That the thread committed (`Primary`).
+    Commit,
+    /// That it committed, and where in the primary's log (`Wait`: one query after COMMIT).
+    Position,
+}
+
+/// Rule P2: what a commit on an alias with `replicas` replicas under `policy` must remember.
+/// Aliases without replicas remember nothing and send no query.
+pub(crate) fn what_to_remember(replicas: usize, policy: ReadYourWrites) -> Remember {
+    match policy {
+        _ if replicas == 0 => Remember::Nothing,
+        ReadYourWrites::Off => Remember::Nothing,
+        ReadYourWrites::Primary => Remember::Commit,
+        ReadYourWrites::Wait(_) => Remember::Position,
+    }
+}
+
+/// Rule P2 at an outermost block's exit: whether its COMMIT may have written on the primary,
+/// so that later reads must see it: the block `entered` is the outermost one, the runtime
+/// began its transaction (not the caller's own, not diesel's test transaction), and not
+/// read-only (a `replica = true` block is read-only too). Asked before [`plan_leave`].
+#[inline]
+pub(crate) fn commit_to_remember<K: Flavor>(state: &AliasState<K>, entered: &Entered) -> bool {
+    match state.blocks.as_slice() {
+        [
+            Block {
+                token,
+                kind: BlockKind::Outermost(outermost),
+                ..
+            },
+        ] => *token == entered.token && outermost.foreign == Foreign::None && !outermost.read_only,
+        _ => false,
+    }
+}
+
+/// Rule P2 at the end of a `connection()` call: a connection checked out for the call, outside
+/// every block of the alias, ran in autocommit mode, where each statement the closure sent
+/// committed on its own; the call counts as a commit to remember. A connection lent by a
+/// block commits with its block, and one lent to a `read` is not written to.
+#[inline]
+pub(crate) fn lend_to_remember(from_block: bool, for_read: bool) -> bool {
+    !from_block && !for_read
+}
+
+/// Rule P2: the thread committed on the alias (its commit serial `serial`; `position` where
+/// the policy waits for it). No replica has replayed it yet.
+pub(crate) fn remember_commit<K: Flavor>(
+    state: &mut AliasState<K>,
+    serial: u64,
+    position: Option<Position>,
+) {
+    state.last_commit = LastCommit {
+        serial,
+        position,
+        replayed_on: 0,
+    };
+}
+
+/// Rule P2: the position of a commit remembered as [`Position::Unknown`] is now known to be
+/// at most `position` (the primary's current one; `None`: nothing to wait for). Once known,
+/// other replicas wait for it without asking the primary again.
+pub(crate) fn position_resolved<K: Flavor>(state: &mut AliasState<K>, position: Option<Box<str>>) {
+    let last = &mut state.last_commit;
+    if last.position == Some(Position::Unknown) {
+        last.position = position.map(Position::Known);
+        last.replayed_on = 0;
+    }
+}
+
+/// Rule P2: replica `index` has replayed `position`, so reads there do not wait for it again
+/// (unless a later commit replaced it meanwhile).
+pub(crate) fn replayed<K: Flavor>(state: &mut AliasState<K>, index: usize, position: &Position) {
+    let last = &mut state.last_commit;
+    if last.position.as_ref() == Some(position) && index < 64 {
+        last.replayed_on |= 1 << index;
+    }
 }
 
 // --- Errors the rules return ------------------------------------------------------------------

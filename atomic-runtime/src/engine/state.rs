@@ -56,6 +56,9 @@ pub(crate) struct Outermost {
     /// diesel's depth before our BEGIN (0 unless `foreign` says otherwise).
     pub(crate) depth_before: u32,
     pub(crate) foreign: Foreign,
+    /// The transaction was begun read-only (`read_only`, `replica`): its COMMIT wrote
+    /// nothing that a later read must wait for (rule P2).
+    pub(crate) read_only: bool,
 }
 
 /// What one open block is, from the outside in.
@@ -160,6 +163,10 @@ pub(crate) struct Entered {
 pub(crate) trait Flavor: 'static {
     type Callback;
     type Pooled: ?Sized + Pooled;
+    /// Whether this runtime's executor checks a `replica = true` block out of a replica (rule
+    /// P1). Where it does not, such a block is refused rather than run on the primary
+    /// unnoticed.
+    const ROUTES_REPLICA_BLOCKS: bool = false;
 }
 
 /// A pooled connection as the state sees it.
@@ -179,6 +186,37 @@ pub(crate) struct SyncFlavor;
 impl Flavor for SyncFlavor {
     type Callback = Callback;
     type Pooled = dyn PooledConn;
+    const ROUTES_REPLICA_BLOCKS: bool = true;
+}
+
+/// This thread's last commit on an alias, for reads on its replicas (rule P2, read your own
+/// writes). Kept only for aliases with replicas.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct LastCommit {
+    /// The thread's commit serial ([`next_commit_serial`]) at that commit; 0 for none.
+    pub(crate) serial: u64,
+    /// Where the commit is in the primary's log, while a read must wait for a replica to
+    /// replay it (policy `Wait`).
+    pub(crate) position: Option<Position>,
+    /// The replicas, one bit per index, seen to have replayed `position`: reads there need
+    /// not wait for it again. Replicas past the 64th are asked every time.
+    pub(crate) replayed_on: u64,
+}
+
+impl LastCommit {
+    pub(crate) fn is_empty(&self) -> bool {
+        *self == LastCommit::default()
+    }
+}
+
+/// A commit's place in the primary's log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Position {
+    /// PostgreSQL's WAL position, MariaDB's GTID.
+    Known(Box<str>),
+    /// Not read (the commit was on the caller's connection, or reading it failed): the
+    /// primary's current position, read before the wait, is at or past it.
+    Unknown,
 }
 
 pub(crate) struct AliasState<K: Flavor = SyncFlavor> {
@@ -221,6 +259,8 @@ pub(crate) struct AliasState<K: Flavor = SyncFlavor> {
     /// step on the connection rolls back to this depth first.
     #[cfg_attr(not(feature = "async"), allow(dead_code))]
     pub(crate) leftover_savepoint: Option<u32>,
+    /// This thread's last commit on the alias, for reads on its replicas (rule P2).
+    pub(crate) last_commit: LastCommit,
 }
 
 impl<K: Flavor> AliasState<K> {
@@ -240,6 +280,7 @@ impl<K: Flavor> AliasState<K> {
             after_lend: Vec::new(),
             orphaned_at_depth: None,
             leftover_savepoint: None,
+            last_commit: LastCommit::default(),
         }
     }
 
@@ -259,13 +300,15 @@ impl<K: Flavor> AliasState<K> {
     }
 
     /// Whether nothing on this thread refers to the state any more, so its entry may be
-    /// reused for another alias.
+    /// reused for another alias. A remembered commit is kept: forgetting it would let a read
+    /// miss the thread's own write (rule P2).
     pub(crate) fn is_idle(&self) -> bool {
         self.blocks.is_empty()
             && self.slot == Slot::Empty
             && self.callbacks.is_empty()
             && self.after_lend.is_empty()
             && self.orphaned_at_depth.is_none()
+            && self.last_commit.is_empty()
     }
 
     // --- Slot transitions: the only places that move the connection in and out. ---------------
@@ -402,6 +445,47 @@ impl<K: Flavor> States<K> {
 thread_local! {
     static STATES: RefCell<States> = const { RefCell::new(States::new()) };
     static NEXT_TOKEN: Cell<u64> = Cell::new(token_base());
+    /// How many remembered commits this thread has made (rule P2).
+    static COMMIT_SERIAL: Cell<u64> = const { Cell::new(0) };
+    /// The commit serial when the current read scope began: commits after it count for the
+    /// `Primary` policy. 0 on a thread (its scope is the whole thread), the serial at its
+    /// start inside `request()`.
+    static READ_SCOPE_START: Cell<u64> = const { Cell::new(0) };
+}
+
+/// The serial of a commit being remembered now: greater than every earlier one of the thread.
+pub(crate) fn next_commit_serial() -> u64 {
+    COMMIT_SERIAL.with(|serial| {
+        serial.set(serial.get() + 1);
+        serial.get()
+    })
+}
+
+/// Where the current read scope began (see `READ_SCOPE_START`).
+pub(crate) fn read_scope_start() -> u64 {
+    READ_SCOPE_START.with(Cell::get)
+}
+
+/// A read scope of its own (a request's) until the guard drops: commits made before it do
+/// not send its reads to the primary under the `Primary` policy (rule P2).
+#[must_use = "the scope lasts while the guard lives"]
+pub(crate) struct ReadScope {
+    previous: u64,
+}
+
+impl ReadScope {
+    pub(crate) fn begin() -> ReadScope {
+        let now = COMMIT_SERIAL.with(Cell::get);
+        ReadScope {
+            previous: READ_SCOPE_START.with(|start| start.replace(now)),
+        }
+    }
+}
+
+impl Drop for ReadScope {
+    fn drop(&mut self) {
+        let _ = READ_SCOPE_START.try_with(|start| start.set(self.previous));
+    }
 }
 
 /// Runs `f` on the alias's state, creating it on first use. `f` must not call user code, nor

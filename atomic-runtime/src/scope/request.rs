@@ -15,6 +15,7 @@ use crate::databases;
 use crate::engine::block;
 use crate::engine::hooks;
 use crate::engine::rules::{AliasEnd, RequestEnd, RequestScope, RequestTransaction};
+use crate::engine::state;
 use crate::error::Error;
 use crate::options::BlockOptions;
 
@@ -103,6 +104,10 @@ pub(crate) fn run<T, E: From<Error>>(
     if ACTIVE.with(Cell::get) {
         return Err(Error::RequestNested);
     }
+    // Rule P2: under `ReadYourWrites::Primary`, the view's commits send its later reads to
+    // the primary; commits made before the request (by another request on this thread) do
+    // not.
+    let _read_scope = state::ReadScope::begin();
     let aliases: Vec<(String, RequestTransaction)> = databases::current()
         .map(|databases| {
             databases

@@ -4,6 +4,7 @@
 use super::*;
 use crate::engine::state::Callback;
 use crate::options::{BeginMode, Isolation};
+use std::time::Duration;
 
 // --- Fixtures -------------------------------------------------------------------------------
 
@@ -933,5 +934,393 @@ fn c2_a_callback_registered_inside_another_aliass_deeper_block_goes_with_it() {
     assert!(matches!(
         on_commit(&mut state, Others::of(&mut others), callback()),
         OnCommit::Refused(..)
+    ));
+}
+
+// --- P: replicas -------------------------------------------------------------------------------
+
+fn replica_block() -> BlockOptions<'static> {
+    BlockOptions {
+        durable: true,
+        begin: BeginOptions {
+            read_only: true,
+            replica: true,
+            ..BeginOptions::DEFAULT
+        },
+        ..options()
+    }
+}
+
+fn wait(millis: u64) -> ReadYourWrites {
+    ReadYourWrites::Wait(Duration::from_millis(millis))
+}
+
+fn known(position: &str) -> Position {
+    Position::Known(position.into())
+}
+
+fn replica(index: usize, wait: Option<WaitFor>) -> ReadRoute {
+    ReadRoute::Replica { index, wait }
+}
+
+fn waiting_for(position: Position, millis: u64) -> Option<WaitFor> {
+    Some(WaitFor {
+        position,
+        timeout: Duration::from_millis(millis),
+    })
+}
+
+#[test]
+fn p1_reads_inside_a_block_or_a_lent_connection_stay_on_it() {
+    type Setup = fn(&mut AliasState);
+    let cases: &[(&str, Setup)] = &[
+        ("ambient block", |state| drop(ambient_outermost(state))),
+        ("explicit block", |state| {
+            drop(explicit(state, &options()).unwrap())
+        }),
+        ("connection() call", |state| {
+            state.slot = Slot::Lent(connection(1))
+        }),
+    ];
+    for (situation, setup) in cases {
+        let mut state = fresh();
+        setup(&mut state);
+        for policy in [ReadYourWrites::Off, ReadYourWrites::Primary, wait(10)] {
+            assert_eq!(
+                route_read(&state, 2, policy, 0, 0),
+                ReadRoute::Primary(OnPrimary::InBlock),
+                "{situation}, {policy:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn p2_reads_outside_blocks_as_a_table() {
+    let committed = |position: Option<Position>| {
+        let mut state = fresh();
+        remember_commit(&mut state, 7, position);
+        state
+    };
+    // (situation, state, replicas, policy, read scope start, turn, expected)
+    let cases: Vec<(
+        &str,
+        AliasState,
+        usize,
+        ReadYourWrites,
+        u64,
+        usize,
+        ReadRoute,
+    )> = vec![
+        (
+            "no replica",
+            fresh(),
+            0,
+            wait(10),
+            0,
+            0,
+            ReadRoute::Primary(OnPrimary::NoReplica),
+        ),
+        (
+            "nothing committed",
+            fresh(),
+            2,
+            wait(10),
+            0,
+            3,
+            replica(1, None),
+        ),
+        (
+            "Wait after a commit",
+            committed(Some(known("0/3000148"))),
+            2,
+            wait(10),
+            0,
+            0,
+            replica(0, waiting_for(known("0/3000148"), 10)),
+        ),
+        (
+            "Wait after a commit on the caller's connection",
+            committed(Some(Position::Unknown)),
+            1,
+            wait(10),
+            0,
+            5,
+            replica(0, waiting_for(Position::Unknown, 10)),
+        ),
+        (
+            "Wait after a commit that wrote no GTID",
+            committed(None),
+            1,
+            wait(10),
+            0,
+            0,
+            replica(0, None),
+        ),
+        (
+            "Primary after a commit in this scope",
+            committed(None),
+            2,
+            ReadYourWrites::Primary,
+            6,
+            0,
+            ReadRoute::Primary(OnPrimary::CommittedInScope),
+        ),
+        (
+            "Primary after a commit before this scope (an earlier request)",
+            committed(None),
+            2,
+            ReadYourWrites::Primary,
+            7,
+            1,
+            replica(1, None),
+        ),
+        (
+            "Off after a commit",
+            committed(Some(known("0-1-42"))),
+            2,
+            ReadYourWrites::Off,
+            0,
+            0,
+            replica(0, None),
+        ),
+    ];
+    for (situation, state, replicas, policy, scope_start, turn, expected) in cases {
+        assert_eq!(
+            route_read(&state, replicas, policy, scope_start, turn),
+            expected,
+            "{situation}"
+        );
+    }
+}
+
+#[test]
+fn p2_replicas_are_taken_in_turn() {
+    let state = fresh();
+    let indexes: Vec<ReadRoute> = (0..4)
+        .map(|turn| route_read(&state, 3, ReadYourWrites::Off, 0, turn))
+        .collect();
+    assert_eq!(
+        indexes,
+        [
+            replica(0, None),
+            replica(1, None),
+            replica(2, None),
+            replica(0, None)
+        ]
+    );
+}
+
+#[test]
+fn p2_a_replica_seen_to_have_replayed_the_commit_is_not_waited_for_again() {
+    let mut state = fresh();
+    remember_commit(&mut state, 1, Some(known("0/10")));
+    replayed(&mut state, 1, &known("0/10"));
+    assert_eq!(route_read(&state, 2, wait(10), 0, 1), replica(1, None));
+    assert_eq!(
+        route_read(&state, 2, wait(10), 0, 0),
+        replica(0, waiting_for(known("0/10"), 10)),
+        "another replica still waits"
+    );
+    // A later commit is waited for again, everywhere.
+    remember_commit(&mut state, 2, Some(known("0/20")));
+    assert_eq!(
+        route_read(&state, 2, wait(10), 0, 1),
+        replica(1, waiting_for(known("0/20"), 10))
+    );
+    // A replica that replayed an older position does not count for the newer one.
+    replayed(&mut state, 1, &known("0/10"));
+    assert_eq!(
+        route_read(&state, 2, wait(10), 0, 1),
+        replica(1, waiting_for(known("0/20"), 10))
+    );
+}
+
+#[test]
+fn p2_a_commit_of_unknown_position_waits_for_the_primarys_position_once_known() {
+    let mut state = fresh();
+    remember_commit(&mut state, 1, Some(Position::Unknown));
+    position_resolved(&mut state, Some("0/30".into()));
+    assert_eq!(
+        route_read(&state, 2, wait(10), 0, 0),
+        replica(0, waiting_for(known("0/30"), 10))
+    );
+    // Only an unknown position is resolved.
+    position_resolved(&mut state, Some("0/99".into()));
+    assert_eq!(state.last_commit.position, Some(known("0/30")));
+    let mut nothing = fresh();
+    remember_commit(&mut nothing, 1, Some(Position::Unknown));
+    position_resolved(&mut nothing, None);
+    assert_eq!(route_read(&nothing, 1, wait(10), 0, 0), replica(0, None));
+}
+
+#[test]
+fn p2_what_a_commit_remembers_as_a_table() {
+    let cases = [
+        (0, wait(10), Remember::Nothing),
+        (0, ReadYourWrites::Primary, Remember::Nothing),
+        (1, ReadYourWrites::Off, Remember::Nothing),
+        (1, ReadYourWrites::Primary, Remember::Commit),
+        (2, wait(10), Remember::Position),
+    ];
+    for (replicas, policy, expected) in cases {
+        assert_eq!(
+            what_to_remember(replicas, policy),
+            expected,
+            "{replicas} replicas, {policy:?}"
+        );
+    }
+}
+
+#[test]
+fn p2_only_a_commit_that_may_have_written_on_the_primary_is_remembered() {
+    let mut state = fresh();
+    let outermost = ambient_outermost(&mut state);
+    assert!(commit_to_remember(&state, &outermost));
+    let inner = explicit(&mut state, &options()).unwrap();
+    assert!(
+        !commit_to_remember(&state, &inner),
+        "a savepoint commits nothing"
+    );
+    drop(plan_leave(&mut state, &inner, true));
+    drop(plan_leave(&mut state, &outermost, true));
+
+    for (situation, begin) in [
+        (
+            "read-only",
+            BeginOptions {
+                read_only: true,
+                ..BeginOptions::DEFAULT
+            },
+        ),
+        (
+            "on a replica",
+            BeginOptions {
+                replica: true,
+                ..BeginOptions::DEFAULT
+            },
+        ),
+    ] {
+        let mut state = fresh();
+        state.slot = Slot::Held(connection(0));
+        state.block_connection = Some(connection(0));
+        let read_only = BlockOptions { begin, ..options() };
+        let entered = push_checked_out(
+            &mut state,
+            0,
+            Foreign::None,
+            &read_only,
+            BeginOptionsUse::Apply,
+        );
+        assert!(!commit_to_remember(&state, &entered), "{situation}");
+    }
+
+    let mut state = fresh();
+    let inside_callers = match plan_enter(
+        &mut state,
+        Others::of(&mut []),
+        &options(),
+        Some(&caller(0, 1)),
+    ) {
+        Ok(EnterPlan::OnCallersConnection { entered, .. }) => entered,
+        other => panic!("{other:?}"),
+    };
+    assert!(
+        !commit_to_remember(&state, &inside_callers),
+        "the caller's own transaction commits out of sight"
+    );
+}
+
+#[test]
+fn p2_a_connection_call_outside_blocks_is_a_commit_but_a_read_is_not() {
+    // (lent by a block, lent to a read, expected)
+    let cases = [
+        (false, false, true),
+        (true, false, false),
+        (false, true, false),
+        (true, true, false),
+    ];
+    for (from_block, for_read, expected) in cases {
+        assert_eq!(
+            lend_to_remember(from_block, for_read),
+            expected,
+            "from_block {from_block}, for_read {for_read}"
+        );
+    }
+}
+
+#[test]
+fn p1_a_replica_block_must_be_outermost_and_check_its_connection_out() {
+    let mut state = fresh();
+    assert!(matches!(
+        plan_enter(&mut state, Others::of(&mut []), &replica_block(), None),
+        Ok(EnterPlan::CheckOut)
+    ));
+
+    // Nested in a block of the alias, durable or not.
+    let mut state = fresh();
+    drop(ambient_outermost(&mut state));
+    for options in [
+        replica_block(),
+        BlockOptions {
+            durable: false,
+            ..replica_block()
+        },
+    ] {
+        match plan_enter(&mut state, Others::of(&mut []), &options, None) {
+            Err(Error::ReplicaNested { alias }) => assert_eq!(alias, "default"),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(state.blocks.len(), 1, "no state change");
+
+    // On the caller's connection: not a replica.
+    let mut state = fresh();
+    match plan_enter(
+        &mut state,
+        Others::of(&mut []),
+        &replica_block(),
+        Some(&caller(0, 0)),
+    ) {
+        Err(error @ Error::ReplicaUnsupported { .. }) => {
+            assert!(error.to_string().contains("explicit mode"), "{error}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(state.blocks.is_empty() && state.slot == Slot::Empty);
+
+    // Directly inside a TestTransaction: a savepoint of the test's transaction.
+    let mut state = fresh();
+    state.slot = Slot::Held(connection(0));
+    state.block_connection = Some(connection(0));
+    drop(push_test_transaction(&mut state, 0, Foreign::None));
+    assert!(matches!(
+        plan_enter(&mut state, Others::of(&mut []), &replica_block(), None),
+        Ok(EnterPlan::AmbientSavepoint)
+    ));
+}
+
+/// A runtime whose executor does not route replica blocks (the async one, for now).
+struct NoReplicaRouting;
+
+impl Flavor for NoReplicaRouting {
+    type Callback = Callback;
+    type Pooled = dyn crate::adapter::PooledConn;
+}
+
+#[test]
+fn p1_an_executor_that_does_not_route_replica_blocks_refuses_them() {
+    let mut state = AliasState::<NoReplicaRouting>::new("reports", 0);
+    match plan_enter(&mut state, Others::of(&mut []), &replica_block(), None) {
+        Err(error @ Error::ReplicaUnsupported { .. }) => {
+            let message = error.to_string();
+            assert!(message.contains("alias 'reports'"), "{message}");
+            assert!(message.contains("async runtime"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        plan_enter(&mut state, Others::of(&mut []), &options(), None),
+        Ok(EnterPlan::CheckOut)
     ));
 }

@@ -1,0 +1,242 @@
+//! Reads on replicas, for sync code (rules P1 and P2): the connection a read or a `replica =
+//! true` block gets — a replica, once it has replayed the thread's last commit on the alias,
+//! or the primary — and what a COMMIT leaves for later reads. The decisions are
+//! `rules::route_read` and `rules::what_to_remember`; the SQL is `adapter::replication`'s.
+
+use diesel::Connection;
+
+use crate::adapter::{PooledConn, replication};
+use crate::databases::{self, Database, ReplicaSet};
+use crate::engine::lend::Lent;
+use crate::engine::rules::{self, ReadRoute, Remember, WaitFor};
+use crate::engine::state::{self, Position};
+use crate::error::Error;
+
+/// Runs `f` on the connection a read on `alias` gets: inside a block of the alias the
+/// block's, else a replica's or the primary's (rules P1, P2), lent for the call.
+pub(crate) fn read<C, T, E>(alias: &str, f: impl FnOnce(&mut C) -> Result<T, E>) -> Result<T, E>
+where
+    C: Connection + 'static,
+    E: From<Error>,
+{
+    let mut lent = lend_for_read(alias)?;
+    let expected = lent.pooled().type_name();
+    let Some(conn) = lent.pooled().inner_any().downcast_mut::<C>() else {
+        return Err(Error::WrongConnectionType {
+            alias: alias.to_owned(),
+            expected,
+        }
+        .into());
+    };
+    f(conn)
+}
+
+/// The connection of a read, lent as `connection()` lends one.
+fn lend_for_read(alias: &str) -> Result<Lent<'_>, Error> {
+    #[cfg(feature = "async")]
+    if crate::engine::aio::state::held_by_async_block(alias) {
+        return Err(crate::engine::block::sync_inside_async(alias));
+    }
+    // A program without replicas reads as `connection()` does, without a registry lookup.
+    if !databases::replicas_configured() {
+        return Lent::take_to_read(alias);
+    }
+    let database = databases::lookup(alias)?;
+    let Some(replicas) = database.replicas(alias)? else {
+        return Lent::take_to_read(alias);
+    };
+    match route(alias, &replicas) {
+        ReadRoute::Primary(_) => Lent::take_to_read(alias),
+        ReadRoute::Replica { index, wait } => {
+            match ready_replica(alias, &database, &replicas, index, wait) {
+                Some(pooled) => Ok(Lent::checked_out(alias, pooled)),
+                None => Lent::take_to_read(alias),
+            }
+        }
+    }
+}
+
+/// The connection an outermost `replica = true` block begins on: a replica's, or the
+/// primary's when the alias has none, the thread's commit sends it there
+/// (`ReadYourWrites::Primary`), or the replica is unreachable or lags.
+///
+/// An alias without replicas runs the block on the primary rather than failing: the block is
+/// read-only either way and sees data at least as fresh as a replica's, so its answer is one a
+/// replica could have given, and development and test setups without replicas run the same
+/// code. A replica that is configured but unusable is an error (`ReplicaMisconfigured`), never
+/// this fallback.
+pub(crate) fn checkout_for_block(
+    alias: &str,
+    database: &Database,
+) -> Result<Box<dyn PooledConn>, Error> {
+    let Some(replicas) = database.replicas(alias)? else {
+        tracing::debug!(
+            alias,
+            "replica = true on an alias without replicas: the block runs on the primary"
+        );
+        return database.checkout(alias);
+    };
+    match route(alias, &replicas) {
+        ReadRoute::Primary(because) => {
+            tracing::debug!(
+                alias,
+                ?because,
+                "replica = true: the block runs on the primary"
+            );
+            database.checkout(alias)
+        }
+        ReadRoute::Replica { index, wait } => {
+            match ready_replica(alias, database, &replicas, index, wait) {
+                Some(pooled) => {
+                    tracing::debug!(
+                        alias,
+                        replica = index,
+                        "replica = true: the block runs on a replica"
+                    );
+                    Ok(pooled)
+                }
+                None => database.checkout(alias),
+            }
+        }
+    }
+}
+
+/// Rules P1–P2's route for `alias` now.
+fn route(alias: &str, replicas: &ReplicaSet<'_>) -> ReadRoute {
+    let turn = replicas.turn();
+    let scope_start = state::read_scope_start();
+    state::with(alias, |state| {
+        rules::route_read(state, replicas.len(), replicas.policy, scope_start, turn)
+    })
+}
+
+/// A connection of replica `index` that has replayed what `wait` names, or `None` after
+/// exactly one WARN event saying why the read goes to the primary instead.
+fn ready_replica(
+    alias: &str,
+    database: &Database,
+    replicas: &ReplicaSet<'_>,
+    index: usize,
+    wait: Option<WaitFor>,
+) -> Option<Box<dyn PooledConn>> {
+    let mut pooled = match replicas.checkout(index) {
+        Ok(pooled) => pooled,
+        Err(error) => {
+            on_primary_instead(alias, index, &format!("it cannot be reached ({error})"));
+            return None;
+        }
+    };
+    let Some(WaitFor { position, timeout }) = wait else {
+        return Some(pooled);
+    };
+    let position = match position {
+        Position::Known(position) => position,
+        Position::Unknown => match primary_position(alias, database) {
+            Ok(position) => {
+                state::with(alias, |state| {
+                    rules::position_resolved(state, position.clone());
+                });
+                match position {
+                    Some(position) => position,
+                    None => return Some(pooled),
+                }
+            }
+            Err(reason) => {
+                on_primary_instead(
+                    alias,
+                    index,
+                    &format!("the primary's position could not be read ({reason})"),
+                );
+                return None;
+            }
+        },
+    };
+    match replication::wait_for(&mut *pooled, &position, timeout) {
+        Ok(true) => {
+            state::with(alias, |state| {
+                rules::replayed(state, index, &Position::Known(position));
+            });
+            Some(pooled)
+        }
+        Ok(false) => {
+            on_primary_instead(
+                alias,
+                index,
+                &format!(
+                    "it has not replayed this thread's last commit ({position}) within \
+                     {timeout:?}"
+                ),
+            );
+            None
+        }
+        Err(error) => {
+            on_primary_instead(
+                alias,
+                index,
+                &format!("waiting for it to replay this thread's last commit failed ({error})"),
+            );
+            None
+        }
+    }
+}
+
+/// The primary's current position, at or past every commit made before (for a commit whose
+/// own position was not read).
+fn primary_position(alias: &str, database: &Database) -> Result<Option<Box<str>>, String> {
+    let mut pooled = database
+        .checkout(alias)
+        .map_err(|error| error.to_string())?;
+    replication::current_position(&mut *pooled)
+        .map(|position| position.map(Into::into))
+        .map_err(|error| error.to_string())
+}
+
+/// The one WARN event of a read that goes to the primary instead of a replica.
+#[cold]
+fn on_primary_instead(alias: &str, replica: usize, reason: &str) {
+    tracing::warn!(
+        alias,
+        replica,
+        reason,
+        "alias '{alias}': reading from the primary instead of replica {replica}: {reason}"
+    );
+}
+
+/// Rule P2 after the COMMIT of an outermost block that may have written on the primary
+/// (`rules::commit_to_remember`), or at the end of a `connection()` call outside blocks
+/// (`rules::lend_to_remember`): remembers it for later reads, with its position in the
+/// primary's log read on `pooled`, the connection it committed on (`None`: the caller's
+/// connection, which the runtime cannot query; the read then asks the primary). Only aliases
+/// with replicas get here with something to do.
+#[cold]
+pub(crate) fn remember_commit(alias: &str, pooled: Option<&mut (dyn PooledConn + 'static)>) {
+    let Ok(database) = databases::lookup(alias) else {
+        return;
+    };
+    let Ok(Some(replicas)) = database.replicas(alias) else {
+        return;
+    };
+    let position = match rules::what_to_remember(replicas.len(), replicas.policy) {
+        Remember::Nothing => return,
+        Remember::Commit => None,
+        Remember::Position => match pooled {
+            Some(conn) => match replication::position_after_commit(conn) {
+                Ok(position) => position.map(|position| Position::Known(position.into())),
+                Err(error) => {
+                    tracing::warn!(
+                        alias,
+                        %error,
+                        "reading the position of a COMMIT failed; the next read on a replica \
+                         waits for the primary's current position instead"
+                    );
+                    Some(Position::Unknown)
+                }
+            },
+            None => Some(Position::Unknown),
+        },
+    };
+    let serial = state::next_commit_serial();
+    state::with(alias, |state| {
+        rules::remember_commit(state, serial, position)
+    });
+}
