@@ -316,6 +316,12 @@ fn pair<S>(
     ours: impl AsyncFnMut(&mut S),
     theirs: impl AsyncFnMut(&mut S),
 ) -> Pair {
+    // `ONLY=<text>` times only the pairs whose name contains it (the others run once).
+    let what = what.into();
+    let (n_rounds, chunk) = match std::env::var("ONLY") {
+        Ok(only) if !what.contains(only.as_str()) => (1, 1),
+        _ => (n_rounds, chunk),
+    };
     let times = rounds(rt, state, n_rounds, chunk, ours, theirs);
     let mut ratios: Vec<f64> = times.iter().map(|(a, b, ..)| a / b).collect();
     let mut ours_ns: Vec<f64> = times.iter().map(|t| t.0).collect();
@@ -334,7 +340,7 @@ fn pair<S>(
         values.sort_by(f64::total_cmp);
     }
     let pair = Pair {
-        what: what.into(),
+        what,
         ours_ns: quantile(&ours_ns, 0.5),
         theirs_ns: quantile(&theirs_ns, 0.5),
         ratio: quantile(&ratios, 0.5),

@@ -97,7 +97,11 @@ pub(crate) async fn finish<T, E: From<Error>>(
 ) -> Result<T, E> {
     match settle(alias, outcome, exit.error) {
         Settled::Committed(value) => {
-            hooks::run_after_commit(alias, exit.callbacks).await;
+            // Tested here, not only inside: a nested block has no queue to run, and skipping
+            // the call skips setting up its future.
+            if !exit.callbacks.is_empty() {
+                hooks::run_after_commit(alias, exit.callbacks).await;
+            }
             Ok(value)
         }
         Settled::Returned(result) => result,
@@ -337,18 +341,22 @@ pub(crate) async fn enter(
     mut caller: Option<&mut dyn AsyncTx>,
 ) -> Result<Armed, Error> {
     let alias = options.using;
-    state::turn(alias).await;
+    let mut index = state::turn(alias).await;
     if let Some(conn) = caller.as_deref_mut() {
         let id = conn.id();
-        if state::with(alias, |state| state.block_connection == Some(id)) {
+        let leftover = state::with_at(index, |state| {
+            state.block_connection == Some(id) && state.leftover_savepoint.is_some()
+        });
+        if leftover {
             close_cancelled_levels(alias, conn).await;
+            index = state::with_task(|task| task.states.index(alias));
         }
     }
     let callers_connection = match caller.as_deref_mut() {
-        Some(conn) => Some(callers_connection(alias, conn)?),
+        Some(conn) => Some(callers_connection(alias, index, conn)?),
         None => None,
     };
-    let plan = state::with_others(alias, |state, others| {
+    let plan = state::with_others_at(index, |state, others| {
         rules::plan_enter(state, others, options, callers_connection.as_ref())
     })?;
     match plan {
@@ -399,11 +407,15 @@ pub(crate) async fn close_cancelled_levels(alias: &str, conn: &mut dyn AsyncTx) 
 }
 
 /// diesel's view of the caller's connection; refuses one left stale by a cancelled block.
-fn callers_connection(alias: &str, conn: &mut dyn AsyncTx) -> Result<CallersConnection, Error> {
+fn callers_connection(
+    alias: &str,
+    index: usize,
+    conn: &mut dyn AsyncTx,
+) -> Result<CallersConnection, Error> {
     let depth = conn.depth()?;
     let id = conn.id();
     if depth > 0
-        && !state::with(alias, |state| state.block_connection == Some(id))
+        && !state::with_at(index, |state| state.block_connection == Some(id))
         && stale::is_stale(id, depth)
     {
         conn.mark_broken();
@@ -506,7 +518,7 @@ pub(crate) async fn leave(
     let Some(entered) = armed.entered.take() else {
         return Exit::clean();
     };
-    let (plan, pooled, child) = state::with(alias, |state| {
+    let (plan, pooled, child) = state::with_at(entered.index, |state| {
         let child = rules::child_cancelled(state, &entered);
         let plan = rules::plan_leave(state, &entered, body_succeeded && child == Cancelled::No);
         if matches!(plan, Leave::Done) && child != Cancelled::No {

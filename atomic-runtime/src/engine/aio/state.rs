@@ -6,7 +6,7 @@
 //! The table lives in a `task_local!` `RefCell`. Its borrow is never held across an `.await`
 //! (the closures below are synchronous), which keeps every future `Send`.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
@@ -85,9 +85,14 @@ pub(crate) struct Task {
     pub(crate) request: Option<crate::scope::aio_request::AsyncRequest>,
 }
 
+/// A task's table as it is kept: boxed, so its address (which [`Keep`] gives the thread while
+/// the task runs) stays put when the table moves between the task, the spare and the parked
+/// slot.
+pub(crate) type Table = Box<RefCell<Task>>;
+
 impl Task {
-    fn new() -> Self {
-        Task {
+    fn new() -> Table {
+        Box::new(RefCell::new(Task {
             states: States::new(),
             polling: Vec::new(),
             waiting: Vec::new(),
@@ -95,16 +100,16 @@ impl Task {
             lends: Vec::new(),
             databases: crate::databases::current().ok(),
             request: None,
-        }
+        }))
     }
 
     /// A table for a new outermost block: the thread's spare one when it has one (its
     /// entries and buffers are allocated already), else a new one.
-    fn fresh() -> Self {
+    fn fresh() -> Table {
         match SPARE.with(|spare| spare.borrow_mut().take()) {
-            Some(mut task) => {
-                task.databases = crate::databases::current().ok();
-                task
+            Some(mut table) => {
+                table.get_mut().databases = crate::databases::current().ok();
+                table
             }
             None => Task::new(),
         }
@@ -121,21 +126,53 @@ impl Task {
 }
 
 /// Keeps a table whose outermost block ended as the thread's spare, if it is idle.
-fn recycle(mut task: Task) {
+fn recycle(mut table: Table) {
+    let task = table.get_mut();
     if task.is_idle() {
         task.waiting.clear();
         task.databases = None;
-        SPARE.with(|spare| *spare.borrow_mut() = Some(task));
+        SPARE.with(|spare| *spare.borrow_mut() = Some(table));
     }
 }
 
-tokio::task_local! {
-    static TASK: RefCell<Task>;
+thread_local! {
+    /// The table of the task whose outermost call is being polled on this thread: set by
+    /// [`Keep`] around each poll (and its drop) and restored after, so it is the task's
+    /// table exactly while the task's code runs, as a `tokio::task_local!` would be. Ours
+    /// because tokio's moves its value in and out of the thread on every poll, a quarter of
+    /// the runtime's own instructions per block (callgrind); this sets one pointer.
+    static CURRENT: Cell<*const RefCell<Task>> = const { Cell::new(std::ptr::null()) };
+}
+
+/// The current task's table, while [`Keep`] polls it.
+fn current() -> Option<&'static RefCell<Task>> {
+    let table = CURRENT.with(Cell::get);
+    // SAFETY: a non-null pointer was set by `InTable::enter` from a `Table` that the `Keep`
+    // being polled (or `in_parked`) owns and neither frees nor replaces while it runs; the
+    // `InTable` guard restores the previous pointer when that poll or drop returns or
+    // unwinds, so the pointer is only seen while the table is alive. The `'static` never
+    // leaves this module: callers use it inside a synchronous call.
+    unsafe { table.as_ref() }
+}
+
+/// Sets the thread's current table for a scope; restores the one before on drop.
+struct InTable(*const RefCell<Task>);
+
+impl InTable {
+    fn enter(table: &RefCell<Task>) -> InTable {
+        InTable(CURRENT.with(|current| current.replace(table)))
+    }
+}
+
+impl Drop for InTable {
+    fn drop(&mut self) {
+        CURRENT.with(|current| current.set(self.0));
+    }
 }
 
 /// Whether the current task has a state table already.
 pub(crate) fn in_task_scope() -> bool {
-    TASK.try_with(|_| ()).is_ok()
+    current().is_some()
 }
 
 thread_local! {
@@ -143,10 +180,10 @@ thread_local! {
     /// any block must outlive the call that began it, so its table waits here, on the thread
     /// that polls the test (`#[tokio::test]` polls its body on the test thread), and each
     /// outermost call of that thread runs in it.
-    static PARKED: RefCell<Option<Task>> = const { RefCell::new(None) };
+    static PARKED: RefCell<Option<Table>> = const { RefCell::new(None) };
     /// An idle table kept from the thread's last outermost block, so the next one allocates
     /// nothing for its state (every outermost block of a task begins with a table).
-    static SPARE: RefCell<Option<Task>> = const { RefCell::new(None) };
+    static SPARE: RefCell<Option<Table>> = const { RefCell::new(None) };
 }
 
 /// Runs `future` with a state table for the task: the existing one when there is one, the
@@ -156,21 +193,21 @@ pub(crate) async fn scoped<F: Future>(future: F) -> F::Output {
     if in_task_scope() {
         return future.await;
     }
-    let (task, then): (Task, fn(Task)) = match PARKED.with(|parked| parked.borrow_mut().take()) {
+    let (table, then): (Table, fn(Table)) = match PARKED.with(|parked| parked.borrow_mut().take()) {
         None => (Task::fresh(), recycle),
         Some(task) => (task, park),
     };
     Keep {
-        scope: TASK.scope(RefCell::new(task), future),
+        table: Some(table),
+        future: Some(future),
         then,
-        done: false,
     }
     .await
 }
 
 /// Parks a table for the thread's next outermost calls (see `PARKED`).
-pub(crate) fn park(task: Task) {
-    PARKED.with(|parked| *parked.borrow_mut() = Some(task));
+pub(crate) fn park(table: Table) {
+    PARKED.with(|parked| *parked.borrow_mut() = Some(table));
 }
 
 /// Whether a table is parked on this thread.
@@ -181,10 +218,13 @@ pub(crate) fn has_parked() -> bool {
 /// Drops the parked table once nothing is left in it (its test transaction ended).
 pub(crate) fn unpark_if_idle() {
     let idle = PARKED.with(|parked| {
-        parked
-            .borrow()
-            .as_ref()
-            .is_some_and(|task| task.states.iter().all(|state| !state.in_atomic_block()))
+        parked.borrow().as_ref().is_some_and(|table| {
+            table
+                .borrow()
+                .states
+                .iter()
+                .all(|state| !state.in_atomic_block())
+        })
     });
     if idle {
         drop(PARKED.with(|parked| parked.borrow_mut().take()));
@@ -193,32 +233,51 @@ pub(crate) fn unpark_if_idle() {
 
 /// Runs `f` (synchronous) with the parked table as the task's, for a destructor.
 pub(crate) fn in_parked(f: impl FnOnce()) {
-    let Some(task) = PARKED.with(|parked| parked.borrow_mut().take()) else {
+    let Some(table) = PARKED.with(|parked| parked.borrow_mut().take()) else {
         return;
     };
-    let task = TASK.sync_scope(RefCell::new(task), || {
+    {
+        let _in = InTable::enter(&table);
         f();
-        TASK.with(|task| std::mem::replace(&mut *task.borrow_mut(), Task::new()))
-    });
-    park(task);
+    }
+    park(table);
 }
 
 /// A new, empty table, to park.
-pub(crate) fn new_task() -> Task {
+pub(crate) fn new_task() -> Table {
     Task::new()
 }
 
 pin_project_lite::pin_project! {
     /// Runs a call with a table and hands the table on when the call ends: parked again (a
     /// test transaction's) or kept as the thread's spare. A call dropped before it ended
-    /// takes its table with it (its guards must see the table while they run, and tokio drops
-    /// the call inside its scope): a test transaction's connection is then discarded with it,
-    /// never returned to a pool inside the transaction.
-    struct Keep<F: Future> {
+    /// takes its table with it (its guards must see the table while they run, so the call
+    /// is dropped inside the table's scope): a test transaction's connection is then
+    /// discarded with it, never returned to a pool inside the transaction.
+    struct Keep<F> {
+        table: Option<Table>,
         #[pin]
-        scope: tokio::task::futures::TaskLocalFuture<RefCell<Task>, F>,
-        then: fn(Task),
-        done: bool,
+        future: Option<F>,
+        then: fn(Table),
+    }
+
+    impl<F> PinnedDrop for Keep<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let mut this = this.project();
+            if let Some(table) = this.table.as_deref() {
+                let _in = InTable::enter(table);
+                this.future.set(None);
+            }
+        }
+    }
+}
+
+impl<F: Future> Keep<F> {
+    /// Hands the table on once the call is over (returned or panicked).
+    fn done(table: &mut Option<Table>, then: fn(Table)) {
+        if let Some(table) = table.take() {
+            then(table);
+        }
     }
 }
 
@@ -227,27 +286,30 @@ impl<F: Future> Future for Keep<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let mut this = self.project();
-        let polled = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            this.scope.as_mut().poll(cx)
-        })) {
-            Ok(polled) => polled,
+        let table = this.table.as_deref().expect("polled after it returned");
+        let polled = {
+            let _in = InTable::enter(table);
+            let future = this
+                .future
+                .as_mut()
+                .as_pin_mut()
+                .expect("polled after it returned");
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| future.poll(cx)))
+        };
+        match polled {
+            Ok(Poll::Pending) => Poll::Pending,
+            // A finished (or panicked) future holds nothing left to drop in the scope.
+            Ok(Poll::Ready(output)) => {
+                Keep::<F>::done(this.table, *this.then);
+                Poll::Ready(output)
+            }
             // A panic out of the call (a block resumes its body's panic once it has rolled
             // back): the table goes on, a test transaction's with it.
             Err(payload) => {
-                *this.done = true;
-                if let Some(task) = this.scope.take_value() {
-                    (this.then)(task.into_inner());
-                }
+                Keep::<F>::done(this.table, *this.then);
                 std::panic::resume_unwind(payload)
             }
-        };
-        if polled.is_ready() {
-            *this.done = true;
-            if let Some(task) = this.scope.take_value() {
-                (this.then)(task.into_inner());
-            }
         }
-        polled
     }
 }
 
@@ -258,34 +320,27 @@ impl<F: Future> Future for Keep<F> {
 /// test body's own calls, such as `on_commit` or `in_atomic_block`, see the test
 /// transaction); see [`has_table`].
 pub(crate) fn with_task<R>(f: impl FnOnce(&mut Task) -> R) -> R {
-    let mut f = Some(f);
-    let inside = TASK.try_with(|task| (f.take().expect("called once"))(&mut task.borrow_mut()));
-    match inside {
-        Ok(result) => result,
-        Err(_) => PARKED.with(|parked| {
+    match current() {
+        Some(task) => f(&mut task.borrow_mut()),
+        None => PARKED.with(|parked| {
             let mut parked = parked.borrow_mut();
-            let task = parked
+            let table = parked
                 .as_mut()
                 .expect("the task's table is used inside a task scope or a test transaction");
-            (f.take().expect("called once"))(task)
+            f(table.get_mut())
         }),
     }
 }
 
 /// Like [`with_task`] for drop paths: nothing when there is no table or it is borrowed.
 pub(crate) fn try_with_task<R>(f: impl FnOnce(&mut Task) -> R) -> Option<R> {
-    let mut f = Some(f);
-    let inside = TASK.try_with(|task| {
-        let mut task = task.try_borrow_mut().ok()?;
-        Some((f.take().expect("called once"))(&mut task))
-    });
-    match inside {
-        Ok(result) => result,
-        Err(_) => PARKED
+    match current() {
+        Some(task) => Some(f(&mut *task.try_borrow_mut().ok()?)),
+        None => PARKED
             .try_with(|parked| {
                 let mut parked = parked.try_borrow_mut().ok()?;
-                let task = parked.as_mut()?;
-                Some((f.take().expect("called once"))(task))
+                let table = parked.as_mut()?;
+                Some(f(table.get_mut()))
             })
             .ok()
             .flatten(),
@@ -306,6 +361,23 @@ pub(crate) fn with<R>(alias: &str, f: impl FnOnce(&mut AliasState<AsyncFlavor>) 
     })
 }
 
+/// Runs `f` on the state at `index` (an `Entered::index` or what [`turn`] gave): no lookup
+/// by name on the block's hot path.
+pub(crate) fn with_at<R>(index: usize, f: impl FnOnce(&mut AliasState<AsyncFlavor>) -> R) -> R {
+    with_task(|task| f(task.states.at(index)))
+}
+
+/// Runs `f` on the state at `index` and the task's other ones.
+pub(crate) fn with_others_at<R>(
+    index: usize,
+    f: impl FnOnce(&mut AliasState<AsyncFlavor>, Others<'_, AsyncFlavor>) -> R,
+) -> R {
+    with_task(|task| {
+        let (state, others) = task.states.with_others(index);
+        f(state, others)
+    })
+}
+
 /// Runs `f` on the alias's state and the task's other ones.
 pub(crate) fn with_others<R>(
     alias: &str,
@@ -320,22 +392,18 @@ pub(crate) fn with_others<R>(
 
 /// Reads the alias's state without creating it; `None` outside a task scope too.
 pub(crate) fn peek<R>(alias: &str, f: impl FnOnce(Option<&AliasState<AsyncFlavor>>) -> R) -> R {
-    let mut f = Some(f);
-    let inside = TASK.try_with(|task| {
-        let task = task.borrow();
-        (f.take().expect("called once"))(task.states.find(alias))
-    });
-    match inside {
-        Ok(result) => result,
-        Err(_) => PARKED.with(|parked| {
+    match current() {
+        Some(task) => f(task.borrow().states.find(alias)),
+        None => PARKED.with(|parked| {
             let parked = parked.borrow();
-            let state = parked.as_ref().and_then(|task| task.states.find(alias));
-            (f.take().expect("called once"))(state)
+            let task = parked.as_ref().map(|table| table.borrow());
+            f(task.as_ref().and_then(|task| task.states.find(alias)))
         }),
     }
 }
 
-/// Waits until code running now may use `alias` (see [`Task::has_turn`]).
+/// Waits until code running now may use `alias` (see [`Task::has_turn`]); gives the alias's
+/// state index, valid until the next `.await`.
 pub(crate) fn turn(alias: &str) -> Turn<'_> {
     Turn { alias }
 }
@@ -345,9 +413,9 @@ pub(crate) struct Turn<'a> {
 }
 
 impl Future for Turn<'_> {
-    type Output = ();
+    type Output = usize;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<usize> {
         with_task(|task| {
             let index = task.states.index(self.alias);
             let state = task.states.at(index);
@@ -368,7 +436,7 @@ impl Future for Turn<'_> {
                             .is_some_and(|request| request.holds_block(block.token))
                 });
             if ok {
-                Poll::Ready(())
+                Poll::Ready(index)
             } else {
                 task.waiting.push(cx.waker().clone());
                 Poll::Pending
@@ -386,7 +454,10 @@ fn opened_by_test_transaction(block: &crate::engine::state::Block) -> bool {
 
 /// Wakes the sibling branches waiting for their turn (a block ended).
 pub(crate) fn wake_waiting() {
-    let waiting = try_with_task(|task| std::mem::take(&mut task.waiting)).unwrap_or_default();
+    let waiting =
+        try_with_task(|task| (!task.waiting.is_empty()).then(|| std::mem::take(&mut task.waiting)))
+            .flatten()
+            .unwrap_or_default();
     for waker in waiting {
         waker.wake();
     }
@@ -424,12 +495,11 @@ impl<F: Future> Future for InBlock<F> {
 /// then sync access to it is refused (API §9), never a second transaction. Cheap outside a
 /// task scope, which is where sync code normally runs.
 pub(crate) fn held_by_async_block(alias: &str) -> bool {
-    TASK.try_with(|task| {
+    current().is_some_and(|task| {
         task.try_borrow().is_ok_and(|task| {
             task.states.find(alias).is_some_and(|state| {
                 state.in_atomic_block() || state.slot != crate::engine::state::Slot::Empty
             })
         })
     })
-    .unwrap_or(false)
 }
