@@ -62,7 +62,8 @@ pub struct Database {
 
 /// An alias's replicas, shared by the clones of its `Database`.
 struct Replicas {
-    pools: Vec<Arc<dyn ErasedPool>>,
+    /// r2d2 pools for a sync alias, async pools for an async one.
+    pools: Vec<Pools>,
     /// Why they cannot serve the alias, found when one was added; reported, naming the alias,
     /// when the registry is installed and at first use.
     problem: Option<String>,
@@ -87,6 +88,60 @@ enum Pools {
     Sync(Arc<dyn ErasedPool>),
     #[cfg(feature = "async")]
     Async(Arc<dyn crate::api::aio::AsyncPool>),
+}
+
+impl Pools {
+    fn connection_type(&self) -> &'static str {
+        match self {
+            Pools::Sync(pool) => pool.connection_type(),
+            #[cfg(feature = "async")]
+            Pools::Async(pool) => pool.connection_type(),
+        }
+    }
+
+    fn is_async(&self) -> bool {
+        match self {
+            Pools::Sync(_) => false,
+            #[cfg(feature = "async")]
+            Pools::Async(_) => true,
+        }
+    }
+}
+
+/// A pool [`Database::replica`] takes: an r2d2 pool of diesel's `PgConnection` or
+/// `MysqlConnection` for a sync alias; with the `async` feature, a deadpool or bb8 pool of
+/// diesel-async's `AsyncPgConnection` or `AsyncMysqlConnection` for an async one. Implemented
+/// by diesel-atomic only.
+pub trait ReplicaPool {
+    #[doc(hidden)]
+    fn erase(self) -> ErasedReplica;
+}
+
+/// A replica's pool with its type erased, and whether replication queries know its
+/// connection type.
+#[doc(hidden)]
+pub struct ErasedReplica {
+    pool: Pools,
+    supported: Result<(), String>,
+}
+
+impl<C: R2D2Connection + 'static> ReplicaPool for Pool<ConnectionManager<C>> {
+    fn erase(self) -> ErasedReplica {
+        ErasedReplica {
+            pool: Pools::Sync(Arc::new(self)),
+            supported: replication::supports::<C>(),
+        }
+    }
+}
+
+#[cfg(feature = "async")]
+impl<P: crate::api::aio::AsyncPool> ReplicaPool for P {
+    fn erase(self) -> ErasedReplica {
+        ErasedReplica {
+            supported: self.replica_support(),
+            pool: Pools::Async(Arc::new(self)),
+        }
+    }
 }
 
 impl Database {
@@ -171,10 +226,16 @@ impl Database {
     /// read go to the primary, with one WARN event. A write that reaches a replica fails with
     /// the database's read-only error.
     ///
-    /// A replica of another connection type than the primary's, a SQLite alias (SQLite has
-    /// no replicas), an async alias, or a connection type other than diesel's `PgConnection`
-    /// and `MysqlConnection` is `Error::ReplicaMisconfigured` naming the alias, from
-    /// [`Databases::install`] and at the alias's first read.
+    /// An async alias ([`Database::new_async`]) takes a deadpool or bb8 pool of its own
+    /// connection type the same way, and its reads are [`aio::read`](crate::aio::read) and
+    /// [`aio::Db::read`](crate::aio::Db::read) (after a commit made by the same task or
+    /// request, rule P2).
+    ///
+    /// A replica of another connection type than the primary's, a sync pool for an async
+    /// alias or the reverse, a SQLite alias (SQLite has no replicas), or a connection type
+    /// other than diesel's `PgConnection` and `MysqlConnection` (diesel-async's
+    /// `AsyncPgConnection` and `AsyncMysqlConnection`) is `Error::ReplicaMisconfigured`
+    /// naming the alias, from [`Databases::install`] and at the alias's first read.
     ///
     /// ```no_run
     /// # extern crate atomic_runtime as diesel_atomic;
@@ -202,17 +263,15 @@ impl Database {
     /// # }
     /// # Ok::<(), diesel_atomic::Error>(())
     /// ```
-    pub fn replica<C>(mut self, pool: Pool<ConnectionManager<C>>) -> Database
-    where
-        C: R2D2Connection + 'static,
-    {
+    pub fn replica<P: ReplicaPool>(mut self, pool: P) -> Database {
         REPLICAS_CONFIGURED.store(true, Ordering::Relaxed);
-        let problem = self.replica_problem::<C>();
+        let replica = pool.erase();
+        let problem = self.replica_problem(&replica);
         let (mut pools, earlier_problem) = match self.replicas.take() {
             Some(replicas) => (replicas.pools.clone(), replicas.problem.clone()),
             None => (Vec::new(), None),
         };
-        pools.push(Arc::new(pool));
+        pools.push(replica.pool);
         self.replicas = Some(Arc::new(Replicas {
             pools,
             problem: earlier_problem.or(problem),
@@ -221,20 +280,28 @@ impl Database {
         self
     }
 
-    /// Why a replica of connection type `C` cannot serve this alias, if it cannot.
-    fn replica_problem<C: R2D2Connection + 'static>(&self) -> Option<String> {
-        let replica = std::any::type_name::<C>();
-        match &self.pool {
-            Pools::Sync(primary) if primary.connection_type() != replica => Some(format!(
-                "the replica's pool holds `{replica}` connections, the primary's `{}`",
-                primary.connection_type()
-            )),
-            Pools::Sync(_) => replication::supports::<C>().err(),
-            #[cfg(feature = "async")]
-            Pools::Async(_) => Some(format!(
-                "the alias is async (`Database::new_async`), and the replica an r2d2 pool of                  diesel's synchronous `{replica}`"
-            )),
+    /// Why `replica` cannot serve this alias, if it cannot.
+    fn replica_problem(&self, replica: &ErasedReplica) -> Option<String> {
+        let replica_type = replica.pool.connection_type();
+        let primary_type = self.pool.connection_type();
+        if replica.pool.is_async() != self.pool.is_async() {
+            let (alias_kind, replica_kind) = if self.pool.is_async() {
+                ("async (`Database::new_async`)", "an r2d2 pool")
+            } else {
+                ("sync (`Database::new`)", "an async pool")
+            };
+            return Some(format!(
+                "the alias is {alias_kind}, and the replica {replica_kind} of `{replica_type}`: \
+                 give it a pool of the same kind as the primary's"
+            ));
         }
+        if replica_type != primary_type {
+            return Some(format!(
+                "the replica's pool holds `{replica_type}` connections, the primary's \
+                 `{primary_type}`"
+            ));
+        }
+        replica.supported.clone().err()
     }
 
     /// What reads outside blocks do after this thread committed on the alias (rule P2);
@@ -336,11 +403,7 @@ impl Database {
     }
 
     pub(crate) fn connection_type(&self) -> &'static str {
-        match &self.pool {
-            Pools::Sync(pool) => pool.connection_type(),
-            #[cfg(feature = "async")]
-            Pools::Async(pool) => pool.connection_type(),
-        }
+        self.pool.connection_type()
     }
 }
 
@@ -372,9 +435,35 @@ impl ReplicaSet<'_> {
         self.replicas.next.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// A connection of replica `index`.
-    pub(crate) fn checkout(&self, index: usize) -> Result<Box<dyn PooledConn>, PoolError> {
-        self.replicas.pools[index].checkout()
+    /// A connection of replica `index` of a sync alias.
+    pub(crate) fn checkout(&self, index: usize) -> Result<Box<dyn PooledConn>, String> {
+        match &self.replicas.pools[index] {
+            Pools::Sync(pool) => pool.checkout().map_err(|error| error.to_string()),
+            #[cfg(feature = "async")]
+            Pools::Async(pool) => Err(format!(
+                "replica {index} is an async pool of `{}` (the alias is sync)",
+                pool.connection_type()
+            )),
+        }
+    }
+
+    /// A connection of replica `index` of an async alias.
+    #[cfg(feature = "async")]
+    pub(crate) async fn checkout_async(
+        &self,
+        alias: &str,
+        index: usize,
+    ) -> Result<Box<dyn crate::adapter::async_connection::AsyncPooledConn>, String> {
+        match &self.replicas.pools[index] {
+            Pools::Async(pool) => pool
+                .checkout(alias)
+                .await
+                .map_err(|error| error.to_string()),
+            Pools::Sync(pool) => Err(format!(
+                "replica {index} is an r2d2 pool of `{}` (the alias is async)",
+                pool.connection_type()
+            )),
+        }
     }
 }
 

@@ -29,7 +29,9 @@ pub use api::ambient::{Db, connection, db, read};
 pub use api::create::{get_or_create, get_or_insert, update_or_create, update_or_insert};
 pub use api::retry::{AsDieselError, RetryPolicy};
 pub use api::{create, transaction};
-pub use databases::{DEFAULT_DB_ALIAS, Database, Databases, DatabasesGuard};
+#[doc(hidden)]
+pub use databases::ErasedReplica;
+pub use databases::{DEFAULT_DB_ALIAS, Database, Databases, DatabasesGuard, ReplicaPool};
 pub use error::Error;
 pub use options::{BeginMode, Isolation, ReadYourWrites};
 pub use scope::request::request;

@@ -49,6 +49,9 @@ pub trait AsyncTx: Send {
     /// Marks diesel's transaction manager broken: every later transaction call fails with
     /// `BrokenTransactionManager`, and the pools discard the connection (rule A2).
     fn mark_broken(&mut self);
+    /// Undoes [`AsyncTx::mark_broken`] on a connection outside any transaction (depth 0), for
+    /// SQL of ours that marks it broken while it is awaited (see [`begin_with`]).
+    fn clear_broken(&mut self);
     /// Whether a pool must not get this connection back: diesel's status is in error, a
     /// transaction is open, or diesel-async saw a transaction statement's future dropped.
     fn is_broken(&mut self) -> bool;
@@ -119,6 +122,11 @@ impl<C: AsyncConnection + 'static> AsyncTx for C {
 
     fn mark_broken(&mut self) {
         C::TransactionManager::transaction_manager_status_mut(self).set_in_error();
+    }
+
+    fn clear_broken(&mut self) {
+        *C::TransactionManager::transaction_manager_status_mut(self) =
+            TransactionManagerStatus::default();
     }
 
     fn is_broken(&mut self) -> bool {

@@ -10,9 +10,13 @@
 //! - [`replication`]: where a commit is in the primary's log, and whether a replica replayed it
 //!   (rule P2).
 //! - `async_connection` (feature `async`): the same for diesel-async's connections and pools.
+//! - `async_replication` (feature `async`): [`replication`]'s queries on diesel-async's
+//!   connections.
 
 #[cfg(feature = "async")]
 pub(crate) mod async_connection;
+#[cfg(feature = "async")]
+pub(crate) mod async_replication;
 pub(crate) mod begin_sql;
 pub(crate) mod classify;
 pub(crate) mod connection;

@@ -440,6 +440,12 @@ impl<K: Flavor> States<K> {
     pub(crate) fn iter(&self) -> impl Iterator<Item = &AliasState<K>> {
         self.list.iter()
     }
+
+    /// Every state, to change.
+    #[cfg(feature = "async")]
+    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = &mut AliasState<K>> {
+        self.list.iter_mut()
+    }
 }
 
 thread_local! {

@@ -17,6 +17,7 @@ use futures_util::FutureExt;
 
 use crate::engine::aio::block::{self, Armed};
 use crate::engine::aio::hooks;
+use crate::engine::aio::replica;
 use crate::engine::aio::state::{self, AsyncCallback};
 use crate::engine::rules::{AliasEnd, RequestEnd, RequestScope, RequestTransaction};
 use crate::engine::state::BlockToken;
@@ -65,8 +66,16 @@ pub(crate) async fn request<T, E: From<Error>>(
         if nested {
             return Err(Error::RequestNested.into());
         }
+        // The request is its reads' scope under `ReadYourWrites::Primary` (rule P2): commits
+        // made before it, by earlier requests the task served, do not pin it to the primary.
+        let scope_before = state::with_task(|task| {
+            std::mem::replace(&mut task.read_scope_start, replica::serial_now())
+        });
+        let restore = move || state::with_task(|task| task.read_scope_start = scope_before);
         if aliases.is_empty() {
-            return view.await;
+            let result = view.await;
+            restore();
+            return result;
         }
         state::with_task(|task| {
             task.request = Some(AsyncRequest {
@@ -82,6 +91,7 @@ pub(crate) async fn request<T, E: From<Error>>(
         let outcome = AssertUnwindSafe(view).catch_unwind().await;
         let ended = end(outcome).await;
         guard.armed = false;
+        restore();
         match ended {
             Ok(result) => result,
             Err(payload) => panic::resume_unwind(payload),

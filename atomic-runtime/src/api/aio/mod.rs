@@ -47,10 +47,12 @@ use diesel_async::AsyncConnection;
 use futures_util::future::BoxFuture;
 
 use crate::adapter::async_connection::{AsyncPooledConn, AsyncTx};
+use crate::adapter::async_replication;
 use crate::databases::DEFAULT_DB_ALIAS;
 use crate::engine::aio::block::{self, Outcome};
 use crate::engine::aio::hooks;
 use crate::engine::aio::lend::Lent;
+use crate::engine::aio::replica;
 use crate::engine::aio::state::{self, AsyncCallback, InBlock};
 use crate::engine::rules;
 use crate::error::Error;
@@ -141,6 +143,10 @@ pub trait AsyncPool: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Box<dyn AsyncPooledConn>, Error>>;
     #[doc(hidden)]
     fn connection_type(&self) -> &'static str;
+    /// Whether replicas of this pool's connection type can be read from (see
+    /// [`Database::replica`](crate::Database::replica)): `Err` says why not.
+    #[doc(hidden)]
+    fn replica_support(&self) -> Result<(), String>;
 }
 
 impl<M> AsyncPool for deadpool::managed::Pool<M>
@@ -166,6 +172,10 @@ where
 
     fn connection_type(&self) -> &'static str {
         std::any::type_name::<M::Type>()
+    }
+
+    fn replica_support(&self) -> Result<(), String> {
+        async_replication::supports::<M::Type>()
     }
 }
 
@@ -209,6 +219,10 @@ where
     fn connection_type(&self) -> &'static str {
         std::any::type_name::<M::Connection>()
     }
+
+    fn replica_support(&self) -> Result<(), String> {
+        async_replication::supports::<M::Connection>()
+    }
 }
 
 /// Runs `f` with the default alias's connection: the open block's, or a pooled one in
@@ -241,6 +255,41 @@ where
     db(DEFAULT_DB_ALIAS).connection(f).await
 }
 
+/// Runs `f`, which only reads, on the default alias's connection for reads: the async twin
+/// of [`read`](crate::read). See [`Db::read`].
+///
+/// ```
+/// # extern crate atomic_runtime as diesel_atomic;
+/// # #[cfg(feature = "sqlite")] {
+/// # use diesel::SqliteConnection;
+/// # use diesel_async::pooled_connection::{AsyncDieselConnectionManager, deadpool::Pool};
+/// use diesel::sql_types::Integer;
+/// use diesel_async::RunQueryDsl;
+/// use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+/// use diesel_atomic::{aio, Database, Databases};
+/// type Conn = SyncConnectionWrapper<SqliteConnection>;
+/// # tokio::runtime::Builder::new_multi_thread().build().unwrap().block_on(async {
+/// # let pool = Pool::builder(AsyncDieselConnectionManager::<Conn>::new(":memory:")).build().unwrap();
+/// let _registry = Databases::new().add("default", Database::new_async(pool)).enter();
+/// // No replica configured: the read runs on the primary.
+/// let answer = aio::read(async |conn: &mut Conn| {
+///     diesel::select(diesel::dsl::sql::<Integer>("42")).get_result::<i32>(conn).await
+/// })
+/// .await?;
+/// assert_eq!(answer, 42);
+/// # Ok::<(), diesel::result::Error>(())
+/// # }).unwrap();
+/// # }
+/// ```
+pub async fn read<C, T, E, F>(f: F) -> Result<T, E>
+where
+    C: AsyncConnection + 'static,
+    E: From<Error>,
+    for<'r> F: AsyncFnOnce(&'r mut C) -> Result<T, E> + AsyncFunc<&'r mut C, Result<T, E>>,
+{
+    db(DEFAULT_DB_ALIAS).read(f).await
+}
+
 /// The async handle for one alias; `db(DEFAULT_DB_ALIAS)` is what the free functions use.
 ///
 /// ```
@@ -263,6 +312,76 @@ impl Db<'_> {
         self.alias
     }
 
+    /// Runs `f`, which only reads, on a connection chosen for reading (rules P1 and P2), as
+    /// the sync [`Db::read`](crate::Db::read) does, for the current task:
+    ///
+    /// - inside a block of the alias (or a request's transaction), the block's connection: a
+    ///   transaction reads its own writes;
+    /// - outside blocks, a connection of one of the alias's replicas
+    ///   ([`Database::replica`](crate::Database::replica) with a deadpool or bb8 pool), in
+    ///   turn; after this task (or, inside [`request`], this request) committed on the alias,
+    ///   its [`ReadYourWrites`](crate::ReadYourWrites) policy decides: wait (bounded, without
+    ///   blocking the executor) until that replica has replayed the commit, read the primary,
+    ///   or neither;
+    /// - without replicas, a pooled connection of the primary, as [`Db::connection`].
+    ///
+    /// A replica that cannot be reached or lags beyond the policy's bound makes the read go
+    /// to the primary, with one WARN event naming the alias and the reason. A write in `f`
+    /// that reaches a replica fails with the database's read-only error.
+    ///
+    /// A task's commits are remembered from one call to the next (an `#[atomic]` handler
+    /// that returns, then a read in the same task); for the last 65,536 tasks that committed
+    /// on an alias with replicas, a task that has ended being indistinguishable from one that
+    /// has not.
+    ///
+    /// ```no_run
+    /// # extern crate atomic_runtime as diesel_atomic;
+    /// # #[cfg(feature = "async-postgres")] {
+    /// use diesel::sql_types::Bool;
+    /// use diesel_async::{AsyncPgConnection, RunQueryDsl};
+    /// use diesel_async::pooled_connection::{AsyncDieselConnectionManager, deadpool::Pool};
+    /// use diesel_atomic::{aio, Database, Databases};
+    ///
+    /// # async fn run() -> Result<(), diesel_atomic::Error> {
+    /// let pool = |url: &str| {
+    ///     Pool::builder(AsyncDieselConnectionManager::<AsyncPgConnection>::new(url))
+    ///         .build()
+    ///         .unwrap()
+    /// };
+    /// let _registry = Databases::new()
+    ///     .add(
+    ///         "reports",
+    ///         Database::new_async(pool("postgres://primary/app"))
+    ///             .replica(pool("postgres://standby/app")),
+    ///     )
+    ///     .enter();
+    /// let on_standby = aio::db("reports")
+    ///     .read(async |conn: &mut AsyncPgConnection| {
+    ///         diesel::select(diesel::dsl::sql::<Bool>("pg_is_in_recovery()"))
+    ///             .get_result::<bool>(conn)
+    ///             .await
+    ///     })
+    ///     .await?;
+    /// assert!(on_standby);
+    /// # Ok(())
+    /// # }
+    /// # }
+    /// ```
+    pub async fn read<C, T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        C: AsyncConnection + 'static,
+        E: From<Error>,
+        for<'r> F: AsyncFnOnce(&'r mut C) -> Result<T, E> + AsyncFunc<&'r mut C, Result<T, E>>,
+    {
+        let alias = self.alias;
+        state::scoped(Box::pin(async move {
+            aio_request::touch(alias).await?;
+            let lent = replica::lend_for_read(alias).await?;
+            run_lent(alias, lent, f).await
+        }))
+        .await
+    }
+
     /// [`connection`] on this alias.
     pub async fn connection<C, T, E, F>(&self, f: F) -> Result<T, E>
     where
@@ -273,26 +392,8 @@ impl Db<'_> {
         let alias = self.alias;
         state::scoped(Box::pin(async move {
             aio_request::touch(alias).await?;
-            let mut lent = Lent::take(alias).await?;
-            let expected = lent.type_name();
-            let token = lent.token;
-            let Some(conn) = lent.conn().as_any().downcast_mut::<C>() else {
-                lent.give_back().await;
-                return Err(Error::WrongConnectionType {
-                    alias: alias.to_owned(),
-                    expected,
-                }
-                .into());
-            };
-            // Polled under the call's token: a block or `connection()` inside the closure
-            // is refused at once, a sibling's waits (A3).
-            let result = InBlock {
-                token,
-                body: f(conn),
-            }
-            .await;
-            lent.give_back().await;
-            result
+            let lent = Lent::take(alias).await?;
+            run_lent(alias, lent, f).await
         }))
         .await
     }
@@ -396,6 +497,34 @@ pub async fn request<T, E: From<Error>>(view: impl Future<Output = Result<T, E>>
 }
 
 // --- What the attribute's expansions call (re-exported by `__private::aio`) ------------------
+
+/// Runs `f` on a lent connection and gives it back.
+async fn run_lent<C, T, E, F>(alias: &str, mut lent: Lent, f: F) -> Result<T, E>
+where
+    C: AsyncConnection + 'static,
+    E: From<Error>,
+    for<'r> F: AsyncFnOnce(&'r mut C) -> Result<T, E> + AsyncFunc<&'r mut C, Result<T, E>>,
+{
+    let expected = lent.type_name();
+    let token = lent.token;
+    let Some(conn) = lent.conn().as_any().downcast_mut::<C>() else {
+        lent.give_back().await;
+        return Err(Error::WrongConnectionType {
+            alias: alias.to_owned(),
+            expected,
+        }
+        .into());
+    };
+    // Polled under the call's token: a block or `connection()` inside the closure is refused
+    // at once, a sibling's waits (A3).
+    let result = InBlock {
+        token,
+        body: f(conn),
+    }
+    .await;
+    lent.give_back().await;
+    result
+}
 
 /// An ambient async block.
 ///

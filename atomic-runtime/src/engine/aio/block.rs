@@ -13,6 +13,7 @@ use crate::adapter::ConnectionId;
 use crate::adapter::async_connection::{AsyncPooledConn, AsyncTx, release};
 use crate::api::aio::AsyncFunc;
 use crate::engine::aio::hooks;
+use crate::engine::aio::replica;
 use crate::engine::aio::stale;
 use crate::engine::aio::state::{self, AsyncCallback, InBlock};
 use crate::engine::block::{Settled, connection_missing, settle};
@@ -518,7 +519,10 @@ pub(crate) async fn leave(
     let Some(entered) = armed.entered.take() else {
         return Exit::clean();
     };
-    let (plan, pooled, child) = state::with_at(entered.index, |state| {
+    // Only a process with replicas looks at what a COMMIT must leave for later reads (P2).
+    let watch_commits = crate::databases::replicas_configured();
+    let (plan, pooled, child, remember) = state::with_at(entered.index, |state| {
+        let remember = watch_commits && rules::commit_to_remember(state, &entered);
         let child = rules::child_cancelled(state, &entered);
         let plan = rules::plan_leave(state, &entered, body_succeeded && child == Cancelled::No);
         if matches!(plan, Leave::Done) && child != Cancelled::No {
@@ -528,7 +532,7 @@ pub(crate) async fn leave(
             Leave::Outermost { .. } => state.release_held(),
             _ => None,
         };
-        (plan, pooled, child)
+        (plan, pooled, child, remember)
     });
     armed.exiting = Some(match (&caller, &plan) {
         (Some(conn), Leave::Outermost { depth_before, .. }) => Exiting::CallersOutermost {
@@ -577,6 +581,7 @@ pub(crate) async fn leave(
                 callbacks,
                 route,
                 child,
+                remember,
             )
             .await
         }
@@ -602,6 +607,7 @@ async fn leave_outermost(
     callbacks: Vec<AsyncCallback>,
     route: Route,
     child: Cancelled,
+    remember: bool,
 ) -> Exit {
     let conn: &mut dyn AsyncTx = match (&mut pooled, caller) {
         (Some(pooled), _) => pooled.inner(),
@@ -621,12 +627,15 @@ async fn leave_outermost(
             None
         }
     };
+    let committed = error.is_none() && success;
+    if committed && remember {
+        replica::remember_commit(alias, Some(&mut *conn)).await;
+    }
     // Back to the pool before the callbacks run (C3), or closed if diesel-async reports it
     // broken or inside a transaction.
     if let Some(pooled) = pooled {
         release(pooled);
     }
-    let committed = error.is_none() && success;
     let callbacks = if rules::callbacks_survive(foreign, committed) {
         route_callbacks(alias, route, callbacks)
     } else {

@@ -5,6 +5,7 @@
 use crate::adapter::async_connection::{AsyncPooledConn, AsyncTx, release};
 use crate::engine::aio::block::checkout;
 use crate::engine::aio::hooks;
+use crate::engine::aio::replica;
 use crate::engine::aio::state;
 use crate::engine::rules::{self, GiveBack, Lend};
 use crate::engine::state::BlockToken;
@@ -19,6 +20,8 @@ pub(crate) struct Lent {
     pooled: Option<Box<dyn AsyncPooledConn>>,
     /// The connection belongs to an open block (put it back) rather than to this call.
     from_block: bool,
+    /// Lent to a `read`, which does not write: its end is no commit to remember (rule P2).
+    for_read: bool,
     /// The token the closure is polled under (see `Task::lends`).
     pub(crate) token: BlockToken,
 }
@@ -27,6 +30,15 @@ impl Lent {
     /// Takes the alias's connection after waiting for the alias's turn (A3); rule F3 and one
     /// borrower at a time as for sync code.
     pub(crate) async fn take(alias: &str) -> Result<Lent, Error> {
+        Lent::take_for(alias, false).await
+    }
+
+    /// [`Lent::take`] for a `read` on the primary (rule P1).
+    pub(crate) async fn take_to_read(alias: &str) -> Result<Lent, Error> {
+        Lent::take_for(alias, true).await
+    }
+
+    async fn take_for(alias: &str, for_read: bool) -> Result<Lent, Error> {
         state::turn(alias).await;
         let from_block = state::with(alias, |state| {
             Ok::<_, Error>(match rules::lend(state)? {
@@ -43,21 +55,32 @@ impl Lent {
                 alias: alias.into(),
                 pooled: Some(pooled),
                 from_block: true,
+                for_read,
                 token,
             };
             crate::engine::aio::block::close_cancelled_levels(alias, lent.conn()).await;
             return Ok(lent);
         }
         let pooled = checkout(alias).await?;
+        let mut lent = Lent::checked_out(alias, pooled);
+        lent.for_read = for_read;
+        Ok(lent)
+    }
+
+    /// Lends `pooled`, checked out outside any block of the alias for a read: a replica's, or
+    /// the primary's (P1).
+    pub(crate) fn checked_out(alias: &str, pooled: Box<dyn AsyncPooledConn>) -> Lent {
         let id = pooled.id();
         state::with(alias, |state| rules::lend_checked_out(state, id));
+        let token = BlockToken::next();
         register(alias, token);
-        Ok(Lent {
+        Lent {
             alias: alias.into(),
             pooled: Some(pooled),
             from_block: false,
+            for_read: true,
             token,
-        })
+        }
     }
 
     pub(crate) fn conn(&mut self) -> &mut dyn AsyncTx {
@@ -78,6 +101,14 @@ impl Lent {
     /// Gives the connection back to its block or its pool, then runs the callbacks of blocks
     /// that committed on it meanwhile (C3).
     pub(crate) async fn give_back(mut self) {
+        // What the closure wrote in autocommit mode is committed: the task's later reads must
+        // see it (P2).
+        if crate::databases::replicas_configured()
+            && rules::lend_to_remember(self.from_block, self.for_read)
+            && let Some(pooled) = &mut self.pooled
+        {
+            replica::remember_commit(&self.alias, Some(pooled.inner())).await;
+        }
         let after_lend = self.back(false);
         hooks::run_after_commit(&self.alias, after_lend).await;
     }
@@ -134,6 +165,13 @@ fn register(alias: &str, token: BlockToken) {
 impl Drop for Lent {
     fn drop(&mut self) {
         if self.pooled.is_some() {
+            // What the closure sent may have committed (autocommit): remembered, its position
+            // to be asked of the primary by the next read (P2).
+            if crate::databases::replicas_configured()
+                && rules::lend_to_remember(self.from_block, self.for_read)
+            {
+                replica::remember_commit_unknown(&self.alias);
+            }
             // A panic unwinding out of the closure leaves the connection as a failed
             // statement would; a dropped future may leave it mid-statement.
             let broken = !std::thread::panicking();

@@ -5,10 +5,13 @@
 //! - [`block`]: enter, run the body, leave; the cancellation guard.
 //! - [`lend`]: `aio::connection`'s access to the alias's connection.
 //! - [`hooks`]: on_commit callbacks, plain and async (A4).
+//! - [`replica`]: reads on replicas, and what a commit leaves for the task's later reads (P1,
+//!   P2).
 //! - [`stale`]: caller-owned connections a cancelled block left inside a transaction.
 
 pub(crate) mod block;
 pub(crate) mod hooks;
 pub(crate) mod lend;
+pub(crate) mod replica;
 pub(crate) mod stale;
 pub(crate) mod state;

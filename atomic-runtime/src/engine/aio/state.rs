@@ -83,6 +83,9 @@ pub(crate) struct Task {
     pub(crate) databases: Option<Databases>,
     /// The running `aio::request`, if any.
     pub(crate) request: Option<crate::scope::aio_request::AsyncRequest>,
+    /// The commit serial where the current read scope began (rule P2): the running request's
+    /// start, else 0 (the task's whole life).
+    pub(crate) read_scope_start: u64,
 }
 
 /// A task's table as it is kept: boxed, so its address (which [`Keep`] gives the thread while
@@ -100,19 +103,24 @@ impl Task {
             lends: Vec::new(),
             databases: crate::databases::current().ok(),
             request: None,
+            read_scope_start: 0,
         }))
     }
 
     /// A table for a new outermost block: the thread's spare one when it has one (its
     /// entries and buffers are allocated already), else a new one.
     fn fresh() -> Table {
-        match SPARE.with(|spare| spare.borrow_mut().take()) {
+        let mut table = match SPARE.with(|spare| spare.borrow_mut().take()) {
             Some(mut table) => {
                 table.get_mut().databases = crate::databases::current().ok();
                 table
             }
             None => Task::new(),
+        };
+        if crate::databases::replicas_configured() {
+            crate::engine::aio::replica::resume(table.get_mut());
         }
+        table
     }
 
     /// Whether nothing in the table refers to a block, a connection or a callback.
@@ -128,6 +136,10 @@ impl Task {
 /// Keeps a table whose outermost block ended as the thread's spare, if it is idle.
 fn recycle(mut table: Table) {
     let task = table.get_mut();
+    if crate::databases::replicas_configured() {
+        crate::engine::aio::replica::carry(task);
+    }
+    task.read_scope_start = 0;
     if task.is_idle() {
         task.waiting.clear();
         task.databases = None;
