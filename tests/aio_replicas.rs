@@ -220,6 +220,25 @@ async fn insert_committed<C: Replicated>(table: &str, id: i32) -> Result<(), Err
     .await
 }
 
+/// The whole block on a replica; a nested block and `read` inside it share its connection.
+#[diesel_atomic::atomic(durable = true, read_only = true, replica = true)]
+async fn report<C: Replicated>(table: &str, id: i32) -> Result<(Seen, Seen, Seen), Error> {
+    let outer = aio::connection(async |conn: &mut C| C::look(conn, table, id).await).await?;
+    let nested = aio::transaction::atomic(async || {
+        aio::connection(async |conn: &mut C| C::look(conn, table, id).await.map_err(Error::from))
+            .await
+    })
+    .await?;
+    let read = read_row::<C>(table, id).await?;
+    Ok((outer, nested, read))
+}
+
+/// A write inside a replica block.
+#[diesel_atomic::atomic(durable = true, read_only = true, replica = true)]
+async fn write_on_replica<C: Replicated>(table: &str, id: i32) -> QueryResult<()> {
+    aio::connection(async |conn: &mut C| C::insert(conn, table, id).await).await
+}
+
 const ON_PRIMARY_WITH_ROW: Seen = Seen {
     row: true,
     on_replica: false,
@@ -433,6 +452,43 @@ async fn a_write_through_read_fails_with_the_read_only_error<C: Replicated>() {
     setup.drop_table::<C>().await;
 }
 
+async fn replica_blocks_run_on_the_replica_and_wait_for_the_tasks_commit<C: Replicated>() {
+    let Some(setup) = Setup::new::<C>("replica_block").await else {
+        return;
+    };
+    let _registry = setup.enter::<C>(ReadYourWrites::Wait(Duration::from_secs(10)));
+    insert_committed::<C>(&setup.table, 1).await.unwrap();
+    let on_replica = Seen {
+        row: true,
+        on_replica: true,
+    };
+    let (outer, nested, read) = report::<C>(&setup.table, 1).await.unwrap();
+    assert_eq!(
+        outer, on_replica,
+        "the block, on the replica, after the task's commit"
+    );
+    assert_eq!(
+        nested, on_replica,
+        "a nested block shares the replica's connection"
+    );
+    assert_eq!(read, on_replica, "so does a read inside the block");
+    let error = write_on_replica::<C>(&setup.table, 2).await.unwrap_err();
+    assert!(C::is_read_only_error(&error), "{error:?}");
+    // Nested in a block of its alias, a replica block is an error naming the alias.
+    let table = setup.table.clone();
+    let nested = aio::transaction::atomic(async || {
+        let error = report::<C>(&table, 1).await.unwrap_err();
+        Ok::<_, Error>(error)
+    })
+    .await
+    .unwrap();
+    assert!(
+        matches!(&nested, Error::ReplicaNested { alias } if alias == "default"),
+        "{nested:?}"
+    );
+    setup.drop_table::<C>().await;
+}
+
 fn an_unreachable_replica_sends_each_read_to_the_primary_with_one_warning<C: Replicated>() {
     let (seen, warnings) = captured_logs::capture_logs(Level::WARN, || {
         run(async {
@@ -531,6 +587,14 @@ macro_rules! replica_tests {
             #[test]
             fn a_write_through_read_fails_with_the_read_only_error() {
                 run(super::a_write_through_read_fails_with_the_read_only_error::<$conn>());
+            }
+
+            #[test]
+            fn replica_blocks_run_on_the_replica_and_wait_for_the_tasks_commit() {
+                run(
+                    super::replica_blocks_run_on_the_replica_and_wait_for_the_tasks_commit::<$conn>(
+                    ),
+                );
             }
 
             #[test]

@@ -898,15 +898,6 @@ mod tests {
                 ),
                 "so the block cannot run on `self.db`, the connection passed in",
             ),
-            (
-                quote!(read_only = true, replica = true),
-                quote!(
-                    async fn f() -> Result<(), E> {
-                        Ok(())
-                    }
-                ),
-                "replica = true is not supported on async fn yet",
-            ),
         ];
         for (args, item, expected) in cases {
             let out = expand_atomic(args.clone(), item);

@@ -60,13 +60,13 @@ use proc_macro::TokenStream;
 /// `#[atomic(durable = true, read_only = true, replica = true)]` checks the block's connection
 /// out of one of the alias's replicas (`Database::replica`) and runs the whole block on it,
 /// read-only: nested blocks, `connection()` and `read` inside it use that connection. Before
-/// it begins, the alias's read-your-writes policy applies as for a read (after this thread
-/// committed on the alias, it may wait for the replica to replay the commit, or use the
-/// primary). On an alias without replicas it runs on the primary. It must be the outermost
+/// it begins, the alias's read-your-writes policy applies as for a read (after this thread,
+/// or for an `async fn` this task, committed on the alias, it may wait for the replica to
+/// replay the commit, or use the primary). On an alias without replicas it runs on the primary. It must be the outermost
 /// block of its alias: nested in another one it is a run-time `Error::ReplicaNested`. It
 /// needs `read_only = true`, cannot be `isolation = "serializable"` (a PostgreSQL hot standby
-/// cannot run it), cannot run on a connection passed in (explicit mode), and is not supported
-/// on `async fn` yet: each is a compile error on `replica`.
+/// cannot run it), and cannot run on a connection passed in (explicit mode): each is a compile
+/// error on `replica`.
 ///
 /// ## Rerunning after a transient failure: `retry`
 ///
@@ -218,8 +218,8 @@ use proc_macro::TokenStream;
 ///   `ambient = true`, or rename the parameter if the block should run on the alias's pooled
 ///   connection ```;
 /// - `` `replica = true` checks the block's connection out of one of the alias's replicas, so
-///   the block cannot run on `conn`, the connection passed in (it is not a replica); ... `` and
-///   `replica = true is not supported on async fn yet: ...`, on `replica`;
+///   the block cannot run on `conn`, the connection passed in (it is not a replica); ... ``,
+///   on `replica`;
 /// - `#[atomic] is given twice for alias "default" (the inner block would only be a savepoint
 ///   of the outer one); keep one`;
 /// - `#[atomic] and #[non_atomic_requests] contradict each other for alias "default": keep

@@ -217,8 +217,8 @@ pub(crate) fn options(args: &AtomicArgs, errors: &mut Errors) {
 }
 
 /// `replica = true` checks the block's connection out of a replica's pool: in explicit mode
-/// the block would run on the caller's connection, which is not a replica, and on an `async
-/// fn` the async runtime does not route such blocks yet. Spanned on `replica`.
+/// the block would run on the caller's connection, which is not a replica. Spanned on
+/// `replica`.
 pub(crate) fn replica_runs_ambient(
     function: &ItemFn,
     args: &AtomicArgs,
@@ -227,13 +227,6 @@ pub(crate) fn replica_runs_ambient(
     let Some(replica) = args.replica.as_ref().filter(|replica| replica.value) else {
         return Ok(());
     };
-    if function.sig.asyncness.is_some() {
-        return Err(syn::Error::new_spanned(
-            &replica.key,
-            "replica = true is not supported on async fn yet: the async runtime would run the \
-             block on the primary; remove `replica = true`, or read from a synchronous function",
-        ));
-    }
     let connection = match source {
         ConnectionSource::Ambient => return Ok(()),
         ConnectionSource::Explicit(name) => format!("`{name}`"),

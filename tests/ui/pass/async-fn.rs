@@ -36,6 +36,13 @@ async fn retried_ambient(id: i32) -> Result<i32, diesel_atomic::Error> {
     Ok(id)
 }
 
+/// The whole block on a replica (its future is `Send` too).
+#[atomic(durable = true, read_only = true, replica = true)]
+async fn report() -> Result<(), diesel_atomic::Error> {
+    aio::read(async |conn: &mut Conn| conn.batch_execute("SELECT 1").await).await?;
+    Ok(())
+}
+
 struct AppError;
 
 impl From<diesel_atomic::Error> for AppError {
@@ -65,4 +72,7 @@ fn main() {
         tokio::spawn(retried_ambient(1));
     };
     let _ = retried;
+    let _spawned_report = async {
+        tokio::spawn(report());
+    };
 }

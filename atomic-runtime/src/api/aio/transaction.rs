@@ -105,6 +105,25 @@ impl Atomic {
         self
     }
 
+    /// Runs the whole block, read-only, on one of the alias's replicas (rule P1), as
+    /// `#[atomic(durable = true, read_only = true, replica = true)]` on an `async fn` does:
+    /// outermost only (nested, `Error::ReplicaNested`); `true` also sets
+    /// [`Atomic::read_only`]. See the sync
+    /// [`Atomic::replica`](crate::transaction::Atomic::replica).
+    ///
+    /// ```
+    /// # extern crate atomic_runtime as diesel_atomic;
+    /// let block = diesel_atomic::aio::transaction::Atomic::new().durable(true).replica(true);
+    /// # drop(block);
+    /// ```
+    pub fn replica(mut self, on: bool) -> Atomic {
+        self.begin.replica = on;
+        if on {
+            self.begin.read_only = true;
+        }
+        self
+    }
+
     /// SQLite's lock mode at BEGIN (outermost only).
     pub fn begin(mut self, mode: BeginMode) -> Atomic {
         self.begin.mode = Some(mode);

@@ -452,7 +452,12 @@ async fn begin_on(
 /// E2 for an ambient block: a connection from the alias's pool, BEGIN, push.
 async fn enter_checked_out(options: &BlockOptions<'_>) -> Result<Armed, Error> {
     let alias = options.using;
-    let mut pooled = checkout(alias).await?;
+    // A `replica = true` block's connection is a replica's (rule P1).
+    let mut pooled = if options.begin.replica {
+        replica::checkout_for_block(alias).await?
+    } else {
+        checkout(alias).await?
+    };
     let conn = pooled.inner();
     let depth_before = conn.depth()?;
     let foreign = rules::foreign_transaction(depth_before, || conn.open_transaction_is_test());

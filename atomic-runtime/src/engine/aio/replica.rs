@@ -43,6 +43,44 @@ pub(crate) async fn lend_for_read(alias: &str) -> Result<Lent, Error> {
     }
 }
 
+/// The connection an outermost `replica = true` block begins on: a replica's, or the
+/// primary's when the alias has none, the task's commit sends it there
+/// (`ReadYourWrites::Primary`), or the replica is unreachable or lags (see the sync
+/// `engine::replica::checkout_for_block`, whose reasons hold here).
+pub(crate) async fn checkout_for_block(alias: &str) -> Result<Box<dyn AsyncPooledConn>, Error> {
+    let database = lookup(alias)?;
+    let Some(replicas) = database.replicas(alias)? else {
+        tracing::debug!(
+            alias,
+            "replica = true on an alias without replicas: the block runs on the primary"
+        );
+        return checkout(alias).await;
+    };
+    match route(alias, &replicas) {
+        ReadRoute::Primary(because) => {
+            tracing::debug!(
+                alias,
+                ?because,
+                "replica = true: the block runs on the primary"
+            );
+            checkout(alias).await
+        }
+        ReadRoute::Replica { index, wait } => {
+            match ready_replica(alias, &replicas, index, wait).await {
+                Some(pooled) => {
+                    tracing::debug!(
+                        alias,
+                        replica = index,
+                        "replica = true: the block runs on a replica"
+                    );
+                    Ok(pooled)
+                }
+                None => checkout(alias).await,
+            }
+        }
+    }
+}
+
 /// Rules P1–P2's route for `alias` now.
 fn route(alias: &str, replicas: &ReplicaSet<'_>) -> ReadRoute {
     let turn = replicas.turn();

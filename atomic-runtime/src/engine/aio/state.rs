@@ -23,6 +23,7 @@ pub(crate) struct AsyncFlavor;
 impl Flavor for AsyncFlavor {
     type Callback = AsyncCallback;
     type Pooled = dyn AsyncPooledConn;
+    const ROUTES_REPLICA_BLOCKS: bool = true;
 }
 
 impl Pooled for dyn AsyncPooledConn {
