@@ -126,7 +126,7 @@ fn try_expand(
                 // The checks of the function itself are reported once for several blocks.
                 let source = errors.keep_once(valid::connection(&function, &args));
                 if let Some(source) = source {
-                    errors.keep(valid::replica_runs_ambient(&function, &args, &source));
+                    errors.keep(valid::replica_runs_ambient(&args, &source));
                     errors.keep_once(valid::returns_no_borrow_of_connection(&function, &source));
                     errors.keep_once(valid::connection_matches_asyncness(&function, &source));
                     wrappers.push(Wrapper::Atomic { args, source });

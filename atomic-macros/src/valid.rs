@@ -220,7 +220,6 @@ pub(crate) fn options(args: &AtomicArgs, errors: &mut Errors) {
 /// the block would run on the caller's connection, which is not a replica. Spanned on
 /// `replica`.
 pub(crate) fn replica_runs_ambient(
-    function: &ItemFn,
     args: &AtomicArgs,
     source: &ConnectionSource,
 ) -> syn::Result<()> {
