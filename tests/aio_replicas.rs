@@ -12,6 +12,7 @@
 #![cfg(any(feature = "async-postgres", feature = "async-mysql"))]
 
 mod captured_logs;
+mod proxy;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -53,6 +54,9 @@ trait Replicated: AsyncConnection + PoolableConnection + Send + 'static {
         id: i32,
     ) -> impl Future<Output = QueryResult<Seen>> + Send;
     /// An async alias on `url` (a deadpool pool of three connections).
+    fn primary_only(url: &str) -> Database {
+        Self::primary(url)
+    }
     fn primary(url: &str) -> Database;
     /// `database` with a replica on `url` (a deadpool pool).
     fn add_replica(database: Database, url: &str) -> Database;
@@ -489,6 +493,69 @@ async fn replica_blocks_run_on_the_replica_and_wait_for_the_tasks_commit<C: Repl
     setup.drop_table::<C>().await;
 }
 
+/// The standby goes away mid-run (a proxy in front of it is stopped): reads that went to it
+/// fall back to the primary, nothing fails.
+fn a_replica_stopped_mid_run_sends_reads_to_the_primary<C: Replicated>() {
+    let (seen, warnings) = captured_logs::capture_logs(Level::WARN, || {
+        run(async {
+            let setup = Setup::new::<C>("stopped").await?;
+            C::insert(&mut connect::<C>(&setup.primary_url).await, &setup.table, 1)
+                .await
+                .unwrap();
+            C::catch_up(
+                &mut connect::<C>(&setup.primary_url).await,
+                &mut connect::<C>(&setup.replica_url).await,
+            )
+            .await;
+            let proxy = proxy::Proxy::to(&setup.replica_url);
+            let _registry = Databases::new()
+                .add(
+                    "default",
+                    C::add_replica(
+                        C::primary_only(&setup.primary_url),
+                        &proxy.url(&setup.replica_url),
+                    )
+                    .read_your_writes(ReadYourWrites::Off),
+                )
+                .enter();
+            let mut before = Vec::new();
+            for _ in 0..2 {
+                before.push(read_row::<C>(&setup.table, 1).await.unwrap());
+            }
+            proxy.stop();
+            let mut after = Vec::new();
+            for _ in 0..3 {
+                after.push(read_row::<C>(&setup.table, 1).await);
+            }
+            setup.drop_table::<C>().await;
+            Some((before, after))
+        })
+    });
+    let Some((before, after)) = seen else { return };
+    for seen in before {
+        assert_eq!(
+            seen,
+            Seen {
+                row: true,
+                on_replica: true
+            },
+            "while it runs, the replica"
+        );
+    }
+    for seen in after {
+        assert_eq!(
+            seen.expect("no read fails"),
+            ON_PRIMARY_WITH_ROW,
+            "once it is gone"
+        );
+    }
+    let fallbacks = warnings
+        .iter()
+        .filter(|warning| warning.contains("reading from the primary"))
+        .count();
+    assert_eq!(fallbacks, 3, "one per read: {warnings:?}");
+}
+
 fn an_unreachable_replica_sends_each_read_to_the_primary_with_one_warning<C: Replicated>() {
     let (seen, warnings) = captured_logs::capture_logs(Level::WARN, || {
         run(async {
@@ -595,6 +662,11 @@ macro_rules! replica_tests {
                     super::replica_blocks_run_on_the_replica_and_wait_for_the_tasks_commit::<$conn>(
                     ),
                 );
+            }
+
+            #[test]
+            fn a_replica_stopped_mid_run_sends_reads_to_the_primary() {
+                super::a_replica_stopped_mid_run_sends_reads_to_the_primary::<$conn>();
             }
 
             #[test]

@@ -11,6 +11,7 @@
 #![cfg(any(feature = "postgres", feature = "mysql"))]
 
 mod captured_logs;
+mod proxy;
 
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -481,6 +482,61 @@ fn a_write_in_a_replica_block_fails_with_the_read_only_error<C: Replicated>() {
     );
 }
 
+/// The standby goes away mid-run (its connections cut, new ones refused: a proxy in front of
+/// it is stopped): reads that went to it fall back to the primary, nothing fails.
+fn a_replica_stopped_mid_run_sends_reads_to_the_primary<C: Replicated>() {
+    let Some(mut setup) = Setup::<C>::new("stopped") else {
+        return;
+    };
+    C::insert(&mut connect::<C>(&setup.primary_url), &setup.table, 1).unwrap();
+    setup.catch_up();
+    let proxy = proxy::Proxy::to(&setup.replica_url);
+    let replica = Pool::builder()
+        .max_size(2)
+        .connection_timeout(Duration::from_millis(500))
+        .build(ConnectionManager::<C>::new(proxy.url(&setup.replica_url)))
+        .expect("a pool through the proxy");
+    let _registry = Databases::new()
+        .add(
+            "default",
+            Database::new(pool::<C>(&setup.primary_url))
+                .replica(replica)
+                .read_your_writes(ReadYourWrites::Off),
+        )
+        .enter();
+    for _ in 0..2 {
+        assert_eq!(
+            read_row::<C>(&setup.table, 1).unwrap(),
+            Seen {
+                row: true,
+                on_replica: true
+            },
+            "while it runs, the replica"
+        );
+    }
+    proxy.stop();
+    let (seen, warnings) = captured_logs::capture_logs(Level::WARN, || {
+        (0..3)
+            .map(|_| read_row::<C>(&setup.table, 1))
+            .collect::<Vec<_>>()
+    });
+    for seen in seen {
+        assert_eq!(
+            seen.expect("no read fails"),
+            Seen {
+                row: true,
+                on_replica: false
+            },
+            "once it is gone, the primary"
+        );
+    }
+    let fallbacks = warnings
+        .iter()
+        .filter(|warning| warning.contains("reading from the primary"))
+        .count();
+    assert_eq!(fallbacks, 3, "one per read: {warnings:?}");
+}
+
 fn an_unreachable_replica_sends_each_read_to_the_primary_with_one_warning<C: Replicated>() {
     let Some(setup) = Setup::<C>::new("unreachable") else {
         return;
@@ -616,6 +672,11 @@ macro_rules! replica_tests {
             #[test]
             fn a_write_in_a_replica_block_fails_with_the_read_only_error() {
                 super::a_write_in_a_replica_block_fails_with_the_read_only_error::<$conn>();
+            }
+
+            #[test]
+            fn a_replica_stopped_mid_run_sends_reads_to_the_primary() {
+                super::a_replica_stopped_mid_run_sends_reads_to_the_primary::<$conn>();
             }
 
             #[test]
