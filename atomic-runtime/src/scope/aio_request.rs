@@ -211,16 +211,21 @@ impl Drop for Abandon {
 }
 
 /// Rule Q1 at an async use of `alias`: begins its request transaction when it is due.
-pub(crate) async fn touch(alias: &str) -> Result<(), Error> {
+///
+/// Not an `async fn`: outside requests, nearly every call, the answer is ready without
+/// setting up the future that begins a transaction.
+pub(crate) fn touch(alias: &str) -> impl Future<Output = Result<(), Error>> + '_ {
     let due = state::has_table()
         && state::with_task(|task| {
             task.request
                 .as_mut()
                 .is_some_and(|request| request.scope.begin_due(alias))
         });
-    if !due {
-        return Ok(());
-    }
+    async move { if due { begin_due(alias).await } else { Ok(()) } }
+}
+
+/// [`touch`] when the request's transaction of `alias` is due.
+async fn begin_due(alias: &str) -> Result<(), Error> {
     let begun = block::enter(&BlockOptions::nested(alias), None).await;
     let (entered, result) = match begun {
         Ok(armed) => (Some(armed.into_entered()), Ok(())),

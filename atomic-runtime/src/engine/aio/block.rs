@@ -91,21 +91,25 @@ pub(crate) fn succeeded<T, E>(outcome: &Outcome<T, E>) -> bool {
 
 /// Turns the body's outcome and the exit into what the block returns (X3, as the sync
 /// executor's `settle`), awaiting the callbacks of a COMMIT (C3, A4).
-pub(crate) async fn finish<T, E: From<Error>>(
-    alias: &str,
+///
+/// Not an `async fn`: a block with no callback to run (every nested block, most outermost
+/// ones) has its answer at once, without setting up the future that awaits the callbacks.
+pub(crate) fn finish<'a, T: 'a, E: From<Error> + 'a>(
+    alias: &'a str,
     outcome: Outcome<T, E>,
     exit: Exit,
-) -> Result<T, E> {
+) -> futures_util::future::Either<
+    std::future::Ready<Result<T, E>>,
+    impl Future<Output = Result<T, E>> + 'a,
+> {
+    use futures_util::future::Either;
     match settle(alias, outcome, exit.error) {
-        Settled::Committed(value) => {
-            // Tested here, not only inside: a nested block has no queue to run, and skipping
-            // the call skips setting up its future.
-            if !exit.callbacks.is_empty() {
-                hooks::run_after_commit(alias, exit.callbacks).await;
-            }
+        Settled::Committed(value) if !exit.callbacks.is_empty() => Either::Right(async move {
+            hooks::run_after_commit(alias, exit.callbacks).await;
             Ok(value)
-        }
-        Settled::Returned(result) => result,
+        }),
+        Settled::Committed(value) => Either::Left(std::future::ready(Ok(value))),
+        Settled::Returned(result) => Either::Left(std::future::ready(result)),
     }
 }
 
@@ -372,7 +376,12 @@ pub(crate) async fn enter(
             // Armed in its SQL phase: dropped during the BEGIN or SAVEPOINT, the block is
             // taken off the state and the connection counts as unknown.
             let mut armed = Armed::new(entered);
-            match begin_on(alias, conn, options, begin).await {
+            // A plain BEGIN or SAVEPOINT, nearly every block, without `begin_on`'s future.
+            let begun = match begin {
+                BeginOptionsUse::Plain => conn.begin().await.map_err(Error::from),
+                begin => begin_on(alias, conn, options, begin).await,
+            };
+            match begun {
                 Ok(()) => {
                     tracing::debug!(
                         alias,
@@ -403,7 +412,9 @@ pub(crate) async fn enter(
 pub(crate) async fn close_cancelled_levels(alias: &str, conn: &mut dyn AsyncTx) {
     let leftover = state::with(alias, |state| state.leftover_savepoint.take());
     if let Some(depth_before) = leftover {
-        close_levels_left_open(alias, conn, depth_before).await;
+        if let Err(levels) = levels_left_open(conn, depth_before) {
+            close_levels_left_open(alias, conn, levels).await;
+        }
     }
 }
 
@@ -624,9 +635,21 @@ async fn leave_outermost(
         conn.mark_broken();
         None
     } else {
-        let depth = close_levels_left_open(alias, conn, depth_before + 1).await;
+        let depth = match levels_left_open(conn, depth_before + 1) {
+            Ok(depth) => depth,
+            Err(levels) => close_levels_left_open(alias, conn, levels).await,
+        };
         if success {
-            commit_outermost(alias, conn, depth_before, depth).await
+            let _ = depth;
+            // The COMMIT awaited here, its failure's recovery in a future of its own: the
+            // path every block takes sets up one future less.
+            match conn.commit().await {
+                Ok(()) => {
+                    tracing::debug!(alias, "COMMIT");
+                    None
+                }
+                Err(error) => Some(commit_failed(alias, conn, depth_before, error).await),
+            }
         } else {
             rollback_outermost(alias, conn, depth_before).await;
             None
@@ -721,9 +744,20 @@ async fn leave_savepoint(
         conn.mark_broken();
         (None, true)
     } else {
-        let depth = close_levels_left_open(alias, conn, depth_before + 1).await;
+        let depth = match levels_left_open(conn, depth_before + 1) {
+            Ok(depth) => depth,
+            Err(levels) => close_levels_left_open(alias, conn, levels).await,
+        };
         if success {
-            release_savepoint(alias, conn, depth_before, depth).await
+            let _ = depth;
+            // As the COMMIT above: the failure's recovery in a future of its own.
+            match conn.commit().await {
+                Ok(()) => {
+                    tracing::trace!(alias, depth = depth_before + 1, "RELEASE SAVEPOINT");
+                    (None, false)
+                }
+                Err(error) => release_failed(alias, conn, depth_before, error).await,
+            }
         } else {
             (None, !rollback_savepoint(alias, conn, depth_before).await)
         }
@@ -747,18 +781,21 @@ async fn leave_savepoint(
     }
 }
 
-/// Rolls back the levels left open above the block's own (a panic, or a cancelled child);
-/// returns diesel's depth now.
-async fn close_levels_left_open(
-    alias: &str,
-    conn: &mut dyn AsyncTx,
-    block_depth: u32,
-) -> Option<u32> {
-    let depth = conn.depth().ok()?;
-    let levels = rules::levels_left_open(Some(depth), block_depth);
-    if levels == 0 {
-        return Some(depth);
+/// diesel's depth (`Ok`) when no level is left open above the block's own, the common case,
+/// answered without setting up [`close_levels_left_open`]'s future; else how many are.
+fn levels_left_open(conn: &mut dyn AsyncTx, block_depth: u32) -> Result<Option<u32>, u32> {
+    let Ok(depth) = conn.depth() else {
+        return Ok(None);
+    };
+    match rules::levels_left_open(Some(depth), block_depth) {
+        0 => Ok(Some(depth)),
+        levels => Err(levels),
     }
+}
+
+/// Rolls back the `levels` left open above the block's own (a panic, or a cancelled child);
+/// returns diesel's depth now.
+async fn close_levels_left_open(alias: &str, conn: &mut dyn AsyncTx, levels: u32) -> Option<u32> {
     tracing::debug!(
         alias,
         levels,
@@ -773,30 +810,23 @@ async fn close_levels_left_open(
     conn.depth().ok()
 }
 
-async fn release_savepoint(
+/// X4 after a failed RELEASE SAVEPOINT: the error, and whether the transaction is lost.
+#[cold]
+async fn release_failed(
     alias: &str,
     conn: &mut dyn AsyncTx,
     depth_before: u32,
-    depth: Option<u32>,
+    error: diesel::result::Error,
 ) -> (Option<diesel::result::Error>, bool) {
-    let _ = depth;
-    match conn.commit().await {
-        Ok(()) => {
-            tracing::trace!(alias, depth = depth_before + 1, "RELEASE SAVEPOINT");
-            (None, false)
-        }
-        Err(error) => {
-            tracing::error!(alias, %error, "RELEASE SAVEPOINT failed");
-            let recovered = match rules::recover_release(conn.depth().ok(), depth_before) {
-                ReleaseRecovery::RollbackTo => rollback_savepoint(alias, conn, depth_before).await,
-                // diesel-async lowered its depth without rolling the savepoint back (diesel
-                // rolls it back): both are left to do.
-                ReleaseRecovery::ReleaseOnly => conn.rollback_released(depth_before).await.is_ok(),
-                ReleaseRecovery::Lost => false,
-            };
-            (Some(error), !recovered)
-        }
-    }
+    tracing::error!(alias, %error, "RELEASE SAVEPOINT failed");
+    let recovered = match rules::recover_release(conn.depth().ok(), depth_before) {
+        ReleaseRecovery::RollbackTo => rollback_savepoint(alias, conn, depth_before).await,
+        // diesel-async lowered its depth without rolling the savepoint back (diesel rolls it
+        // back): both are left to do.
+        ReleaseRecovery::ReleaseOnly => conn.rollback_released(depth_before).await.is_ok(),
+        ReleaseRecovery::Lost => false,
+    };
+    (Some(error), !recovered)
 }
 
 async fn rollback_savepoint(alias: &str, conn: &mut dyn AsyncTx, depth_before: u32) -> bool {
@@ -816,26 +846,19 @@ async fn rollback_savepoint(alias: &str, conn: &mut dyn AsyncTx, depth_before: u
     }
 }
 
-async fn commit_outermost(
+/// X4 after a failed COMMIT: rolls back what is still open; gives the error back.
+#[cold]
+async fn commit_failed(
     alias: &str,
     conn: &mut dyn AsyncTx,
     depth_before: u32,
-    depth: Option<u32>,
-) -> Option<diesel::result::Error> {
-    let _ = depth;
-    match conn.commit().await {
-        Ok(()) => {
-            tracing::debug!(alias, "COMMIT");
-            None
-        }
-        Err(error) => {
-            tracing::error!(alias, %error, "COMMIT failed; rolling back");
-            if rules::rollback_after_failed_commit(conn.depth().ok(), depth_before) {
-                rollback_outermost(alias, conn, depth_before).await;
-            }
-            Some(error)
-        }
+    error: diesel::result::Error,
+) -> diesel::result::Error {
+    tracing::error!(alias, %error, "COMMIT failed; rolling back");
+    if rules::rollback_after_failed_commit(conn.depth().ok(), depth_before) {
+        rollback_outermost(alias, conn, depth_before).await;
     }
+    error
 }
 
 async fn rollback_outermost(alias: &str, conn: &mut dyn AsyncTx, depth_before: u32) {
