@@ -411,10 +411,10 @@ pub(crate) async fn enter(
 /// rules expect them.
 pub(crate) async fn close_cancelled_levels(alias: &str, conn: &mut dyn AsyncTx) {
     let leftover = state::with(alias, |state| state.leftover_savepoint.take());
-    if let Some(depth_before) = leftover {
-        if let Err(levels) = levels_left_open(conn, depth_before) {
-            close_levels_left_open(alias, conn, levels).await;
-        }
+    if let Some(depth_before) = leftover
+        && let Err(levels) = levels_left_open(conn, depth_before)
+    {
+        close_levels_left_open(alias, conn, levels).await;
     }
 }
 
