@@ -363,6 +363,35 @@ async fn a_tasks_commit_is_waited_for_by_its_later_calls_only<C: Replicated>() {
     setup.drop_table::<C>().await;
 }
 
+/// A read dropped while it waits for the (paused) replica (rule A2): the replica's only pooled
+/// connection, which had the wait's answer still to read, is discarded, and the next read
+/// gets a clean one. Without the mark, MariaDB's client read the dropped wait's answer as the
+/// next query's.
+async fn a_read_dropped_while_it_waits_leaves_no_half_read_connection<C: Replicated>() {
+    let Some(setup) = Setup::new::<C>("dropped_wait").await else {
+        return;
+    };
+    let _registry = setup.enter::<C>(ReadYourWrites::Wait(Duration::from_secs(5)));
+    let paused = setup.pause_replay::<C>().await;
+    insert_committed::<C>(&setup.table, 1).await.unwrap();
+    let cut =
+        tokio::time::timeout(Duration::from_millis(300), read_row::<C>(&setup.table, 1)).await;
+    assert!(cut.is_err(), "the read was still waiting: {cut:?}");
+    drop(paused);
+    for _ in 0..3 {
+        let seen = read_row::<C>(&setup.table, 1).await.unwrap();
+        assert_eq!(
+            seen,
+            Seen {
+                row: true,
+                on_replica: true
+            },
+            "the replica, through a clean connection"
+        );
+    }
+    setup.drop_table::<C>().await;
+}
+
 async fn primary_reads_the_primary_for_the_rest_of_the_scope<C: Replicated>() {
     let Some(setup) = Setup::new::<C>("primary_policy").await else {
         return;
@@ -634,6 +663,11 @@ macro_rules! replica_tests {
             #[test]
             fn a_tasks_commit_is_waited_for_by_its_later_calls_only() {
                 run(super::a_tasks_commit_is_waited_for_by_its_later_calls_only::<$conn>());
+            }
+
+            #[test]
+            fn a_read_dropped_while_it_waits_leaves_no_half_read_connection() {
+                run(super::a_read_dropped_while_it_waits_leaves_no_half_read_connection::<$conn>());
             }
 
             #[test]

@@ -137,7 +137,12 @@ async fn ready_replica(
             }
         },
     };
-    match async_replication::wait_for(pooled.inner(), &position, timeout).await {
+    // Marked broken while awaited, as `position_after_commit` explains.
+    let conn = pooled.inner();
+    conn.mark_broken();
+    let waited = async_replication::wait_for(&mut *conn, &position, timeout).await;
+    conn.clear_broken();
+    match waited {
         Ok(true) => {
             state::with(alias, |state| {
                 rules::replayed(state, index, &Position::Known(position));
@@ -170,8 +175,12 @@ async fn ready_replica(
 /// own position was not read).
 async fn primary_position(alias: &str) -> Result<Option<Box<str>>, String> {
     let mut pooled = checkout(alias).await.map_err(|error| error.to_string())?;
-    async_replication::current_position(pooled.inner())
-        .await
+    // Marked broken while awaited, as `position_after_commit` explains.
+    let conn = pooled.inner();
+    conn.mark_broken();
+    let position = async_replication::current_position(&mut *conn).await;
+    conn.clear_broken();
+    position
         .map(|position| position.map(Into::into))
         .map_err(|error| error.to_string())
 }
@@ -227,8 +236,11 @@ pub(crate) async fn remember_commit(alias: &str, conn: Option<&mut dyn AsyncTx>)
 }
 
 /// The position of the commit just made on `conn` (depth 0). Marked broken while the query is
-/// awaited: dropped there (rule A2), the connection, which may have the query's answer still
-/// unread, goes back to its pool broken (discarded), never idle.
+/// awaited (as are the replica's wait and the primary's position query): dropped there (rule
+/// A2; a read under `tokio::time::timeout` while it waits for a replica, say), the connection,
+/// which may have the query's answer still unread, goes back to its pool broken and is
+/// discarded: fail closed, rather than trust each client library to drain a cut-off answer
+/// (tokio-postgres and mysql_async do, as the test of a dropped wait shows).
 async fn position_after_commit(
     conn: &mut dyn AsyncTx,
 ) -> Result<Option<String>, crate::adapter::replication::Unavailable> {
