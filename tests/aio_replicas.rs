@@ -363,8 +363,10 @@ async fn a_tasks_commit_is_waited_for_by_its_later_calls_only<C: Replicated>() {
     setup.drop_table::<C>().await;
 }
 
-/// A read dropped while it waits for the (paused) replica (rule A2): the replica's only pooled
-/// connection had the wait's answer still to read; the reads after it work, on the replica.
+/// A read dropped while it waits for the (paused) replica (rule A2): the task's commit is
+/// still remembered (the next read waits for it too; before the fix it was lost with the cut
+/// call's table, and the next read returned the replica's stale answer), and the replica's
+/// only pooled connection, which had the wait's answer still to read, serves the reads after.
 async fn a_read_dropped_while_it_waits_leaves_the_replica_usable<C: Replicated>() {
     let Some(setup) = Setup::new::<C>("dropped_wait").await else {
         return;
@@ -375,6 +377,12 @@ async fn a_read_dropped_while_it_waits_leaves_the_replica_usable<C: Replicated>(
     let cut =
         tokio::time::timeout(Duration::from_millis(300), read_row::<C>(&setup.table, 1)).await;
     assert!(cut.is_err(), "the read was still waiting: {cut:?}");
+    let again =
+        tokio::time::timeout(Duration::from_millis(300), read_row::<C>(&setup.table, 1)).await;
+    assert!(
+        again.is_err(),
+        "the next read waits for the task's commit too, not a stale replica answer: {again:?}"
+    );
     drop(paused);
     for _ in 0..3 {
         let seen = read_row::<C>(&setup.table, 1).await.unwrap();

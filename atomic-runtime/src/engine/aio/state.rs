@@ -278,8 +278,17 @@ pin_project_lite::pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let mut this = this.project();
             if let Some(table) = this.table.as_deref() {
-                let _in = InTable::enter(table);
-                this.future.set(None);
+                {
+                    let _in = InTable::enter(table);
+                    this.future.set(None);
+                }
+                // A call dropped before it ended: what the task committed before it (resumed
+                // into this table) still counts for the task's later reads (rule P2).
+                if crate::databases::replicas_configured()
+                    && let Ok(mut task) = table.try_borrow_mut()
+                {
+                    crate::engine::aio::replica::carry(&mut task);
+                }
             }
         }
     }
