@@ -439,8 +439,9 @@ pub use atomic_macros::atomic;
 pub use atomic_macros::non_atomic_requests;
 pub use atomic_runtime::{
     AsDieselError, BeginMode, DEFAULT_DB_ALIAS, Database, Databases, DatabasesGuard, Db, Error,
-    Isolation, ReadYourWrites, RetryPolicy, SavepointId, connection, create, db, get_or_create,
-    get_or_insert, read, request, testing, transaction, update_or_create, update_or_insert,
+    Isolation, ReadYourWrites, ReplicaPool, RetryPolicy, SavepointId, connection, create, db,
+    get_or_create, get_or_insert, read, request, testing, transaction, update_or_create,
+    update_or_insert,
 };
 
 #[cfg(feature = "async")]

@@ -112,6 +112,26 @@ impl Pools {
 /// `MysqlConnection` for a sync alias; with the `async` feature, a deadpool or bb8 pool of
 /// diesel-async's `AsyncPgConnection` or `AsyncMysqlConnection` for an async one. Implemented
 /// by diesel-atomic only.
+///
+/// ```
+/// # extern crate atomic_runtime as diesel_atomic;
+/// use diesel::r2d2::{ConnectionManager, Pool};
+/// use diesel::SqliteConnection;
+/// use diesel_atomic::{Database, ReplicaPool};
+///
+/// fn with_replica(database: Database, replica: impl ReplicaPool) -> Database {
+///     database.replica(replica)
+/// }
+/// let pool = || {
+///     Pool::builder()
+///         .max_size(1)
+///         .build(ConnectionManager::<SqliteConnection>::new(":memory:"))
+///         .unwrap()
+/// };
+/// // SQLite has no replicas: accepted here, `Error::ReplicaMisconfigured` at install or use.
+/// let database = with_replica(Database::new(pool()), pool());
+/// assert_eq!(database.replica_count(), 1);
+/// ```
 pub trait ReplicaPool {
     #[doc(hidden)]
     fn erase(self) -> ErasedReplica;

@@ -191,9 +191,10 @@ fn primary_position(alias: &str, database: &Database) -> Result<Option<Box<str>>
         .map_err(|error| error.to_string())
 }
 
-/// The one WARN event of a read that goes to the primary instead of a replica.
+/// The one WARN event of a read that goes to the primary instead of a replica (the async
+/// executor's too).
 #[cold]
-fn on_primary_instead(alias: &str, replica: usize, reason: &str) {
+pub(crate) fn on_primary_instead(alias: &str, replica: usize, reason: &str) {
     tracing::warn!(
         alias,
         replica,
@@ -210,28 +211,11 @@ fn on_primary_instead(alias: &str, replica: usize, reason: &str) {
 /// with replicas get here with something to do.
 #[cold]
 pub(crate) fn remember_commit(alias: &str, pooled: Option<&mut (dyn PooledConn + 'static)>) {
-    let Ok(database) = databases::lookup(alias) else {
-        return;
-    };
-    let Ok(Some(replicas)) = database.replicas(alias) else {
-        return;
-    };
-    let position = match rules::what_to_remember(replicas.len(), replicas.policy) {
+    let position = match to_remember(&databases::lookup(alias), alias) {
         Remember::Nothing => return,
         Remember::Commit => None,
         Remember::Position => match pooled {
-            Some(conn) => match replication::position_after_commit(conn) {
-                Ok(position) => position.map(|position| Position::Known(position.into())),
-                Err(error) => {
-                    tracing::warn!(
-                        alias,
-                        %error,
-                        "reading the position of a COMMIT failed; the next read on a replica \
-                         waits for the primary's current position instead"
-                    );
-                    Some(Position::Unknown)
-                }
-            },
+            Some(conn) => commit_position(alias, replication::position_after_commit(conn)),
             None => Some(Position::Unknown),
         },
     };
@@ -239,4 +223,35 @@ pub(crate) fn remember_commit(alias: &str, pooled: Option<&mut (dyn PooledConn +
     state::with(alias, |state| {
         rules::remember_commit(state, serial, position)
     });
+}
+
+/// What a commit on `alias` must leave for later reads (rule P2, `rules::what_to_remember`):
+/// nothing for an alias that is not configured, has no replica or a misconfigured one (its
+/// reads fail with that error anyway). Shared by both executors.
+pub(crate) fn to_remember(database: &Result<Database, Error>, alias: &str) -> Remember {
+    match database.as_ref().map(|database| database.replicas(alias)) {
+        Ok(Ok(Some(replicas))) => rules::what_to_remember(replicas.len(), replicas.policy),
+        _ => Remember::Nothing,
+    }
+}
+
+/// The position to remember from the answer of the query after a COMMIT: its value, or, when
+/// the query failed, `Unknown` (the next read then asks the primary) with a WARN event.
+/// Shared by both executors.
+pub(crate) fn commit_position(
+    alias: &str,
+    answer: Result<Option<String>, replication::Unavailable>,
+) -> Option<Position> {
+    match answer {
+        Ok(position) => position.map(|position| Position::Known(position.into())),
+        Err(error) => {
+            tracing::warn!(
+                alias,
+                %error,
+                "reading the position of a COMMIT failed; the next read on a replica waits \
+                 for the primary's current position instead"
+            );
+            Some(Position::Unknown)
+        }
+    }
 }

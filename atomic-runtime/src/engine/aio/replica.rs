@@ -16,6 +16,7 @@ use crate::databases::{self, ReplicaSet};
 use crate::engine::aio::block::{checkout, lookup};
 use crate::engine::aio::lend::Lent;
 use crate::engine::aio::state::{self, Task};
+use crate::engine::replica::{commit_position, on_primary_instead, to_remember};
 use crate::engine::rules::{self, ReadRoute, Remember, WaitFor};
 use crate::engine::state::{LastCommit, Position};
 use crate::error::Error;
@@ -185,17 +186,6 @@ async fn primary_position(alias: &str) -> Result<Option<Box<str>>, String> {
         .map_err(|error| error.to_string())
 }
 
-/// The one WARN event of a read that goes to the primary instead of a replica.
-#[cold]
-fn on_primary_instead(alias: &str, replica: usize, reason: &str) {
-    tracing::warn!(
-        alias,
-        replica,
-        reason,
-        "alias '{alias}': reading from the primary instead of replica {replica}: {reason}"
-    );
-}
-
 /// Rule P2 after the COMMIT of an outermost block that may have written on the primary
 /// (`rules::commit_to_remember`), or at the end of an `aio::connection()` call outside blocks
 /// (`rules::lend_to_remember`): remembers it for the task's later reads, with its position
@@ -204,28 +194,11 @@ fn on_primary_instead(alias: &str, replica: usize, reason: &str) {
 /// here with something to do.
 #[cold]
 pub(crate) async fn remember_commit(alias: &str, conn: Option<&mut dyn AsyncTx>) {
-    let Ok(database) = lookup(alias) else {
-        return;
-    };
-    let Ok(Some(replicas)) = database.replicas(alias) else {
-        return;
-    };
-    let position = match rules::what_to_remember(replicas.len(), replicas.policy) {
+    let position = match to_remember(&lookup(alias), alias) {
         Remember::Nothing => return,
         Remember::Commit => None,
         Remember::Position => match conn {
-            Some(conn) => match position_after_commit(conn).await {
-                Ok(position) => position.map(|position| Position::Known(position.into())),
-                Err(error) => {
-                    tracing::warn!(
-                        alias,
-                        %error,
-                        "reading the position of a COMMIT failed; the next read on a replica \
-                         waits for the primary's current position instead"
-                    );
-                    Some(Position::Unknown)
-                }
-            },
+            Some(conn) => commit_position(alias, position_after_commit(conn).await),
             None => Some(Position::Unknown),
         },
     };
@@ -253,13 +226,7 @@ async fn position_after_commit(
 /// Rule P2 for a commit whose position cannot be read now (a destructor cannot await):
 /// remembered as made, the primary's position read by the next replica read.
 pub(crate) fn remember_commit_unknown(alias: &str) {
-    let Ok(database) = lookup(alias) else {
-        return;
-    };
-    let Ok(Some(replicas)) = database.replicas(alias) else {
-        return;
-    };
-    let position = match rules::what_to_remember(replicas.len(), replicas.policy) {
+    let position = match to_remember(&lookup(alias), alias) {
         Remember::Nothing => return,
         Remember::Commit => None,
         Remember::Position => Some(Position::Unknown),
