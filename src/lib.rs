@@ -437,6 +437,76 @@ pub use atomic_macros::atomic;
 /// fn view() -> Result<(), diesel_atomic::Error> { Ok(()) }
 /// ```
 pub use atomic_macros::non_atomic_requests;
+
+/// Django's `TestCase` as a test attribute: the test's database work runs inside a transaction
+/// that is rolled back when the test ends, whether it passed, failed or panicked, so tests
+/// never see each other's rows.
+///
+/// `#[diesel_atomic::test]` makes the function a `#[test]` (do not add one). It enters the
+/// test's registry (`setup = path`, a `fn() -> Databases`; without it, the registry entered
+/// on the thread, else the installed one), begins a [`testing::TestTransaction`] on every
+/// alias of it, runs the body and rolls back. Inside, as under Django's `TestCase`:
+/// `#[atomic]` blocks are savepoints, `durable = true` blocks are allowed directly inside,
+/// `on_commit` callbacks never run ([`testing::capture_on_commit_callbacks`] shows them), and
+/// [`request()`] (and `aio::request`) shares the test's transaction, its commits becoming
+/// savepoint releases. A test that cannot begin its transaction (no registry, a server down)
+/// fails.
+///
+/// ```
+/// use diesel::prelude::*;
+/// use diesel::r2d2::{ConnectionManager, Pool};
+/// use diesel_atomic::{atomic, connection, transaction, Database, Databases, Error};
+///
+/// fn test_databases() -> Databases {
+///     let pool = Pool::builder()
+///         .max_size(1)
+///         .build(ConnectionManager::<SqliteConnection>::new("file:app-tests?mode=memory&cache=shared"))
+///         .unwrap();
+///     Databases::new().add("default", Database::new(pool))
+/// }
+///
+/// #[atomic(durable = true)]
+/// fn signup() -> Result<(), Error> {
+///     connection(|conn: &mut SqliteConnection| {
+///         diesel::sql_query("CREATE TABLE IF NOT EXISTS users (name TEXT)").execute(conn)?;
+///         diesel::sql_query("INSERT INTO users VALUES ('ada')").execute(conn)
+///     })?;
+///     transaction::on_commit(|| println!("welcome mail"))?;
+///     Ok(())
+/// }
+///
+/// #[diesel_atomic::test(setup = test_databases)]
+/// fn signup_creates_a_user() -> Result<(), Error> {
+///     let ((), callbacks) = diesel_atomic::testing::capture_on_commit_callbacks(false, || {
+///         signup().unwrap();
+///     });
+///     assert_eq!(callbacks.len(), 1, "the mail waits for a COMMIT that never comes");
+///     Ok(()) // rolled back here: the next test finds no user
+/// }
+/// # fn main() {}
+/// ```
+///
+/// `transaction = false` runs the test without the wrapping transaction (Django's
+/// `TransactionTestCase`): its blocks commit for real and their callbacks run, so it must
+/// clean up after itself.
+///
+/// An `async fn` test (feature `async`) runs on a multi-thread tokio runtime of its own,
+/// polled on the test's thread (as `#[tokio::test(flavor = "multi_thread")]` does), whose
+/// threads enter the test's registry too: the async aliases get `aio::testing::TestTransaction`,
+/// rolled back with `.rollback().await`, the sync ones the sync transaction. A plain `fn` test begins on the
+/// sync aliases only. Build an async test's pools in `setup`: a pooled PostgreSQL or MySQL
+/// connection belongs to the runtime that opened it. Work the test spawns on other tasks or
+/// threads runs outside the test's transaction (on connections of its own), as it does in
+/// Django.
+///
+/// The test function takes no parameters:
+///
+/// ```compile_fail
+/// #[diesel_atomic::test]
+/// fn signup(conn: &mut diesel::SqliteConnection) {}
+/// # fn main() {}
+/// ```
+pub use atomic_macros::test;
 pub use atomic_runtime::{
     AsDieselError, BeginMode, DEFAULT_DB_ALIAS, Database, Databases, DatabasesGuard, Db, Error,
     Isolation, ReadYourWrites, ReplicaPool, RetryPolicy, SavepointId, connection, create, db,
@@ -452,3 +522,6 @@ pub use atomic_runtime::__private;
 
 #[cfg(feature = "axum")]
 pub mod axum;
+
+#[cfg(feature = "tower")]
+pub mod tower;

@@ -1,4 +1,5 @@
-//! Parsing the arguments of `#[atomic(...)]` and `#[non_atomic_requests(...)]`.
+//! Parsing the arguments of `#[atomic(...)]`, `#[non_atomic_requests(...)]` and
+//! `#[diesel_atomic::test(...)]`.
 //!
 //! The arguments are split at top-level commas and each one is checked on its own, so a
 //! typo in one does not hide a problem in the next: every problem is reported, each spanned
@@ -16,9 +17,10 @@ use crate::suggest;
 pub(crate) enum Attribute {
     Atomic,
     NonAtomicRequests,
+    Test,
 }
 
-/// An argument of either attribute. The parsers `match` on it exhaustively, so a new key
+/// An argument of any of the attributes. The parsers `match` on it exhaustively, so a new key
 /// cannot be parsed as another one.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Key {
@@ -32,6 +34,8 @@ pub(crate) enum Key {
     Retry,
     Conn,
     Ambient,
+    Setup,
+    Transaction,
     Crate,
 }
 
@@ -40,8 +44,8 @@ pub(crate) struct KeyRow {
     pub(crate) key: Key,
     pub(crate) name: &'static str,
     pub(crate) example: &'static str,
-    /// Whether `#[non_atomic_requests]` takes it too (`#[atomic]` takes every key).
-    pub(crate) non_atomic_requests: bool,
+    /// The attributes that take it.
+    pub(crate) attributes: &'static [Attribute],
 }
 
 /// Every argument, in the order messages list them: the one place a key is named. Messages,
@@ -52,68 +56,90 @@ pub(crate) const KEYS: &[KeyRow] = &[
         key: Key::Using,
         name: "using",
         example: "using = \"other\"",
-        non_atomic_requests: true,
+        attributes: ATOMIC_AND_NON_ATOMIC_REQUESTS,
     },
     KeyRow {
         key: Key::Savepoint,
         name: "savepoint",
         example: "savepoint = false",
-        non_atomic_requests: false,
+        attributes: ATOMIC,
     },
     KeyRow {
         key: Key::Durable,
         name: "durable",
         example: "durable = true",
-        non_atomic_requests: false,
+        attributes: ATOMIC,
     },
     KeyRow {
         key: Key::Isolation,
         name: "isolation",
         example: "isolation = \"serializable\"",
-        non_atomic_requests: false,
+        attributes: ATOMIC,
     },
     KeyRow {
         key: Key::ReadOnly,
         name: "read_only",
         example: "read_only = true",
-        non_atomic_requests: false,
+        attributes: ATOMIC,
     },
     KeyRow {
         key: Key::Replica,
         name: "replica",
         example: "replica = true",
-        non_atomic_requests: false,
+        attributes: ATOMIC,
     },
     KeyRow {
         key: Key::Begin,
         name: "begin",
         example: "begin = \"immediate\"",
-        non_atomic_requests: false,
+        attributes: ATOMIC,
     },
     KeyRow {
         key: Key::Retry,
         name: "retry",
         example: "retry = 5",
-        non_atomic_requests: false,
+        attributes: ATOMIC,
     },
     KeyRow {
         key: Key::Conn,
         name: "conn",
         example: "conn = db",
-        non_atomic_requests: false,
+        attributes: ATOMIC,
     },
     KeyRow {
         key: Key::Ambient,
         name: "ambient",
         example: "ambient = true",
-        non_atomic_requests: false,
+        attributes: ATOMIC,
+    },
+    KeyRow {
+        key: Key::Setup,
+        name: "setup",
+        example: "setup = test_databases",
+        attributes: TEST,
+    },
+    KeyRow {
+        key: Key::Transaction,
+        name: "transaction",
+        example: "transaction = false",
+        attributes: TEST,
     },
     KeyRow {
         key: Key::Crate,
         name: "crate",
         example: "crate = \"diesel_atomic\"",
-        non_atomic_requests: true,
+        attributes: ALL,
     },
+];
+
+const ATOMIC: &[Attribute] = &[Attribute::Atomic];
+const ATOMIC_AND_NON_ATOMIC_REQUESTS: &[Attribute] =
+    &[Attribute::Atomic, Attribute::NonAtomicRequests];
+const TEST: &[Attribute] = &[Attribute::Test];
+const ALL: &[Attribute] = &[
+    Attribute::Atomic,
+    Attribute::NonAtomicRequests,
+    Attribute::Test,
 ];
 
 impl Attribute {
@@ -122,15 +148,14 @@ impl Attribute {
         match self {
             Attribute::Atomic => "#[atomic]",
             Attribute::NonAtomicRequests => "#[non_atomic_requests]",
+            Attribute::Test => "#[diesel_atomic::test]",
         }
     }
 
     /// The arguments it takes, in the order messages list them.
     pub(crate) fn keys(self) -> impl Iterator<Item = &'static KeyRow> {
-        KEYS.iter().filter(move |row| match self {
-            Attribute::Atomic => true,
-            Attribute::NonAtomicRequests => row.non_atomic_requests,
-        })
+        KEYS.iter()
+            .filter(move |row| row.attributes.contains(&self))
     }
 
     /// The names of the arguments it takes.
@@ -139,7 +164,8 @@ impl Attribute {
     }
 
     /// The attribute recognised by the last segment of an attribute path
-    /// (`#[atomic]`, `#[diesel_atomic::atomic]`).
+    /// (`#[atomic]`, `#[diesel_atomic::atomic]`). `#[diesel_atomic::test]` is not among them:
+    /// it does not stack with the others, and `test` is rustc's own attribute too.
     pub(crate) fn from_path(path: &Path) -> Option<Attribute> {
         let last = path.segments.last()?;
         if last.ident == "atomic" {
@@ -286,6 +312,10 @@ impl AtomicArgs {
                 Key::Conn => parsed.conn = Some(connection(argument)?),
                 Key::Ambient => parsed.ambient = Some(flag(argument)?),
                 Key::Crate => parsed.krate = Some(crate_path(argument)?),
+                // Refused by `check_key` before they get here.
+                Key::Setup | Key::Transaction => {
+                    return Err(not_taken(&argument.ident, Attribute::Atomic));
+                }
             }
             Ok(())
         });
@@ -309,8 +339,47 @@ impl NonAtomicRequestsArgs {
                 | Key::Begin
                 | Key::Retry
                 | Key::Conn
-                | Key::Ambient => {
+                | Key::Ambient
+                | Key::Setup
+                | Key::Transaction => {
                     return Err(not_taken(&argument.ident, Attribute::NonAtomicRequests));
+                }
+            }
+            Ok(())
+        });
+        errors.finish(parsed)
+    }
+}
+
+/// The parsed arguments of `#[diesel_atomic::test(...)]`.
+#[derive(Default)]
+pub(crate) struct TestArgs {
+    /// `setup = path`: the function that returns the test's `Databases`.
+    pub(crate) setup: Option<Path>,
+    pub(crate) transaction: Option<Flag>,
+    pub(crate) krate: Option<TokenStream>,
+}
+
+impl TestArgs {
+    pub(crate) fn parse(args: TokenStream) -> syn::Result<Self> {
+        let mut parsed = TestArgs::default();
+        let errors = for_each_argument(args, Attribute::Test, |argument| {
+            match argument.key {
+                Key::Setup => parsed.setup = Some(setup(argument)?),
+                Key::Transaction => parsed.transaction = Some(flag(argument)?),
+                Key::Crate => parsed.krate = Some(crate_path(argument)?),
+                // Refused by `check_key` before they get here.
+                Key::Using
+                | Key::Savepoint
+                | Key::Durable
+                | Key::Isolation
+                | Key::ReadOnly
+                | Key::Replica
+                | Key::Begin
+                | Key::Retry
+                | Key::Conn
+                | Key::Ambient => {
+                    return Err(not_taken(&argument.ident, Attribute::Test));
                 }
             }
             Ok(())
@@ -335,6 +404,11 @@ impl AttributeArgs {
             Attribute::NonAtomicRequests => {
                 NonAtomicRequestsArgs::parse(args).map(AttributeArgs::NonAtomicRequests)
             }
+            // `from_path` never recognises it, so it is never stacked.
+            Attribute::Test => Err(syn::Error::new_spanned(
+                args,
+                "#[diesel_atomic::test] does not stack with #[atomic] or #[non_atomic_requests]",
+            )),
         }
     }
 
@@ -547,12 +621,23 @@ fn check_key(ident: &Ident, attribute: Attribute) -> syn::Result<&'static KeyRow
     ))
 }
 
-/// A key of `#[atomic]` given to `#[non_atomic_requests]`.
+/// A key of another of our attributes (`savepoint` given to `#[non_atomic_requests]`).
 fn not_taken(ident: &Ident, attribute: Attribute) -> syn::Error {
+    let name = ident.to_string();
+    let owners: Vec<&str> = KEYS
+        .iter()
+        .filter(|row| row.name == name)
+        .flat_map(|row| row.attributes.iter().map(|owner| owner.name()))
+        .collect();
+    let owners = match owners.split_last() {
+        Some((last, [])) => (*last).to_owned(),
+        Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+        None => "another attribute".to_owned(),
+    };
     syn::Error::new_spanned(
         ident,
         format!(
-            "`{ident}` is an argument of #[atomic], not of {}, which takes only {}",
+            "`{ident}` is an argument of {owners}, not of {}, which takes only {}",
             attribute.name(),
             listed_keys(attribute)
         ),
@@ -865,6 +950,24 @@ fn crate_path(argument: &Argument) -> syn::Result<TokenStream> {
     }
 }
 
+/// `setup = path::to::function`: a path, without quotes (the function is checked by rustc
+/// where the path is written).
+fn setup(argument: &Argument) -> syn::Result<Path> {
+    if let Ok(path) = syn::parse2::<Path>(argument.value.clone()) {
+        return Ok(path);
+    }
+    let message = match syn::parse2::<LitStr>(argument.value.clone()) {
+        Ok(text) if text.parse::<Path>().is_ok() => format!(
+            "`setup` takes the path of a function, without quotes: `setup = {}`",
+            text.value()
+        ),
+        _ => "`setup` takes the path of a function that returns the test's `Databases`, such \
+              as `setup = test_databases`"
+            .to_owned(),
+    };
+    Err(syn::Error::new_spanned(&argument.value, message))
+}
+
 fn single_ident(tokens: &TokenStream) -> Option<Ident> {
     let mut trees = tokens.clone().into_iter();
     match (trees.next(), trees.next()) {
@@ -1018,12 +1121,17 @@ mod tests {
 
     #[test]
     fn every_example_in_messages_parses() {
-        for attribute in [Attribute::Atomic, Attribute::NonAtomicRequests] {
+        for attribute in [
+            Attribute::Atomic,
+            Attribute::NonAtomicRequests,
+            Attribute::Test,
+        ] {
             for row in attribute.keys() {
                 let example: TokenStream = row.example.parse().unwrap();
                 let parsed = match attribute {
                     Attribute::Atomic => AtomicArgs::parse(example).err(),
                     Attribute::NonAtomicRequests => NonAtomicRequestsArgs::parse(example).err(),
+                    Attribute::Test => TestArgs::parse(example).err(),
                 };
                 assert!(parsed.is_none(), "{}: {parsed:?}", row.example);
                 assert!(row.example.starts_with(&format!("{} = ", row.name)));
@@ -1048,12 +1156,15 @@ mod tests {
     fn the_docs_tables_list_exactly_the_keys() {
         const LIB: &str = include_str!("lib.rs");
         let (atomic_docs, rest) = LIB.split_once("pub fn atomic(").unwrap();
-        let (non_atomic_requests_docs, _) = rest.split_once("pub fn non_atomic_requests(").unwrap();
+        let (non_atomic_requests_docs, rest) =
+            rest.split_once("pub fn non_atomic_requests(").unwrap();
+        let (test_docs, _) = rest.split_once("pub fn test(").unwrap();
         assert_eq!(documented_keys(atomic_docs), Attribute::Atomic.key_names());
         assert_eq!(
             documented_keys(non_atomic_requests_docs),
             Attribute::NonAtomicRequests.key_names()
         );
+        assert_eq!(documented_keys(test_docs), Attribute::Test.key_names());
     }
 
     #[test]
@@ -1490,5 +1601,103 @@ mod tests {
         let args = AttributeArgs::parse(Attribute::NonAtomicRequests, quote!(using = "b")).unwrap();
         assert_eq!(args.alias(), "b");
         assert_eq!(args.attribute(), Attribute::NonAtomicRequests);
+    }
+
+    fn test_errors(args: TokenStream) -> Vec<String> {
+        match TestArgs::parse(args) {
+            Ok(_) => Vec::new(),
+            Err(error) => error.into_iter().map(|error| error.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn test_takes_setup_transaction_and_crate() {
+        let args = TestArgs::parse(quote!(
+            setup = fixtures::databases,
+            transaction = false,
+            crate = "x",
+        ))
+        .unwrap();
+        assert_eq!(
+            args.setup.unwrap().to_token_stream().to_string(),
+            "fixtures :: databases"
+        );
+        assert!(!args.transaction.unwrap().value);
+        assert_eq!(args.krate.unwrap().to_string(), "x");
+        let defaults = TestArgs::parse(quote!()).unwrap();
+        assert!(defaults.setup.is_none() && defaults.transaction.is_none());
+    }
+
+    #[test]
+    fn test_refuses_unknown_and_duplicate_keys() {
+        assert_eq!(
+            test_errors(quote!(transactoin = false)),
+            [
+                "unknown argument `transactoin`; did you mean `transaction`? \
+                 #[diesel_atomic::test] takes `setup`, `transaction` and `crate`"
+                    .to_owned()
+            ]
+        );
+        assert_eq!(
+            test_errors(quote!(transaction = false, transaction = true)),
+            ["`transaction` is given more than once; keep one".to_owned()]
+        );
+    }
+
+    #[test]
+    fn keys_of_the_other_attributes_say_where_they_belong() {
+        assert_eq!(
+            test_errors(quote!(using = "other")),
+            [
+                "`using` is an argument of #[atomic] and #[non_atomic_requests], not of \
+                 #[diesel_atomic::test], which takes only `setup`, `transaction` and `crate`"
+                    .to_owned()
+            ]
+        );
+        let errors = atomic_errors(quote!(transaction = false));
+        assert_eq!(errors.len(), 1);
+        assert!(
+            errors[0].starts_with(
+                "`transaction` is an argument of #[diesel_atomic::test], not of #[atomic]"
+            ),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn test_values_of_the_wrong_kind_are_refused() {
+        assert_eq!(
+            test_errors(quote!(transaction = "false")),
+            ["`transaction` takes a bool, without quotes: `transaction = false`".to_owned()]
+        );
+        assert_eq!(
+            test_errors(quote!(transaction = 0)),
+            [
+                "`transaction` takes a bool: `transaction = true` or `transaction = false`"
+                    .to_owned()
+            ]
+        );
+        assert_eq!(
+            test_errors(quote!(setup = "fixtures::databases")),
+            ["`setup` takes the path of a function, without quotes: `setup = fixtures::databases`"
+                .to_owned()]
+        );
+        for args in [
+            quote!(setup = databases()),
+            quote!(setup = 1),
+            quote!(setup = "a b"),
+        ] {
+            assert_eq!(
+                test_errors(args.clone()),
+                ["`setup` takes the path of a function that returns the test's `Databases`, such \
+                  as `setup = test_databases`"
+                    .to_owned()],
+                "{args}"
+            );
+        }
+        assert_eq!(
+            test_errors(quote!(setup)),
+            ["`setup` needs a value: `setup = test_databases`".to_owned()]
+        );
     }
 }

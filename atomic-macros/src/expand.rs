@@ -7,7 +7,7 @@ use syn::{ItemFn, ReturnType, Signature, Type};
 
 use crate::args::{
     self, Alias, AtomicArgs, Attribute, AttributeArgs, Layer, NonAtomicRequestsArgs, ReceiverPath,
-    Stacked,
+    Stacked, TestArgs,
 };
 use crate::errors::Errors;
 use crate::rename_self;
@@ -21,6 +21,81 @@ pub(crate) fn atomic(args: TokenStream, item: TokenStream) -> TokenStream {
 /// `#[non_atomic_requests(args)] item`.
 pub(crate) fn non_atomic_requests(args: TokenStream, item: TokenStream) -> TokenStream {
     expand(Attribute::NonAtomicRequests, args, item)
+}
+
+/// `#[diesel_atomic::test(args)] item`: a `#[test]` whose body runs inside a test
+/// transaction on every alias of the test's registry, rolled back at its end. On any error,
+/// the item unchanged plus the errors.
+pub(crate) fn test(args: TokenStream, item: TokenStream) -> TokenStream {
+    match try_expand_test(args, item.clone()) {
+        Ok(expanded) => expanded,
+        Err(error) => {
+            let mut fallback = item;
+            fallback.extend(error.into_compile_error());
+            fallback
+        }
+    }
+}
+
+fn try_expand_test(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
+    let mut errors = Errors::default();
+    let args = errors.keep(TestArgs::parse(args));
+    let Some(function) = errors.keep(valid::function(item, Attribute::Test)) else {
+        return errors.finish(TokenStream::new());
+    };
+    valid::runs_at_run_time(&function, Attribute::Test, &mut errors);
+    valid::test_function(&function, &mut errors);
+    match errors.finish(args)? {
+        Some(args) => Ok(generate_test(function, &args)),
+        // `keep` recorded why, so `finish` returned it.
+        None => Ok(TokenStream::new()),
+    }
+}
+
+/// The test function, made a `#[test]` (rustc's, by its absolute path, so that a `test` of the
+/// user's cannot stand in), its body handed to the runtime as a closure (an `async` block for
+/// an `async fn`, which becomes a plain `fn`: the runtime brings the executor).
+fn generate_test(function: ItemFn, args: &TestArgs) -> TokenStream {
+    let (attrs, vis, mut sig, block) = split(function);
+    let span = return_span(&sig);
+    let krate = runtime_path(args.krate.as_ref(), span);
+    // A test without a return type returns `()`: said to the closure too, so that a tail
+    // expression of another type is reported at that expression.
+    let body = match &sig.output {
+        ReturnType::Default => {
+            let mut unit = sig.clone();
+            unit.output = syn::parse_quote_spanned!(span=> -> ());
+            body_with_fake_return(&unit, block)
+        }
+        ReturnType::Type(..) => body_with_fake_return(&sig, block),
+    };
+    // Spanned on the path, so that a function of the wrong type is reported there.
+    let setup = match &args.setup {
+        Some(path) => quote_spanned!(path.span()=> ::core::option::Option::Some(#path)),
+        None => quote_spanned!(span=> ::core::option::Option::None),
+    };
+    let transaction = args.transaction.as_ref().is_none_or(|flag| flag.value);
+    let options = quote_spanned! {span=>
+        #krate::__private::TestOptions {
+            setup: #setup,
+            transaction: #transaction,
+        }
+    };
+    let call = match sig.asyncness.take() {
+        // Spanned on `async`: without the `async` feature, the error is reported there.
+        Some(asyncness) => {
+            let run = quote_spanned!(asyncness.span=> #krate::__private::aio::run_test);
+            quote_spanned!(span=> #run(#options, async move #body))
+        }
+        None => quote_spanned!(span=> #krate::__private::run_test(#options, || #body)),
+    };
+    quote! {
+        #[::core::prelude::v1::test]
+        #(#attrs)*
+        #vis #sig {
+            #call
+        }
+    }
 }
 
 /// Either attribute, together with the ones of ours written below it on the same function:
@@ -1210,5 +1285,139 @@ mod tests {
             "{out}"
         );
         assert!(out.contains(". await"), "{out}");
+    }
+
+    #[test]
+    fn test_attribute_makes_a_test_that_runs_its_body_in_the_runtime() {
+        let out = test(
+            quote!(),
+            quote!(
+                #[should_panic]
+                fn signs_up() {
+                    assert!(false);
+                }
+            ),
+        )
+        .to_string();
+        assert!(
+            out.starts_with(
+                "# [:: core :: prelude :: v1 :: test] # [should_panic] fn signs_up () {"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                ":: diesel_atomic :: __private :: run_test (:: diesel_atomic :: __private :: \
+                 TestOptions { setup : :: core :: option :: Option :: None , transaction : true , } , ||"
+            ),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn test_attribute_passes_its_arguments_on() {
+        let out = test(
+            quote!(
+                setup = fixtures::databases,
+                transaction = false,
+                crate = "da"
+            ),
+            quote!(
+                fn commits() -> Result<(), E> {
+                    Ok(())
+                }
+            ),
+        )
+        .to_string();
+        assert!(
+            out.contains(
+                "da :: __private :: TestOptions { setup : :: core :: option :: Option :: Some \
+                 (fixtures :: databases) , transaction : false , }"
+            ),
+            "{out}"
+        );
+        assert!(out.contains("fn commits () -> Result < () , E >"), "{out}");
+        assert!(out.contains("__atomic_fake_return"), "{out}");
+    }
+
+    #[test]
+    fn test_attribute_runs_an_async_fn_on_the_async_runtime() {
+        let out = test(
+            quote!(),
+            quote!(
+                async fn signs_up() -> Result<(), E> {
+                    Ok(())
+                }
+            ),
+        )
+        .to_string();
+        assert!(
+            out.starts_with("# [:: core :: prelude :: v1 :: test] fn signs_up () ->"),
+            "{out}"
+        );
+        assert!(
+            out.contains(":: diesel_atomic :: __private :: aio :: run_test ("),
+            "{out}"
+        );
+        assert!(out.contains(", async move {"), "{out}");
+    }
+
+    #[test]
+    fn test_attribute_errors_keep_the_function_as_written() {
+        for (args, item, message) in [
+            (
+                quote!(),
+                quote!(
+                    fn f(db: &mut C) {}
+                ),
+                "needs a function without parameters",
+            ),
+            (
+                quote!(),
+                quote!(
+                    #[test]
+                    fn f() {}
+                ),
+                "makes the function a test already",
+            ),
+            (
+                quote!(),
+                quote!(
+                    #[tokio::test]
+                    async fn f() {}
+                ),
+                "remove #[tokio::test]",
+            ),
+            (
+                quote!(),
+                quote!(
+                    #[atomic]
+                    fn f() -> Result<(), E> {
+                        Ok(())
+                    }
+                ),
+                "#[atomic] below #[diesel_atomic::test] would wrap the test transaction",
+            ),
+            (
+                quote!(transaction = 1),
+                quote!(
+                    fn f() {}
+                ),
+                "takes a bool",
+            ),
+            (
+                quote!(),
+                quote!(
+                    struct S;
+                ),
+                "applies to functions, not to structs",
+            ),
+        ] {
+            let out = test(args, item.clone()).to_string();
+            assert!(out.starts_with(&item.to_string()), "{out}");
+            assert!(out.contains("compile_error"), "{out}");
+            assert!(out.contains(message), "{message}: {out}");
+            assert!(!out.contains("run_test"), "{out}");
+        }
     }
 }

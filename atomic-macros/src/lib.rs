@@ -269,3 +269,50 @@ pub fn atomic(args: TokenStream, item: TokenStream) -> TokenStream {
 pub fn non_atomic_requests(args: TokenStream, item: TokenStream) -> TokenStream {
     expand::non_atomic_requests(args.into(), item.into()).into()
 }
+
+/// Makes the function a test that runs inside a transaction rolled back at its end: Django's
+/// `TestCase`.
+///
+/// # Arguments
+///
+/// Each at most once, in any order:
+///
+/// | argument | default | meaning |
+/// | --- | --- | --- |
+/// | `setup = path` | the registry in force | A `fn() -> Databases` whose registry the test enters (for its thread, and the threads of its runtime). Without it, the registry entered on the thread, else the installed one. |
+/// | `transaction = false` | `true` | No test transaction: the test's blocks commit for real (Django's `TransactionTestCase`). |
+/// | `crate = "path"` | `"diesel_atomic"` | Where the `diesel_atomic` crate is, for a renamed dependency. |
+///
+/// # The function
+///
+/// A test function: no parameters, returning `()` or a `Result<(), E>` as `#[test]` allows,
+/// with `#[should_panic]`, `#[ignore]` and other attributes kept. It becomes a `#[test]` (do
+/// not add one). Its body runs inside a test transaction on every alias of the registry,
+/// rolled back when the body returns or panics: blocks inside are savepoints, `durable`
+/// blocks are allowed directly inside, `on_commit` callbacks never run (see
+/// `capture_on_commit_callbacks`), and `request()` inside shares the transaction. A
+/// transaction that cannot begin (no registry, a server down) fails the test.
+///
+/// An `async fn` test (feature `async`) runs on a multi-thread tokio runtime of its own, as
+/// `#[tokio::test(flavor = "multi_thread")]` does; the async aliases get the async test
+/// transaction, rolled back with `.rollback().await`, and sync aliases the sync one. A plain
+/// `fn` test begins on the sync aliases only.
+///
+/// # Compile errors
+///
+/// The argument errors of `#[atomic]` for its own keys (unknown with a suggestion, given twice,
+/// no value, `transaction` not a bool, `crate` not a path in a string), and
+/// ``` `setup` takes the path of a function that returns the test's `Databases`, such as
+/// `setup = test_databases` ``` (``, without quotes: `setup = databases` `` for a string). On
+/// the item: not a function, `const fn`, parameters (``#[diesel_atomic::test] needs a function
+/// without parameters: ...``), a second test attribute below it (``... makes the function a
+/// test already ...; remove #[test]``), and `#[atomic]` or `#[non_atomic_requests]` below it,
+/// which would wrap the test transaction instead of running inside it. A `setup` function of
+/// the wrong type is rustc's error at the path; an `async fn` without the `async` feature is
+/// reported at `async`.
+///
+/// See the `diesel_atomic::test` re-export for runnable examples.
+#[proc_macro_attribute]
+pub fn test(args: TokenStream, item: TokenStream) -> TokenStream {
+    expand::test(args.into(), item.into()).into()
+}

@@ -99,6 +99,51 @@ pub(crate) fn runs_at_run_time(function: &ItemFn, attribute: Attribute, errors: 
     }
 }
 
+/// `#[diesel_atomic::test]` makes the function a test, so it must be one the test harness can
+/// call: no parameters, and no second test attribute below it (rustc's `#[test]`, or another
+/// crate's such as `#[tokio::test]`, which would make it a test twice or wrap it in a second
+/// runtime), nor `#[atomic]` / `#[non_atomic_requests]`, which, expanded after it, would wrap
+/// the test transaction instead of running inside it. Problems go to `errors`.
+pub(crate) fn test_function(function: &ItemFn, errors: &mut Errors) {
+    let name = Attribute::Test.name();
+    if !function.sig.inputs.is_empty() {
+        errors.push(syn::Error::new_spanned(
+            &function.sig.inputs,
+            format!(
+                "{name} needs a function without parameters: the test harness calls it with \
+                 none; build what the test needs inside it, or in `setup`"
+            ),
+        ));
+    }
+    for attr in &function.attrs {
+        let path = attr.path();
+        let written = path.to_token_stream().to_string().replace(' ', "");
+        if path
+            .segments
+            .last()
+            .is_some_and(|last| last.ident == "test")
+        {
+            errors.push(syn::Error::new_spanned(
+                attr,
+                format!(
+                    "{name} makes the function a test already (on a tokio runtime of its own \
+                     for an `async fn`); remove #[{written}]"
+                ),
+            ));
+        } else if let Some(stacked) = Attribute::from_path(path) {
+            errors.push(syn::Error::new_spanned(
+                attr,
+                format!(
+                    "{} below {name} would wrap the test transaction instead of running \
+                     inside it; put {} on a function of its own and call that from the test",
+                    stacked.name(),
+                    stacked.name()
+                ),
+            ));
+        }
+    }
+}
+
 /// `#[atomic]` needs `Result<T, E>`: the block commits on `Ok` and rolls back on `Err`.
 ///
 /// Only types that are certainly not a `Result` are refused here; a type alias (`QueryResult`,
@@ -855,7 +900,7 @@ pub(crate) fn distinct_aliases(layers: &[Layer], errors: &mut Errors) {
                 Attribute::Atomic => {
                     " (the inner block would only be a savepoint of the outer one)"
                 }
-                Attribute::NonAtomicRequests => "",
+                Attribute::NonAtomicRequests | Attribute::Test => "",
             };
             format!(
                 "{} is given twice for alias \"{alias}\"{why}; keep one",

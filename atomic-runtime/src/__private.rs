@@ -7,6 +7,7 @@ use diesel::Connection;
 
 pub use crate::api::ambient::{run_ambient, run_explicit, run_explicit_field};
 pub use crate::api::retry::{run_ambient_retry, run_explicit_field_retry, run_explicit_retry};
+pub use crate::api::test_attribute::{TestOptions, run as run_test};
 use crate::error::Error;
 pub use crate::options::BeginOptions;
 pub use crate::options::BlockOptions as Options;
@@ -78,6 +79,7 @@ pub mod aio {
         run_ambient, run_ambient_retry, run_explicit, run_explicit_field, run_explicit_field_retry,
         run_explicit_retry,
     };
+    pub use crate::api::test_attribute::aio::run as run_test;
 
     /// `#[non_atomic_requests(using = alias)]` on an `async fn` view: the body runs exempt
     /// from the request transaction on `alias` (rule Q2).
@@ -86,6 +88,20 @@ pub mod aio {
         body: impl std::future::Future<Output = R>,
     ) -> R {
         crate::scope::aio_request::non_atomic(alias, body).await
+    }
+
+    pub use crate::scope::aio_request::AfterBegin;
+
+    /// The tower layer's request (`diesel_atomic::tower`): `aio::request` whose commit is
+    /// decided on the view's output by `commits` (the response head), with `after_begin`
+    /// hooks. `Err` when it could not run or a COMMIT failed; a panic goes on after the
+    /// rollback.
+    pub async fn request_deciding<T>(
+        after_begin: Vec<AfterBegin>,
+        view: impl std::future::Future<Output = T>,
+        commits: impl FnOnce(&T) -> bool,
+    ) -> Result<T, crate::Error> {
+        crate::scope::aio_request::run(after_begin, view, commits).await
     }
 
     /// `conn = self.field` on an `async fn`: reaches a diesel-async connection in a field, as
@@ -166,6 +182,20 @@ pub mod aio {
 
     /// See [`AsyncFeatureEnabled`].
     pub async fn non_atomic_requests<R, F: AsyncFeatureEnabled>(_: &'static str, _: F) -> R {
+        unreachable!("the `async` feature is off")
+    }
+
+    /// Never implemented: the feature is off.
+    #[diagnostic::on_unimplemented(
+        message = "#[diesel_atomic::test] async fn needs diesel-atomic's `async` feature",
+        label = "an async test runs on the async runtime",
+        note = "add `features = [\"async\"]` (and `async-postgres` / `async-mysql` for those \
+                servers) to the diesel-atomic dependency, or make the test a plain `fn`"
+    )]
+    pub trait AsyncTestFeatureEnabled {}
+
+    /// See [`AsyncTestFeatureEnabled`].
+    pub fn run_test<T, F: AsyncTestFeatureEnabled>(_: super::TestOptions, _: F) -> T {
         unreachable!("the `async` feature is off")
     }
 

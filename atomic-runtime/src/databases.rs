@@ -425,6 +425,11 @@ impl Database {
     pub(crate) fn connection_type(&self) -> &'static str {
         self.pool.connection_type()
     }
+
+    /// Whether the alias is for async code ([`Database::new_async`]).
+    pub(crate) fn is_async(&self) -> bool {
+        self.pool.is_async()
+    }
 }
 
 impl std::fmt::Debug for Database {

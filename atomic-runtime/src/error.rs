@@ -220,12 +220,41 @@ pub enum Error {
         alias: String,
     },
 
-    /// `request()` inside a running `request()` on the same thread.
+    /// `request()` inside a running `request()` on the same thread (or `aio::request` and
+    /// the tower layer in the same task).
     #[error(
         "request() is already running on this thread; a view cannot run another request \
-         inside itself (call the inner view function directly)"
+         inside itself (call the inner view function directly, and apply \
+         AtomicRequestsLayer once per service)"
     )]
     RequestNested,
+
+    /// An `after_begin` hook of the tower layer on an alias that has no request transaction
+    /// in the registry the request uses, so the hook could never run.
+    #[error(
+        "an after_begin hook is set for database alias '{alias}', which has no request \
+         transaction in the registry in force: add it with `Database::atomic_requests(true)` \
+         (to the registry the layer uses), or remove the hook"
+    )]
+    AfterBeginWithoutRequestTransaction {
+        /// The hook's alias.
+        alias: String,
+    },
+
+    /// An `after_begin` hook takes another connection type than the alias holds.
+    #[error(
+        "the after_begin hook of database alias '{alias}' takes `&mut {takes}`, but the alias \
+         holds connections of type `{expected}`; declare the hook's connection parameter as \
+         `&mut {expected}`"
+    )]
+    AfterBeginWrongConnectionType {
+        /// The hook's alias.
+        alias: String,
+        /// The connection type the alias's pool holds.
+        expected: &'static str,
+        /// The connection type the hook was written for.
+        takes: &'static str,
+    },
 
     /// `TestTransaction::begin` inside an atomic block or `connection()` call of the alias.
     #[error(

@@ -8,6 +8,7 @@
 //! - [`retry`]: rerunning a durable block after a transient failure.
 //! - [`create`]: `get_or_create` and its family.
 //! - [`savepoint`]: manual savepoints' SQL.
+//! - [`test_attribute`]: what `#[diesel_atomic::test]` runs around a test.
 
 #[cfg(feature = "async")]
 pub mod aio;
@@ -15,4 +16,5 @@ pub(crate) mod ambient;
 pub mod create;
 pub(crate) mod retry;
 pub(crate) mod savepoint;
+pub(crate) mod test_attribute;
 pub mod transaction;

@@ -9,17 +9,25 @@
 //! the view returns, the begun aliases commit (Ok) or roll back (Err, panic) in the order
 //! they were added to `Databases`; a request dropped before that (a client that went away)
 //! never commits (A2).
+//!
+//! [`run`] is the same request with the decision taken from the view's output by the caller
+//! (the tower layer commits on the response head, not on `Ok`) and with [`AfterBegin`] hooks:
+//! work run on an alias's request transaction right after its BEGIN (`SET LOCAL` for
+//! row-level security), so only for requests that use the alias.
 
+use std::any::Any;
 use std::future::Future;
 use std::panic::{self, AssertUnwindSafe};
 
 use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
 
 use crate::engine::aio::block::{self, Armed};
 use crate::engine::aio::hooks;
+use crate::engine::aio::lend::Lent;
 use crate::engine::aio::replica;
-use crate::engine::aio::state::{self, AsyncCallback};
-use crate::engine::rules::{AliasEnd, RequestEnd, RequestScope, RequestTransaction};
+use crate::engine::aio::state::{self, AsyncCallback, InBlock};
+use crate::engine::rules::{self, AliasEnd, RequestEnd, RequestScope, RequestTransaction};
 use crate::engine::state::BlockToken;
 use crate::error::Error;
 use crate::options::BlockOptions;
@@ -31,6 +39,8 @@ pub(crate) struct AsyncRequest {
     early: Vec<(Box<str>, AsyncCallback)>,
     /// Aliases marked for rollback before their transaction began.
     rollback: Vec<Box<str>>,
+    /// Hooks still to run, each right after its alias's BEGIN.
+    after_begin: Vec<AfterBegin>,
 }
 
 impl AsyncRequest {
@@ -43,10 +53,57 @@ impl AsyncRequest {
     }
 }
 
+/// Work run on one alias's request transaction right after its BEGIN, on its connection:
+/// transaction-scoped settings such as PostgreSQL's `set_config(.., true)` for row-level
+/// security. A request that never uses the alias never runs it.
+pub struct AfterBegin {
+    alias: Box<str>,
+    /// The hook with its connection type erased: `None` when the alias's connection is of
+    /// another type than the hook's.
+    run: ErasedHook,
+    /// The connection type the hook takes, for the error when the alias holds another.
+    takes: &'static str,
+}
+
+type ErasedHook =
+    Box<dyn for<'c> FnOnce(&'c mut dyn Any) -> Option<BoxFuture<'c, Result<(), Error>>> + Send>;
+
+impl AfterBegin {
+    /// A hook on `alias`'s connection, of type `C`.
+    pub fn new<C, F>(alias: &str, hook: F) -> AfterBegin
+    where
+        C: Send + 'static,
+        F: for<'c> FnOnce(&'c mut C) -> BoxFuture<'c, Result<(), Error>> + Send + 'static,
+    {
+        AfterBegin {
+            alias: alias.into(),
+            run: Box::new(move |conn: &mut dyn Any| conn.downcast_mut::<C>().map(hook)),
+            takes: std::any::type_name::<C>(),
+        }
+    }
+}
+
 /// Runs `view` as one request (see the module doc). Nested requests are an error.
 pub(crate) async fn request<T, E: From<Error>>(
     view: impl Future<Output = Result<T, E>>,
 ) -> Result<T, E> {
+    match run(Vec::new(), view, Result::is_ok).await {
+        Ok(result) => result,
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// Runs `view` as one request whose begun aliases commit when `commits` says so of the view's
+/// output (and no rollback flag is set), with `after_begin` run after each alias's BEGIN.
+///
+/// `Err` when the request could not run (nested in another, a hook on an alias without a
+/// request transaction: the view never ran) or a COMMIT failed (the output is dropped; no
+/// callback of that alias ran). A panic of the view or of `commits` rolls back and goes on.
+pub(crate) async fn run<T>(
+    after_begin: Vec<AfterBegin>,
+    view: impl Future<Output = T>,
+    commits: impl FnOnce(&T) -> bool,
+) -> Result<T, Error> {
     state::scoped(Box::pin(async move {
         let databases = state::with_task(|task| task.databases.clone());
         let aliases: Vec<(String, RequestTransaction)> = databases
@@ -64,7 +121,17 @@ pub(crate) async fn request<T, E: From<Error>>(
             .unwrap_or_default();
         let nested = state::with_task(|task| task.request.is_some());
         if nested {
-            return Err(Error::RequestNested.into());
+            return Err(Error::RequestNested);
+        }
+        // A hook that could never run would leave its setting (a tenant for row-level
+        // security) silently unset: refused before the view runs.
+        if let Some(hook) = after_begin
+            .iter()
+            .find(|hook| !aliases.iter().any(|(alias, _)| **alias == *hook.alias))
+        {
+            return Err(Error::AfterBeginWithoutRequestTransaction {
+                alias: hook.alias.to_string(),
+            });
         }
         // The request is its reads' scope under `ReadYourWrites::Primary` (rule P2): commits
         // made before it, by earlier requests the task served, do not pin it to the primary.
@@ -73,9 +140,9 @@ pub(crate) async fn request<T, E: From<Error>>(
         });
         let restore = move || state::with_task(|task| task.read_scope_start = scope_before);
         if aliases.is_empty() {
-            let result = view.await;
+            let output = view.await;
             restore();
-            return result;
+            return Ok(output);
         }
         state::with_task(|task| {
             task.request = Some(AsyncRequest {
@@ -85,32 +152,47 @@ pub(crate) async fn request<T, E: From<Error>>(
                 },
                 early: Vec::new(),
                 rollback: Vec::new(),
+                after_begin,
             })
         });
         let mut guard = Abandon { armed: true };
-        let outcome = AssertUnwindSafe(view).catch_unwind().await;
-        let ended = end(outcome).await;
+        // The decision is taken inside the catch: a panicking `commits` rolls back too.
+        let outcome = AssertUnwindSafe(async move {
+            let output = view.await;
+            let commit = commits(&output);
+            (output, commit)
+        })
+        .catch_unwind()
+        .await;
+        let (outcome, commit) = match outcome {
+            Ok((output, commit)) => (Ok(output), commit),
+            Err(payload) => (Err(payload), false),
+        };
+        let (outcome, commit_error) = end(outcome, commit).await;
         guard.armed = false;
         restore();
-        match ended {
-            Ok(result) => result,
-            Err(payload) => panic::resume_unwind(payload),
+        match (outcome, commit_error) {
+            (Err(payload), _) => panic::resume_unwind(payload),
+            (Ok(_), Some(error)) => Err(error),
+            (Ok(output), None) => Ok(output),
         }
     }))
     .await
 }
 
-/// Rule Q3: ends the begun aliases one by one, in registration order, each committing and
-/// running its callbacks before the next one ends.
-async fn end<T, E: From<Error>>(
-    mut outcome: std::thread::Result<Result<T, E>>,
-) -> std::thread::Result<Result<T, E>> {
+/// Rule Q3: ends the begun aliases one by one, in registration order, each committing (when
+/// `commit`) and running its callbacks before the next one ends. Returns the outcome (a
+/// callback's panic replaces it) and the failed COMMIT's error.
+async fn end<T>(
+    mut outcome: std::thread::Result<T>,
+    commit: bool,
+) -> (std::thread::Result<T>, Option<Error>) {
     state::with_task(|task| {
         if let Some(request) = &mut task.request {
             request.scope.view_ended();
         }
     });
-    let mut end = RequestEnd::new(matches!(outcome, Ok(Ok(_))));
+    let mut end = RequestEnd::new(commit);
     let mut commit_error = None;
     loop {
         let next = state::with_task(|task| task.request.as_mut().and_then(|r| r.scope.end_next()));
@@ -164,11 +246,10 @@ async fn end<T, E: From<Error>>(
         };
         end.ended(ended);
     }
-    state::with_task(|task| task.request = None);
-    match (outcome, commit_error) {
-        (Ok(Ok(_)), Some(error)) => Ok(Err(error.into())),
-        (outcome, _) => outcome,
-    }
+    // Hooks of aliases the request never used go with it, after the borrow.
+    let request = state::with_task(|task| task.request.take());
+    drop(request);
+    (outcome, commit_error)
 }
 
 fn take_early(alias: &str) -> (Vec<AsyncCallback>, bool) {
@@ -243,19 +324,65 @@ async fn begin_due(alias: &str) -> Result<(), Error> {
             .partition(|(name, _)| &**name == alias);
         request.early = others;
         let rollback = request.rollback.iter().any(|name| &**name == alias);
-        Some((mine, rollback))
+        let hook = request
+            .after_begin
+            .iter()
+            .position(|hook| &*hook.alias == alias)
+            .map(|at| request.after_begin.swap_remove(at));
+        Some((mine, rollback, hook))
     });
-    if let Some((early, rollback)) = early {
-        state::with(alias, |state| {
-            state
-                .callbacks
-                .extend(early.into_iter().map(|(_, callback)| callback));
-            if rollback {
-                state.needs_rollback = true;
+    let Some((early, rollback, hook)) = early else {
+        return result;
+    };
+    state::with(alias, |state| {
+        state
+            .callbacks
+            .extend(early.into_iter().map(|(_, callback)| callback));
+        if rollback {
+            state.needs_rollback = true;
+        }
+    });
+    match hook {
+        Some(hook) => run_after_begin(alias, hook).await,
+        None => result,
+    }
+}
+
+/// Runs `alias`'s [`AfterBegin`] hook on the request transaction's connection, just begun.
+/// A hook that fails marks the transaction for rollback (F2): a request must not go on, and
+/// commit, without the settings its hook was there to make.
+async fn run_after_begin(alias: &str, hook: AfterBegin) -> Result<(), Error> {
+    let mut lent = Lent::take(alias).await?;
+    let token = lent.token;
+    let expected = lent.type_name();
+    let ran = match (hook.run)(lent.conn().as_any()) {
+        // Polled under the lend's token, as an `aio::connection` closure: the hook reaching
+        // for the alias's ambient connection is refused, never a deadlock (A3).
+        Some(future) => {
+            InBlock {
+                token,
+                body: future,
             }
+            .await
+        }
+        None => Err(Error::AfterBeginWrongConnectionType {
+            alias: alias.to_owned(),
+            expected,
+            takes: hook.takes,
+        }),
+    };
+    lent.give_back().await;
+    if let Err(error) = &ran {
+        tracing::error!(
+            alias,
+            %error,
+            "the request's after_begin hook failed; its transaction will roll back"
+        );
+        state::with(alias, |state| {
+            let _ = rules::set_rollback(state, true);
         });
     }
-    result
+    ran
 }
 
 /// Whether `alias`'s request transaction is due but not begun (Q1: it counts as open).

@@ -1,0 +1,4 @@
+#[diesel_atomic::test]
+struct SignupTest;
+
+fn main() {}

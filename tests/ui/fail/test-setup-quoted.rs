@@ -1,0 +1,4 @@
+#[diesel_atomic::test(setup = "fixtures::databases")]
+fn signup() {}
+
+fn main() {}

@@ -1,0 +1,4 @@
+#[diesel_atomic::test(using = "other")]
+fn signup() {}
+
+fn main() {}

@@ -1,0 +1,4 @@
+#[diesel_atomic::test(transaction = "false")]
+fn signup_commits() {}
+
+fn main() {}

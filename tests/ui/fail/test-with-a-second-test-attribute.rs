@@ -1,0 +1,5 @@
+#[diesel_atomic::test]
+#[test]
+fn signup() {}
+
+fn main() {}
