@@ -215,6 +215,54 @@ async fn sends_requests_inside() -> Result<(), Error> {
     Ok(())
 }
 
+/// Requests sent through the tower layer from inside the test (`oneshot` on the app) run in
+/// the test's transaction: the handler sees the test's row, the test sees the handler's, a
+/// failed request rolls back to its savepoint only, and `rolls_back_layer_requests` finds
+/// nothing committed.
+#[cfg(feature = "tower")]
+#[diesel_atomic::test(setup = under_test_with_requests)]
+async fn sends_requests_through_the_layer() -> Result<(), Error> {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use axum::routing::post;
+    use tower::ServiceExt;
+
+    add("ada").await?;
+    let app = axum::Router::new()
+        .route(
+            "/signup",
+            post(|| async {
+                let seen = visible().await;
+                match add("grace").await {
+                    Ok(()) if seen == ["ada"] => StatusCode::CREATED,
+                    _ => StatusCode::INTERNAL_SERVER_ERROR,
+                }
+            }),
+        )
+        .route(
+            "/fails",
+            post(|| async {
+                match add("bob").await {
+                    Ok(()) => StatusCode::CONFLICT,
+                    Err(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                }
+            }),
+        )
+        .layer(diesel_atomic::tower::AtomicRequestsLayer::new());
+    let post = |path: &str| Request::post(path).body(Body::empty()).unwrap();
+    let created = app.clone().oneshot(post("/signup")).await.unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED, "saw the test's row");
+    assert_eq!(CALLBACKS_RUN.get(), 0);
+    let failed = app.oneshot(post("/fails")).await.unwrap();
+    assert_eq!(failed.status(), StatusCode::CONFLICT);
+    assert_eq!(
+        visible().await,
+        ["ada", "grace"],
+        "the handler's row is the test's; the failed request's is rolled back"
+    );
+    Ok(())
+}
+
 #[diesel_atomic::test(setup = under_test)]
 async fn spawned_tasks_find_the_registry() {
     // Another task: not inside the test's transaction, but with its databases.
@@ -376,6 +424,17 @@ fn rolls_back_requests<C: Backend>() {
     assert!(harness.committed().is_empty());
 }
 
+fn rolls_back_layer_requests<C: Backend>() {
+    #[cfg(feature = "tower")]
+    {
+        let Some(harness) = Harness::<C>::new() else {
+            return;
+        };
+        harness.run(sends_requests_through_the_layer).unwrap();
+        assert!(harness.committed().is_empty());
+    }
+}
+
 fn enters_the_registry_on_its_threads<C: Backend>() {
     let Some(harness) = Harness::<C>::new() else {
         return;
@@ -400,6 +459,7 @@ attr_tests!(
     rolls_back_captured_work,
     commits_with_transaction_false,
     rolls_back_requests,
+    rolls_back_layer_requests,
     enters_the_registry_on_its_threads,
     rolls_back_sync_aliases_of_a_mixed_registry,
 );
