@@ -86,10 +86,12 @@
 //!   Internal Server Error` with an empty body instead of the handler's response, runs none
 //!   of that alias's `on_commit` callbacks, and is logged at ERROR. So does a request the
 //!   runtime refuses to start ([`Error::RequestNested`] when the layer is applied twice).
-//!   gRPC clients read a 500 as status `UNKNOWN`.
 //! - **A panic** in the handler or a middleware inside the layer rolls back, is logged at
 //!   ERROR and answers `500 Internal Server Error`; the service keeps serving. The layer
 //!   catches it itself (axum does not catch panics).
+//! - **gRPC calls** (a `content-type` of `application/grpc`) get those two failures as gRPC
+//!   clients expect them: HTTP 200 with `grpc-status: 13` (`INTERNAL`) and a `grpc-message`,
+//!   not a 500, which they would read as `UNKNOWN`. No error detail reaches the client.
 //! - **A client that goes away**: the server drops the handler's future, and the request
 //!   never commits (rule A2): each begun alias's connection is marked broken and closed, never
 //!   returned to its pool inside the transaction, and its callbacks never run.
@@ -443,6 +445,7 @@ where
         let ready = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, ready);
         let settings = Arc::clone(&self.settings);
+        let grpc = is_grpc(&request);
         let (request, after_begin) = hooks_for(&settings, request);
         let decide = settings.commit_when;
         // The inner call itself, not only its future, runs in the request: middleware does
@@ -459,16 +462,20 @@ where
                 Ok(Ok(Err(error))) => Err(error),
                 // A failed COMMIT, or a request the runtime refused to start.
                 Ok(Err(error)) => {
-                    tracing::error!("answering 500 Internal Server Error: {error}");
-                    Ok(internal_server_error())
+                    tracing::error!("answering {}: {error}", failure_name(grpc));
+                    Ok(failed(grpc, "the request's transaction did not commit"))
                 }
                 Err(payload) => {
                     let message = panic_message(payload.as_ref());
                     tracing::error!(
                         "the request panicked ({message}); its transactions were rolled back; \
-                         answering 500 Internal Server Error"
+                         answering {}",
+                        failure_name(grpc)
                     );
-                    Ok(internal_server_error())
+                    Ok(failed(
+                        grpc,
+                        "the request failed; its transaction was rolled back",
+                    ))
                 }
             }
         })
@@ -491,9 +498,39 @@ fn hooks_for<B>(settings: &Settings, request: Request<B>) -> (Request<B>, Vec<Af
     (Request::from_parts(head, body), hooks)
 }
 
-fn internal_server_error<B: Default>() -> Response<B> {
+/// Whether the request is a gRPC call (`application/grpc`, `application/grpc+proto`, ...).
+fn is_grpc<B>(request: &Request<B>) -> bool {
+    request
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"))
+}
+
+fn failure_name(grpc: bool) -> &'static str {
+    if grpc {
+        "grpc-status 13 (INTERNAL)"
+    } else {
+        "500 Internal Server Error"
+    }
+}
+
+/// The answer to a request that failed in the layer (a failed COMMIT, a panic): `500`, or
+/// for a gRPC call a trailers-only response with `grpc-status: 13`, which gRPC clients read
+/// as `INTERNAL` (a 500 reads as `UNKNOWN`). `message` is fixed text: no error detail
+/// reaches the client.
+fn failed<B: Default>(grpc: bool, message: &'static str) -> Response<B> {
     let mut response = Response::new(B::default());
-    *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    if grpc {
+        let headers = response.headers_mut();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/grpc"),
+        );
+        headers.insert("grpc-status", http::HeaderValue::from_static("13"));
+        headers.insert("grpc-message", http::HeaderValue::from_static(message));
+    } else {
+        *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    }
     response
 }
 

@@ -1,7 +1,9 @@
 //! A gRPC service (tonic) behind `diesel_atomic::tower::AtomicRequestsLayer`, called by a real
 //! tonic client over a socket, on PostgreSQL. tonic answers a failed call with HTTP 200 and
 //! its status in a `grpc-status` header, which the layer's default decision
-//! (`commit_unless_failed`) reads: `Ok` commits, `Err(Status)` rolls back.
+//! (`commit_unless_failed`) reads: `Ok` commits, `Err(Status)` rolls back. A panic in the
+//! method and a failed COMMIT reach the client as `INTERNAL` (the layer answers a gRPC call
+//! with `grpc-status: 13`, not a 500, which a gRPC client reads as `UNKNOWN`).
 //!
 //! The service is `accounts.Accounts/Create(CreateRequest { email }) -> CreateReply { id }`.
 //! Its messages and glue are written by hand, as tonic-build would generate them from
@@ -15,7 +17,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use common_aio::{PATIENCE, PoolKind, TestDb, within};
+use common_aio::{PATIENCE, PoolKind, TestDb, quiet_expected_panics, within};
 use diesel::sql_types::{BigInt, Text};
 use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use diesel_atomic::tower::AtomicRequestsLayer;
@@ -146,6 +148,9 @@ impl Accounts {
                 "invalid e-mail address {email:?}"
             )));
         }
+        if email.starts_with("panic@") {
+            panic!("expected panic: the method panics after its INSERT");
+        }
         Ok(tonic::Response::new(CreateReply { id }))
     }
 
@@ -168,7 +173,15 @@ impl Served {
         let db = TestDb::<AsyncPgConnection>::new(pool, 1).await;
         db.raw()
             .await
-            .batch_execute("CREATE TABLE accounts (id BIGSERIAL PRIMARY KEY, email TEXT NOT NULL)")
+            // A unique address, checked at COMMIT: a second account for an address makes the
+            // request's COMMIT fail.
+            .batch_execute(
+                "CREATE TABLE accounts (
+                     id BIGSERIAL PRIMARY KEY,
+                     email TEXT NOT NULL,
+                     UNIQUE (email) DEFERRABLE INITIALLY DEFERRED
+                 )",
+            )
             .await
             .expect("schema");
         let databases = Databases::new().add("default", db.pool.database().atomic_requests(true));
@@ -275,5 +288,66 @@ async fn error_status_rolls_back(pool: PoolKind) {
 fn an_error_status_after_the_insert_rolls_back_and_runs_no_callbacks() {
     common_aio::block_on(|| {
         common_aio::run::<AsyncPgConnection, _>(PoolKind::Deadpool, error_status_rolls_back)
+    });
+}
+
+async fn a_panic_is_internal(pool: PoolKind) {
+    quiet_expected_panics("expected panic");
+    let mut served = Served::start(pool).await;
+
+    let status = served
+        .client
+        .create("panic@example.com")
+        .await
+        .expect_err("the method panicked");
+
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    assert!(served.committed().await.is_empty(), "rolled back");
+    assert!(served.accounts.created().is_empty(), "no callback ran");
+    // The service keeps serving, on the pool's one connection.
+    served
+        .client
+        .create("ada@example.com")
+        .await
+        .expect("created");
+    assert_eq!(served.committed().await, ["ada@example.com"]);
+}
+
+#[test]
+fn a_panicking_method_rolls_back_and_reaches_the_client_as_internal() {
+    common_aio::block_on(|| {
+        common_aio::run::<AsyncPgConnection, _>(PoolKind::Deadpool, a_panic_is_internal)
+    });
+}
+
+async fn a_failed_commit_is_internal(pool: PoolKind) {
+    let mut served = Served::start(pool).await;
+    served
+        .client
+        .create("ada@example.com")
+        .await
+        .expect("created");
+
+    // The INSERT succeeds (the unique check is deferred); the COMMIT fails.
+    let status = served
+        .client
+        .create("ada@example.com")
+        .await
+        .expect_err("the COMMIT failed");
+
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    assert_eq!(status.message(), "the request's transaction did not commit");
+    assert_eq!(served.committed().await, ["ada@example.com"]);
+    assert_eq!(
+        served.accounts.created(),
+        ["ada@example.com"],
+        "the failed COMMIT ran no callback"
+    );
+}
+
+#[test]
+fn a_failed_commit_reaches_the_client_as_internal_and_runs_no_callbacks() {
+    common_aio::block_on(|| {
+        common_aio::run::<AsyncPgConnection, _>(PoolKind::Deadpool, a_failed_commit_is_internal)
     });
 }
