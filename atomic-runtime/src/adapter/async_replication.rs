@@ -6,10 +6,10 @@
 //! `AsyncMysqlConnection` (feature `async-mysql`) are supported: [`supports`] says so when a
 //! replica is configured.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::async_connection::AsyncTx;
-use super::replication::Unavailable;
+use super::replication::{Deadline, Unavailable};
 
 /// Whether replicas of connection type `C` can be read from: `Err` says why not.
 pub(crate) fn supports<C: 'static>() -> Result<(), String> {
@@ -85,10 +85,12 @@ pub(crate) async fn position_after_commit(
     match typed(conn)? {
         #[cfg(feature = "async-postgres")]
         Typed::Postgres(conn) => {
-            Ok(postgres::text(conn, "pg_current_wal_insert_lsn()::text").await?)
+            Ok(postgres::text(conn, super::replication::POSTGRES_POSITION).await?)
         }
         #[cfg(feature = "async-mysql")]
-        Typed::Mysql(conn) => Ok(mysql::text(conn, "@@last_gtid").await?),
+        Typed::Mysql(conn) => {
+            Ok(mysql::text(conn, super::replication::MARIADB_POSITION_AFTER_COMMIT).await?)
+        }
         #[cfg(not(all(feature = "async-postgres", feature = "async-mysql")))]
         Typed::Neither(_) => unreachable!("no `Neither` is ever made"),
     }
@@ -102,10 +104,12 @@ pub(crate) async fn current_position(
     match typed(conn)? {
         #[cfg(feature = "async-postgres")]
         Typed::Postgres(conn) => {
-            Ok(postgres::text(conn, "pg_current_wal_insert_lsn()::text").await?)
+            Ok(postgres::text(conn, super::replication::POSTGRES_POSITION).await?)
         }
         #[cfg(feature = "async-mysql")]
-        Typed::Mysql(conn) => Ok(mysql::text(conn, "@@gtid_binlog_pos").await?),
+        Typed::Mysql(conn) => {
+            Ok(mysql::text(conn, super::replication::MARIADB_CURRENT_POSITION).await?)
+        }
         #[cfg(not(all(feature = "async-postgres", feature = "async-mysql")))]
         Typed::Neither(_) => unreachable!("no `Neither` is ever made"),
     }
@@ -118,41 +122,28 @@ pub(crate) async fn wait_for(
     position: &str,
     timeout: Duration,
 ) -> Result<bool, Unavailable> {
-    let started = Instant::now();
+    let mut deadline = Deadline::new(timeout);
     match typed(conn)? {
         #[cfg(feature = "async-postgres")]
-        Typed::Postgres(conn) => {
-            // Short at first (a replica is usually milliseconds behind), longer while it lags.
-            let mut pause = Duration::from_millis(1);
-            loop {
-                if postgres::replayed(conn, position).await? {
-                    return Ok(true);
-                }
-                let left = timeout.saturating_sub(started.elapsed());
-                if left.is_zero() {
-                    return Ok(false);
-                }
-                tokio::time::sleep(pause.min(left)).await;
-                pause = (pause * 2).min(Duration::from_millis(20));
+        Typed::Postgres(conn) => loop {
+            if postgres::replayed(conn, position).await? {
+                return Ok(true);
             }
-        }
+            match deadline.next_pause() {
+                Some(pause) => tokio::time::sleep(pause).await,
+                None => return Ok(false),
+            }
+        },
         #[cfg(feature = "async-mysql")]
         Typed::Mysql(conn) => loop {
-            let left = timeout.saturating_sub(started.elapsed());
-            match mysql::gtid_wait(conn, position, left).await? {
-                Some(true) => return Ok(true),
-                Some(false) if started.elapsed() >= timeout => return Ok(false),
-                Some(false) => {}
-                None => {
-                    return Err(Unavailable::Refused(format!(
-                        "MASTER_GTID_WAIT('{position}', ..) returned NULL"
-                    )));
-                }
+            let answer = mysql::gtid_wait(conn, position, deadline.left()).await?;
+            if let Some(result) = deadline.gtid_answer(answer, position) {
+                return result;
             }
         },
         #[cfg(not(all(feature = "async-postgres", feature = "async-mysql")))]
         Typed::Neither(_) => {
-            let _ = (position, started, timeout);
+            let _ = (position, &mut deadline);
             unreachable!("no value is made")
         }
     }

@@ -133,9 +133,9 @@ pub(crate) fn position_after_commit(
 ) -> Result<Option<String>, Unavailable> {
     match typed(conn)? {
         #[cfg(feature = "postgres")]
-        Typed::Postgres(conn) => Ok(postgres::text(conn, "pg_current_wal_insert_lsn()::text")?),
+        Typed::Postgres(conn) => Ok(postgres::text(conn, POSTGRES_POSITION)?),
         #[cfg(feature = "mysql")]
-        Typed::Mysql(conn) => Ok(mysql::text(conn, "@@last_gtid")?),
+        Typed::Mysql(conn) => Ok(mysql::text(conn, MARIADB_POSITION_AFTER_COMMIT)?),
         #[cfg(not(all(feature = "postgres", feature = "mysql")))]
         Typed::Neither(_) => unreachable!("no `Neither` is ever made"),
     }
@@ -148,11 +148,77 @@ pub(crate) fn position_after_commit(
 pub(crate) fn current_position(conn: &mut dyn PooledConn) -> Result<Option<String>, Unavailable> {
     match typed(conn)? {
         #[cfg(feature = "postgres")]
-        Typed::Postgres(conn) => Ok(postgres::text(conn, "pg_current_wal_insert_lsn()::text")?),
+        Typed::Postgres(conn) => Ok(postgres::text(conn, POSTGRES_POSITION)?),
         #[cfg(feature = "mysql")]
-        Typed::Mysql(conn) => Ok(mysql::text(conn, "@@gtid_binlog_pos")?),
+        Typed::Mysql(conn) => Ok(mysql::text(conn, MARIADB_CURRENT_POSITION)?),
         #[cfg(not(all(feature = "postgres", feature = "mysql")))]
         Typed::Neither(_) => unreachable!("no `Neither` is ever made"),
+    }
+}
+
+// What both adapters share (each backend's part is used where its features build it).
+
+/// PostgreSQL's position of a commit, and its current one: the WAL insert position (see
+/// [`position_after_commit`] for why not the write position).
+#[allow(dead_code)]
+pub(crate) const POSTGRES_POSITION: &str = "pg_current_wal_insert_lsn()::text";
+/// MariaDB's position of the session's last commit.
+#[allow(dead_code)]
+pub(crate) const MARIADB_POSITION_AFTER_COMMIT: &str = "@@last_gtid";
+/// MariaDB's current position: the last GTID of each replication domain.
+#[allow(dead_code)]
+pub(crate) const MARIADB_CURRENT_POSITION: &str = "@@gtid_binlog_pos";
+
+/// The time a wait for a replica has (`wait_for`, in both adapters), and how it is spent.
+#[allow(dead_code)]
+pub(crate) struct Deadline {
+    started: Instant,
+    timeout: Duration,
+    pause: Duration,
+}
+
+#[allow(dead_code)]
+impl Deadline {
+    pub(crate) fn new(timeout: Duration) -> Deadline {
+        Deadline {
+            started: Instant::now(),
+            timeout,
+            pause: Duration::from_millis(1),
+        }
+    }
+
+    /// The time left.
+    pub(crate) fn left(&self) -> Duration {
+        self.timeout.saturating_sub(self.started.elapsed())
+    }
+
+    /// How long to sleep before asking PostgreSQL again, `None` once the time is up: short at
+    /// first (a replica is usually milliseconds behind), longer while it lags.
+    pub(crate) fn next_pause(&mut self) -> Option<Duration> {
+        let left = self.left();
+        if left.is_zero() {
+            return None;
+        }
+        let pause = self.pause.min(left);
+        self.pause = (self.pause * 2).min(Duration::from_millis(20));
+        Some(pause)
+    }
+
+    /// What an answer of `MASTER_GTID_WAIT` (see `mysql::wait`) means for the wait: its result,
+    /// or `None` to wait again (the server answered before the time was up).
+    pub(crate) fn gtid_answer(
+        &self,
+        answer: Option<bool>,
+        position: &str,
+    ) -> Option<Result<bool, Unavailable>> {
+        match answer {
+            Some(true) => Some(Ok(true)),
+            Some(false) if self.left().is_zero() => Some(Ok(false)),
+            Some(false) => None,
+            None => Some(Err(Unavailable::Refused(format!(
+                "MASTER_GTID_WAIT('{position}', ..) returned NULL"
+            )))),
+        }
     }
 }
 
@@ -166,41 +232,28 @@ pub(crate) fn wait_for(
     position: &str,
     timeout: Duration,
 ) -> Result<bool, Unavailable> {
-    let started = Instant::now();
+    let mut deadline = Deadline::new(timeout);
     match typed(conn)? {
         #[cfg(feature = "postgres")]
-        Typed::Postgres(conn) => {
-            // Short at first (a replica is usually milliseconds behind), longer while it lags.
-            let mut pause = Duration::from_millis(1);
-            loop {
-                if postgres::replayed(conn, position)? {
-                    return Ok(true);
-                }
-                let left = timeout.saturating_sub(started.elapsed());
-                if left.is_zero() {
-                    return Ok(false);
-                }
-                std::thread::sleep(pause.min(left));
-                pause = (pause * 2).min(Duration::from_millis(20));
+        Typed::Postgres(conn) => loop {
+            if postgres::replayed(conn, position)? {
+                return Ok(true);
             }
-        }
+            match deadline.next_pause() {
+                Some(pause) => std::thread::sleep(pause),
+                None => return Ok(false),
+            }
+        },
         #[cfg(feature = "mysql")]
         Typed::Mysql(conn) => loop {
-            let left = timeout.saturating_sub(started.elapsed());
-            match mysql::wait(conn, position, left)? {
-                Some(true) => return Ok(true),
-                Some(false) if started.elapsed() >= timeout => return Ok(false),
-                Some(false) => {}
-                None => {
-                    return Err(Unavailable::Refused(format!(
-                        "MASTER_GTID_WAIT('{position}', ..) returned NULL"
-                    )));
-                }
+            let answer = mysql::wait(conn, position, deadline.left())?;
+            if let Some(result) = deadline.gtid_answer(answer, position) {
+                return result;
             }
         },
         #[cfg(not(all(feature = "postgres", feature = "mysql")))]
         Typed::Neither(_) => {
-            let _ = (position, started, timeout);
+            let _ = (position, &mut deadline);
             unreachable!("no value is made")
         }
     }
@@ -264,5 +317,41 @@ mod mysql {
         )
         .get_result(conn)?;
         Ok(answer.map(|answer| answer == 0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{Deadline, Unavailable};
+
+    #[test]
+    fn pauses_grow_to_20_ms_and_stop_at_the_deadline() {
+        let mut deadline = Deadline::new(Duration::from_secs(60));
+        let pauses: Vec<u64> = (0..7)
+            .map(|_| deadline.next_pause().unwrap().as_millis() as u64)
+            .collect();
+        assert_eq!(pauses, [1, 2, 4, 8, 16, 20, 20]);
+        assert_eq!(Deadline::new(Duration::ZERO).next_pause(), None);
+    }
+
+    #[test]
+    fn an_early_gtid_timeout_waits_again_and_null_is_refused() {
+        let open = Deadline::new(Duration::from_secs(60));
+        assert!(matches!(
+            open.gtid_answer(Some(true), "0-1-5"),
+            Some(Ok(true))
+        ));
+        assert!(open.gtid_answer(Some(false), "0-1-5").is_none());
+        let over = Deadline::new(Duration::ZERO);
+        assert!(matches!(
+            over.gtid_answer(Some(false), "0-1-5"),
+            Some(Ok(false))
+        ));
+        assert!(matches!(
+            over.gtid_answer(None, "0-1-5"),
+            Some(Err(Unavailable::Refused(message))) if message.contains("0-1-5")
+        ));
     }
 }

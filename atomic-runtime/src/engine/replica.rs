@@ -131,53 +131,21 @@ fn ready_replica(
     };
     let position = match position {
         Position::Known(position) => position,
-        Position::Unknown => match primary_position(alias, database) {
-            Ok(position) => {
-                state::with(alias, |state| {
-                    rules::position_resolved(state, position.clone());
-                });
-                match position {
-                    Some(position) => position,
-                    None => return Some(pooled),
-                }
+        Position::Unknown => {
+            let answer = primary_position(alias, database);
+            let record = |position| {
+                state::with(alias, |state| rules::position_resolved(state, position));
+            };
+            match resolved(alias, index, answer, record) {
+                Resolved::Wait(position) => position,
+                Resolved::Nothing => return Some(pooled),
+                Resolved::OnPrimary => return None,
             }
-            Err(reason) => {
-                on_primary_instead(
-                    alias,
-                    index,
-                    &format!("the primary's position could not be read ({reason})"),
-                );
-                return None;
-            }
-        },
+        }
     };
-    match replication::wait_for(&mut *pooled, &position, timeout) {
-        Ok(true) => {
-            state::with(alias, |state| {
-                rules::replayed(state, index, &Position::Known(position));
-            });
-            Some(pooled)
-        }
-        Ok(false) => {
-            on_primary_instead(
-                alias,
-                index,
-                &format!(
-                    "it has not replayed this thread's last commit ({position}) within \
-                     {timeout:?}"
-                ),
-            );
-            None
-        }
-        Err(error) => {
-            on_primary_instead(
-                alias,
-                index,
-                &format!("waiting for it to replay this thread's last commit failed ({error})"),
-            );
-            None
-        }
-    }
+    let waited = replication::wait_for(&mut *pooled, &position, timeout);
+    let record = |position| state::with(alias, |state| rules::replayed(state, index, &position));
+    after_wait(alias, index, position, timeout, "thread", waited, record).then_some(pooled)
 }
 
 /// The primary's current position, at or past every commit made before (for a commit whose
@@ -201,6 +169,84 @@ pub(crate) fn on_primary_instead(alias: &str, replica: usize, reason: &str) {
         reason,
         "alias '{alias}': reading from the primary instead of replica {replica}: {reason}"
     );
+}
+
+/// What a read waits for once the primary was asked its position for a commit whose own
+/// position is unknown (rule P2). Shared by both executors.
+pub(crate) enum Resolved {
+    /// Wait for the replica to replay this position.
+    Wait(Box<str>),
+    /// The primary has no position to give (nothing to wait for): read the replica.
+    Nothing,
+    /// The primary could not be asked: the read goes to the primary (its WARN is logged).
+    OnPrimary,
+}
+
+/// [`Resolved`] from the primary's answer; a known position is handed to `record` (the
+/// executor's state) so later reads do not ask again.
+pub(crate) fn resolved(
+    alias: &str,
+    replica: usize,
+    answer: Result<Option<Box<str>>, String>,
+    record: impl FnOnce(Option<Box<str>>),
+) -> Resolved {
+    match answer {
+        Ok(position) => {
+            record(position.clone());
+            match position {
+                Some(position) => Resolved::Wait(position),
+                None => Resolved::Nothing,
+            }
+        }
+        Err(reason) => {
+            on_primary_instead(
+                alias,
+                replica,
+                &format!("the primary's position could not be read ({reason})"),
+            );
+            Resolved::OnPrimary
+        }
+    }
+}
+
+/// Whether the read goes to replica `replica` after its wait for `position` ended with
+/// `waited`: yes when it replayed it (handed to `record`, the executor's state), else one
+/// WARN and the primary. `whose` names whose commit it waited for ("thread", "task"). Shared
+/// by both executors.
+pub(crate) fn after_wait(
+    alias: &str,
+    replica: usize,
+    position: Box<str>,
+    timeout: std::time::Duration,
+    whose: &str,
+    waited: Result<bool, replication::Unavailable>,
+    record: impl FnOnce(Position),
+) -> bool {
+    match waited {
+        Ok(true) => {
+            record(Position::Known(position));
+            true
+        }
+        Ok(false) => {
+            on_primary_instead(
+                alias,
+                replica,
+                &format!(
+                    "it has not replayed this {whose}'s last commit ({position}) within \
+                     {timeout:?}"
+                ),
+            );
+            false
+        }
+        Err(error) => {
+            on_primary_instead(
+                alias,
+                replica,
+                &format!("waiting for it to replay this {whose}'s last commit failed ({error})"),
+            );
+            false
+        }
+    }
 }
 
 /// Rule P2 after the COMMIT of an outermost block that may have written on the primary

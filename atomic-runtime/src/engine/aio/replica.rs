@@ -16,7 +16,9 @@ use crate::databases::{self, ReplicaSet};
 use crate::engine::aio::block::{checkout, lookup};
 use crate::engine::aio::lend::Lent;
 use crate::engine::aio::state::{self, Task};
-use crate::engine::replica::{commit_position, on_primary_instead, to_remember};
+use crate::engine::replica::{
+    Resolved, after_wait, commit_position, on_primary_instead, resolved, to_remember,
+};
 use crate::engine::rules::{self, ReadRoute, Remember, WaitFor};
 use crate::engine::state::{LastCommit, Position};
 use crate::error::Error;
@@ -118,58 +120,25 @@ async fn ready_replica(
     };
     let position = match position {
         Position::Known(position) => position,
-        Position::Unknown => match primary_position(alias).await {
-            Ok(position) => {
-                state::with(alias, |state| {
-                    rules::position_resolved(state, position.clone());
-                });
-                match position {
-                    Some(position) => position,
-                    None => return Some(pooled),
-                }
+        Position::Unknown => {
+            let answer = primary_position(alias).await;
+            let record = |position| {
+                state::with(alias, |state| rules::position_resolved(state, position));
+            };
+            match resolved(alias, index, answer, record) {
+                Resolved::Wait(position) => position,
+                Resolved::Nothing => return Some(pooled),
+                Resolved::OnPrimary => return None,
             }
-            Err(reason) => {
-                on_primary_instead(
-                    alias,
-                    index,
-                    &format!("the primary's position could not be read ({reason})"),
-                );
-                return None;
-            }
-        },
+        }
     };
     // Marked broken while awaited, as `position_after_commit` explains.
     let conn = pooled.inner();
     conn.mark_broken();
     let waited = async_replication::wait_for(&mut *conn, &position, timeout).await;
     conn.clear_broken();
-    match waited {
-        Ok(true) => {
-            state::with(alias, |state| {
-                rules::replayed(state, index, &Position::Known(position));
-            });
-            Some(pooled)
-        }
-        Ok(false) => {
-            on_primary_instead(
-                alias,
-                index,
-                &format!(
-                    "it has not replayed this task's last commit ({position}) within \
-                     {timeout:?}"
-                ),
-            );
-            None
-        }
-        Err(error) => {
-            on_primary_instead(
-                alias,
-                index,
-                &format!("waiting for it to replay this task's last commit failed ({error})"),
-            );
-            None
-        }
-    }
+    let record = |position| state::with(alias, |state| rules::replayed(state, index, &position));
+    after_wait(alias, index, position, timeout, "task", waited, record).then_some(pooled)
 }
 
 /// The primary's current position, at or past every commit made before (for a commit whose
