@@ -1153,6 +1153,7 @@ async fn swallowed_hidden_conflict_does_not_rerun_a_later_unrelated_error<C: Key
 /// PostgreSQL SERIALIZABLE: the loser's INSERT fails on the unique constraint (PostgreSQL 15
 /// reports 23505 here; other interleavings get a serialization failure, 40001) and the second
 /// lookup misses; either way the retrying block reruns the transaction.
+#[cfg(feature = "async-postgres")]
 async fn race_under_serializable_is_won_by_a_rerun<C: Keyeds>(pool: PoolKind) {
     let db = setup_keyed::<C>(pool).await;
     let (result, attempts) = race_after_the_first_lookup(

@@ -1980,6 +1980,7 @@ fn postgres_a_failed_release_rolls_the_savepoint_back() {
 /// after the failed RELEASE, then `rollback_savepoint`) did not succeed. Where the recovery
 /// goes wrong (diesel-async's transaction manager after a failed RELEASE, or the recovery
 /// plan) is not pinned down here.
+#[cfg(feature = "async-postgres")]
 async fn a_failed_release_rolls_the_savepoint_back<C: Backend>(pool: PoolKind) {
     let mut harness = Harness::<C>::new(pool).await;
     let program = Program(vec![Op::Block {
