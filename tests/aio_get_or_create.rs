@@ -37,7 +37,7 @@ use diesel_atomic::aio::testing::TestTransaction;
 use diesel_atomic::aio::transaction::{self, Atomic};
 use diesel_atomic::aio::{self, get_or_create, update_or_create};
 use diesel_atomic::{AsDieselError, Error, Isolation, atomic};
-use tokio::sync::Barrier;
+use tokio::sync::{Barrier, Notify};
 
 aio_tests!(deadpool:
     existing_row_is_returned_and_create_never_runs,
@@ -1435,14 +1435,17 @@ async fn two_tasks_racing_on_one_key_outside_any_block_one_creates_one_gets<C: K
 }
 
 /// One racer's block: durable, rerun after a race its snapshot hid (MariaDB's REPEATABLE
-/// READ, SQLite's stale snapshot); the barrier holds both first lookups until both missed.
+/// READ, SQLite's stale snapshot); the barrier holds both first lookups until both missed,
+/// and a racer given `wait_for` creates only once that has been notified.
 #[atomic(durable = true, retry = 3)]
 async fn racer_in_a_retrying_block<C: Keyeds>(
     barrier: &Barrier,
+    wait_for: Option<&Notify>,
     attempts: &AtomicU32,
     name: &str,
 ) -> Goc<(Keyed, bool)> {
     let attempt = &(attempts.fetch_add(1, Ordering::SeqCst) + 1);
+    let wait_for = &wait_for;
     aio::connection(async |conn: &mut C| {
         let lookups = &AtomicU32::new(0);
         let lookup = async move |conn: &mut C| -> Goc<Option<Keyed>> {
@@ -1451,6 +1454,9 @@ async fn racer_in_a_retrying_block<C: Keyeds>(
             if *attempt == 1 && first {
                 assert_eq!(found, None, "nobody created the row yet");
                 barrier.wait().await;
+                if let Some(other_committed) = *wait_for {
+                    other_committed.notified().await;
+                }
             }
             Ok(found)
         };
@@ -1461,39 +1467,54 @@ async fn racer_in_a_retrying_block<C: Keyeds>(
 
 /// Two tasks, each in a retrying durable block of its own (`#[atomic(durable = true, retry =
 /// 3)] async fn` through `aio::connection`): one creates the row, the other gets it; on
-/// PostgreSQL (READ COMMITTED) in the same attempt, on MariaDB and SQLite after a rerun.
+/// PostgreSQL (READ COMMITTED) in the same attempt, on MariaDB and SQLite after one rerun.
+///
+/// Both first lookups miss before either creates (a barrier), and the second racer creates
+/// only once the first has committed, so its snapshot is stale when it does. Left to timing,
+/// SQLite's loser could also fail on the winner's write lock before the winner committed (a
+/// read transaction asking for the write lock gets `SQLITE_BUSY` at once, without waiting),
+/// rerun while the row is still uncommitted, and need a third attempt: one CI run did.
 async fn two_tasks_racing_on_one_key_in_retrying_blocks_one_creates_one_gets<C: Keyeds>(
     pool: PoolKind,
 ) {
     let db = setup_keyed::<C>(pool).await;
     let barrier = Arc::new(Barrier::new(2));
+    let first_committed = Arc::new(Notify::new());
     let mut handles = Vec::new();
     for name in ["first", "second"] {
         let barrier = Arc::clone(&barrier);
+        let first_committed = Arc::clone(&first_committed);
         handles.push(tokio::spawn(with_registry(
             db.databases.clone(),
             async move {
                 let attempts = AtomicU32::new(0);
-                let result = racer_in_a_retrying_block::<C>(&barrier, &attempts, name).await;
-                (result, AtomicU32::load(&attempts, Ordering::SeqCst))
+                let wait_for = (name == "second").then_some(&*first_committed);
+                let result =
+                    racer_in_a_retrying_block::<C>(&barrier, wait_for, &attempts, name).await;
+                if name == "first" {
+                    // Stored as a permit if the second racer is not waiting yet.
+                    first_committed.notify_one();
+                }
+                (name, result, AtomicU32::load(&attempts, Ordering::SeqCst))
             },
         )));
     }
     let mut results = Vec::new();
     let mut attempts = Vec::new();
     for handle in handles {
-        let (result, tries) = within(PATIENCE, "a racing task", handle)
+        let (name, result, tries) = within(PATIENCE, "a racing task", handle)
             .await
             .expect("task");
-        results.push(result.unwrap());
+        let result = result.unwrap();
+        assert_eq!(result.1, name == "first", "{name} created: {result:?}");
+        results.push(result);
         attempts.push(tries);
     }
-    attempts.sort();
     let expected = match C::KIND {
         Kind::Postgres => [1, 1],
         Kind::Mysql | Kind::Sqlite => [1, 2],
     };
-    assert_eq!(attempts, expected, "attempts per task");
+    assert_eq!(attempts, expected, "attempts per task (first, second)");
     assert_one_created_one_got(results, &committed(&db).await);
     assert_pool_clean(&db, POOL).await;
 }
