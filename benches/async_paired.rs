@@ -18,6 +18,8 @@
 //!    against the same block registering none, both rolled back (`set_rollback(true)`), so the
 //!    callbacks are dropped and never run; (difference of the two) / `CALLBACKS`.
 
+mod common;
+
 use std::fmt::Write as _;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -30,6 +32,8 @@ use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
 use diesel_async::{AsyncConnection, RunQueryDsl, SimpleAsyncConnection};
 use diesel_atomic::{Database, Databases, Error, aio, atomic};
 use tokio::runtime::Runtime;
+
+use common::{env, quantile};
 
 type Sqlite = SyncConnectionWrapper<SqliteConnection>;
 
@@ -268,10 +272,6 @@ fn time<S, F: AsyncFnMut(&mut S)>(rt: &Runtime, state: &mut S, chunk: usize, f: 
     })
 }
 
-fn quantile(sorted: &[f64], q: f64) -> f64 {
-    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
-}
-
 /// The rounds of a pair: per round, the wall time per call of ours and of theirs, the ratio of
 /// their CPU times, and the context switches per call of ours and of theirs.
 fn rounds<S>(
@@ -405,13 +405,6 @@ fn registration<S>(
         registration.what, registration.per_callback
     );
     registration
-}
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(default)
 }
 
 fn verdict(value: f64, target: Option<f64>, unit: &str) -> String {

@@ -15,8 +15,10 @@ use std::time::{Duration, Instant};
 use diesel::prelude::*;
 use diesel_atomic::{Database, Databases};
 
+mod common;
 mod workloads;
 
+use common::{env, quantile};
 use workloads::*;
 
 struct Pair {
@@ -35,10 +37,6 @@ fn time(chunk: usize, f: &mut dyn FnMut()) -> Duration {
         f();
     }
     start.elapsed()
-}
-
-fn quantile(sorted: &[f64], q: f64) -> f64 {
-    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
 fn pair(
@@ -76,13 +74,6 @@ fn pair(
         spread: (quantile(&ratios, 0.25), quantile(&ratios, 0.75)),
         target,
     }
-}
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(default)
 }
 
 fn main() {

@@ -19,12 +19,16 @@
 //! Needs `PG_URL` + `PG_REPLICA_URL` and/or `MYSQL_URL` + `MYSQL_REPLICA_URL`; a backend
 //! without both is skipped with a note. Prints markdown and writes `bench/results/replicas.md`.
 
+mod common;
+
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, Pool};
 use diesel_atomic::{Database, Databases, ReadYourWrites, db};
+
+use common::{env, quantile};
 
 diesel::table! {
     bench_replica_items (id) {
@@ -34,17 +38,6 @@ diesel::table! {
 }
 
 const ALIAS: &str = "bench";
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(default)
-}
-
-fn quantile(sorted: &[f64], q: f64) -> f64 {
-    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
-}
 
 fn time(chunk: usize, f: &mut dyn FnMut()) -> Duration {
     let start = Instant::now();

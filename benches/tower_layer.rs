@@ -23,6 +23,8 @@
 //!
 //! Prints markdown and writes `bench/results/tower_layer.md`.
 
+mod common;
+
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -45,6 +47,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+use common::{env, quantile};
+
 diesel::table! {
     bench_layer_items (id) {
         id -> Integer,
@@ -54,17 +58,6 @@ diesel::table! {
 
 const SCHEMA: &str = "DROP TABLE IF EXISTS bench_layer_items; \
      CREATE TABLE bench_layer_items (id SERIAL PRIMARY KEY, n INTEGER NOT NULL)";
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(default)
-}
-
-fn quantile(sorted: &[f64], q: f64) -> f64 {
-    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
-}
 
 // --- The handlers ----------------------------------------------------------------------------
 
