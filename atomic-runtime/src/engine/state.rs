@@ -419,6 +419,12 @@ impl<K: Flavor> States<K> {
         &mut self.list[index]
     }
 
+    /// The state at `index`, to read.
+    #[inline]
+    pub(crate) fn get(&self, index: usize) -> &AliasState<K> {
+        &self.list[index]
+    }
+
     /// The state at `index` and the others beside it.
     pub(crate) fn with_others(&mut self, index: usize) -> (&mut AliasState<K>, Others<'_, K>) {
         let (before, rest) = self.list.split_at_mut(index);

@@ -51,6 +51,12 @@ impl AsyncRequest {
             matches!(transaction, RequestTransaction::Begun(entered) if entered.token == token)
         })
     }
+
+    /// Whether the request's transaction of `alias` is due: the request uses `alias` for the
+    /// first time (see [`touch`]).
+    pub(crate) fn begin_due(&mut self, alias: &str) -> bool {
+        self.scope.begin_due(alias)
+    }
 }
 
 /// Work run on one alias's request transaction right after its BEGIN, on its connection:
@@ -300,13 +306,14 @@ pub(crate) fn touch(alias: &str) -> impl Future<Output = Result<(), Error>> + '_
         && state::with_task(|task| {
             task.request
                 .as_mut()
-                .is_some_and(|request| request.scope.begin_due(alias))
+                .is_some_and(|request| request.begin_due(alias))
         });
     async move { if due { begin_due(alias).await } else { Ok(()) } }
 }
 
-/// [`touch`] when the request's transaction of `alias` is due.
-async fn begin_due(alias: &str) -> Result<(), Error> {
+/// [`touch`] when the request's transaction of `alias` is due (`RequestScope::begin_due`
+/// marked it beginning).
+pub(crate) async fn begin_due(alias: &str) -> Result<(), Error> {
     let begun = block::enter(&BlockOptions::nested(alias), None).await;
     let (entered, result) = match begun {
         Ok(armed) => (Some(armed.into_entered()), Ok(())),

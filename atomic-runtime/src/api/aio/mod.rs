@@ -46,10 +46,11 @@ use std::future::Future;
 use diesel_async::AsyncConnection;
 use futures_util::future::BoxFuture;
 
-use crate::adapter::async_connection::{AsyncPooledConn, AsyncTx};
+use crate::adapter::async_connection::AsyncPooledConn;
 use crate::adapter::async_replication;
 use crate::databases::DEFAULT_DB_ALIAS;
 use crate::engine::aio::block::{self, Outcome};
+use crate::engine::aio::explicit;
 use crate::engine::aio::hooks;
 use crate::engine::aio::lend::Lent;
 use crate::engine::aio::replica;
@@ -560,14 +561,7 @@ where
     for<'r> F: AsyncFnOnce(&'r mut C) -> Result<T, E> + AsyncFunc<&'r mut C, Result<T, E>>,
 {
     state::scoped(Box::pin(async move {
-        aio_request::touch(options.using).await?;
-        let (outcome, exit) = block::attempt(
-            options,
-            conn,
-            |conn: &mut C| Some(conn as &mut dyn AsyncTx),
-            body,
-        )
-        .await?;
+        let (outcome, exit) = explicit::attempt(options, conn, same, body).await?;
         block::finish(options.using, outcome, exit).await
     }))
     .await
@@ -587,17 +581,15 @@ where
     for<'r> F: AsyncFnOnce(&'r mut S) -> Result<T, E> + AsyncFunc<&'r mut S, Result<T, E>>,
 {
     state::scoped(Box::pin(async move {
-        aio_request::touch(options.using).await?;
-        let (outcome, exit) = block::attempt(
-            options,
-            owner,
-            |owner: &mut S| Some(field(owner) as &mut dyn AsyncTx),
-            body,
-        )
-        .await?;
+        let (outcome, exit) = explicit::attempt(options, owner, field, body).await?;
         block::finish(options.using, outcome, exit).await
     }))
     .await
+}
+
+/// The caller's connection itself, as `explicit::attempt` finds it in its owner.
+pub(crate) fn same<C>(conn: &mut C) -> &mut C {
+    conn
 }
 
 /// The body's outcome, for the retry loop.

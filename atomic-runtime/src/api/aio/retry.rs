@@ -5,10 +5,10 @@
 use diesel_async::AsyncConnection;
 
 use super::{AsyncFuncMut, AsyncFuncMut0};
-use crate::adapter::async_connection::AsyncTx;
 use crate::adapter::classify::transient_code;
 use crate::api::retry::{AsDieselError, Jitter, RetryPolicy, attempt_failure};
 use crate::engine::aio::block::{self, Exit, Outcome};
+use crate::engine::aio::explicit;
 use crate::engine::aio::state;
 use crate::engine::rules;
 use crate::error::Error;
@@ -59,13 +59,7 @@ where
         let mut retries = Retries::new(policy);
         loop {
             take_hidden_conflict(alias);
-            let attempted = block::attempt(
-                options,
-                conn,
-                |conn: &mut C| Some(conn as &mut dyn AsyncTx),
-                &mut body,
-            )
-            .await;
+            let attempted = explicit::attempt(options, conn, super::same, &mut body).await;
             if let Some(done) = retries.after(alias, attempted).await {
                 return done;
             }
@@ -95,13 +89,7 @@ where
         let mut retries = Retries::new(policy);
         loop {
             take_hidden_conflict(alias);
-            let attempted = block::attempt(
-                options,
-                owner,
-                |owner: &mut S| Some(field(owner) as &mut dyn AsyncTx),
-                &mut body,
-            )
-            .await;
+            let attempted = explicit::attempt(options, owner, &field, &mut body).await;
             if let Some(done) = retries.after(alias, attempted).await {
                 return done;
             }

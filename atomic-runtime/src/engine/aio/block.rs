@@ -11,7 +11,6 @@ use futures_util::FutureExt;
 
 use crate::adapter::ConnectionId;
 use crate::adapter::async_connection::{AsyncPooledConn, AsyncTx, release};
-use crate::api::aio::AsyncFunc;
 use crate::engine::aio::hooks;
 use crate::engine::aio::replica;
 use crate::engine::aio::stale;
@@ -28,35 +27,11 @@ use crate::options::BlockOptions;
 /// The outcome of a block's body: its result, or its panic.
 pub(crate) type Outcome<T, E> = std::thread::Result<Result<T, E>>;
 
-/// Runs `body` as a block on `alias`: explicit when `connection` finds a connection in
-/// `owner`, ambient otherwise. Returns the body's outcome and what leaving produced; the
-/// caller decides (retry) or [`finish`]es.
-pub(crate) async fn attempt<S, T, E, F>(
-    options: &BlockOptions<'_>,
-    owner: &mut S,
-    connection: impl Fn(&mut S) -> Option<&mut dyn AsyncTx>,
-    body: F,
-) -> Result<(Outcome<T, E>, Exit), Error>
-where
-    S: ?Sized,
-    for<'r> F: AsyncFunc<&'r mut S, Result<T, E>>,
-{
-    let mut armed = enter(options, connection(owner)).await?;
-    let outcome = run_body(&mut armed, body(&mut *owner)).await;
-    let exit = leave(
-        options.using,
-        &mut armed,
-        connection(owner),
-        succeeded(&outcome),
-    )
-    .await;
-    armed.disarm();
-    Ok((outcome, exit))
-}
-
-/// [`attempt`] for an ambient block. Its own function, without `attempt`'s higher-ranked
-/// bound: rustc cannot always prove a future `Send` through such a bound when the body's
-/// output holds a lifetime (`Result<&'static str, E>` from an axum handler).
+/// Runs `body` as an ambient block on `options.using`. Returns the body's outcome and what
+/// leaving produced; the caller decides (retry) or [`finish`]es. (Explicit blocks:
+/// `explicit::attempt`.) No higher-ranked bound on the body: rustc cannot always prove a
+/// future `Send` through one when the body's output holds a lifetime
+/// (`Result<&'static str, E>` from an axum handler).
 pub(crate) async fn attempt_ambient<T, E>(
     options: &BlockOptions<'_>,
     body: impl Future<Output = Result<T, E>>,
@@ -143,7 +118,7 @@ enum Exiting {
 }
 
 impl Armed {
-    fn new(entered: Entered) -> Armed {
+    pub(crate) fn new(entered: Entered) -> Armed {
         Armed {
             index: entered.index,
             token: entered.token,
@@ -153,7 +128,7 @@ impl Armed {
         }
     }
 
-    fn disarm(&mut self) {
+    pub(crate) fn disarm(&mut self) {
         self.entered = None;
         self.exiting = None;
     }
@@ -391,17 +366,21 @@ pub(crate) async fn enter(
                     armed.phase = Cancelled::InBody;
                     Ok(armed)
                 }
-                Err(error) => {
-                    let entered = armed.entered.take().expect("armed until here");
-                    state::with(alias, |state| rules::unpush(state, &entered));
-                    state::wake_waiting();
-                    Err(error)
-                }
+                Err(error) => Err(begin_failed(armed, error)),
             }
         }
         EnterPlan::CheckOut => enter_checked_out(options).await,
         EnterPlan::AmbientSavepoint => enter_ambient_savepoint(alias).await,
     }
+}
+
+/// A block whose BEGIN or SAVEPOINT failed: taken off the state again; gives the error back.
+pub(crate) fn begin_failed(mut armed: Armed, error: Error) -> Error {
+    if let Some(entered) = armed.entered.take() {
+        state::with_at(entered.index, |state| rules::unpush(state, &entered));
+    }
+    state::wake_waiting();
+    error
 }
 
 /// A savepoint block was cancelled in its body: its SAVEPOINT is still open on the connection
@@ -440,7 +419,7 @@ fn callers_connection(
     Ok(CallersConnection { id, depth, foreign })
 }
 
-async fn begin_on(
+pub(crate) async fn begin_on(
     alias: &str,
     conn: &mut dyn AsyncTx,
     options: &BlockOptions<'_>,
@@ -532,12 +511,37 @@ pub(crate) async fn leave(
     caller: Option<&mut dyn AsyncTx>,
     body_succeeded: bool,
 ) -> Exit {
-    let Some(entered) = armed.entered.take() else {
+    let Some(planned) = plan_exit(armed, caller.as_deref().map(AsyncTx::id), body_succeeded) else {
         return Exit::clean();
     };
+    let child = planned.child;
+    let exit = carry_out(alias, planned, caller).await;
+    exited(alias, armed, child, body_succeeded, exit)
+}
+
+/// How a block leaves, decided in one look at the state: the plan, and what it needs.
+pub(crate) struct Planned {
+    pub(crate) plan: Leave<crate::engine::aio::state::AsyncFlavor>,
+    /// An outermost block's pooled connection, taken out of the state.
+    pub(crate) pooled: Option<Box<dyn AsyncPooledConn>>,
+    /// Whether a nested block of this one was cancelled (A2), and where.
+    pub(crate) child: Cancelled,
+    /// Whether a COMMIT must be remembered for later reads on replicas (P2).
+    pub(crate) remember: bool,
+}
+
+/// The first half of leaving: the block taken off the state (`rules::plan_leave`), and the
+/// guard told what a drop from now on leaves to account for. `None` when the block is no
+/// longer armed. `caller` is the caller's connection's id (explicit mode).
+pub(crate) fn plan_exit(
+    armed: &mut Armed,
+    caller: Option<ConnectionId>,
+    body_succeeded: bool,
+) -> Option<Planned> {
+    let entered = armed.entered.take()?;
     // Only a process with replicas looks at what a COMMIT must leave for later reads (P2).
     let watch_commits = crate::databases::replicas_configured();
-    let (plan, pooled, child, remember) = state::with_at(entered.index, |state| {
+    let planned = state::with_at(entered.index, |state| {
         let remember = watch_commits && rules::commit_to_remember(state, &entered);
         let child = rules::child_cancelled(state, &entered);
         let plan = rules::plan_leave(state, &entered, body_succeeded && child == Cancelled::No);
@@ -548,17 +552,37 @@ pub(crate) async fn leave(
             Leave::Outermost { .. } => state.release_held(),
             _ => None,
         };
-        (plan, pooled, child, remember)
+        Planned {
+            plan,
+            pooled,
+            child,
+            remember,
+        }
     });
-    armed.exiting = Some(match (&caller, &plan) {
-        (Some(conn), Leave::Outermost { depth_before, .. }) => Exiting::CallersOutermost {
-            id: conn.id(),
+    armed.exiting = Some(match (caller, &planned.plan) {
+        (Some(id), Leave::Outermost { depth_before, .. }) => Exiting::CallersOutermost {
+            id,
             depth_before: *depth_before,
         },
         (Some(_), _) => Exiting::CallersSavepoint,
         (None, _) => Exiting::Pooled,
     });
-    let mut exit = match plan {
+    Some(planned)
+}
+
+/// The second half: the SQL of the plan.
+pub(crate) async fn carry_out(
+    alias: &str,
+    planned: Planned,
+    caller: Option<&mut dyn AsyncTx>,
+) -> Exit {
+    let Planned {
+        plan,
+        pooled,
+        child,
+        remember,
+    } = planned;
+    match plan {
         Leave::Done => Exit::clean(),
         Leave::Lost => Exit::failed(Error::BlockEndedElsewhere {
             alias: alias.to_owned(),
@@ -601,7 +625,18 @@ pub(crate) async fn leave(
             )
             .await
         }
-    };
+    }
+}
+
+/// The end of leaving, once the SQL is done: the guard has nothing left to account for,
+/// siblings waiting for their turn are woken, and a cancelled child fails the block (A2).
+pub(crate) fn exited(
+    alias: &str,
+    armed: &mut Armed,
+    child: Cancelled,
+    body_succeeded: bool,
+    mut exit: Exit,
+) -> Exit {
     armed.exiting = None;
     state::wake_waiting();
     if child != Cancelled::No && exit.error.is_none() && body_succeeded {
@@ -664,7 +699,22 @@ async fn leave_outermost(
     if let Some(pooled) = pooled {
         release(pooled);
     }
-    let callbacks = if rules::callbacks_survive(foreign, committed) {
+    outermost_exit(alias, error, committed, foreign, callbacks, route)
+}
+
+/// What an outermost block's exit leaves once its COMMIT or ROLLBACK is done: the error, and
+/// the committed callbacks to run now (C3), routed where the plan said.
+pub(crate) fn outermost_exit(
+    alias: &str,
+    error: Option<diesel::result::Error>,
+    committed: bool,
+    foreign: Foreign,
+    callbacks: Vec<AsyncCallback>,
+    route: Route,
+) -> Exit {
+    let callbacks = if callbacks.is_empty() {
+        callbacks
+    } else if rules::callbacks_survive(foreign, committed) {
         route_callbacks(alias, route, callbacks)
     } else {
         drop(callbacks);
@@ -765,6 +815,17 @@ async fn leave_savepoint(
     if let Some(taken) = taken {
         taken.put_back();
     }
+    savepoint_exit(alias, callbacks_mark, error, transaction_lost)
+}
+
+/// What a savepoint's exit leaves once its RELEASE or ROLLBACK TO is done (X4): after a
+/// failure, the state told what is lost.
+pub(crate) fn savepoint_exit(
+    alias: &str,
+    callbacks_mark: usize,
+    error: Option<diesel::result::Error>,
+    transaction_lost: bool,
+) -> Exit {
     let exit = SavepointExit {
         release_failed: error.is_some(),
         transaction_lost,
@@ -783,7 +844,10 @@ async fn leave_savepoint(
 
 /// diesel's depth (`Ok`) when no level is left open above the block's own, the common case,
 /// answered without setting up [`close_levels_left_open`]'s future; else how many are.
-fn levels_left_open(conn: &mut dyn AsyncTx, block_depth: u32) -> Result<Option<u32>, u32> {
+pub(crate) fn levels_left_open(
+    conn: &mut dyn AsyncTx,
+    block_depth: u32,
+) -> Result<Option<u32>, u32> {
     let Ok(depth) = conn.depth() else {
         return Ok(None);
     };
@@ -812,7 +876,7 @@ async fn close_levels_left_open(alias: &str, conn: &mut dyn AsyncTx, levels: u32
 
 /// X4 after a failed RELEASE SAVEPOINT: the error, and whether the transaction is lost.
 #[cold]
-async fn release_failed(
+pub(crate) async fn release_failed(
     alias: &str,
     conn: &mut dyn AsyncTx,
     depth_before: u32,
@@ -848,7 +912,7 @@ async fn rollback_savepoint(alias: &str, conn: &mut dyn AsyncTx, depth_before: u
 
 /// X4 after a failed COMMIT: rolls back what is still open; gives the error back.
 #[cold]
-async fn commit_failed(
+pub(crate) async fn commit_failed(
     alias: &str,
     conn: &mut dyn AsyncTx,
     depth_before: u32,

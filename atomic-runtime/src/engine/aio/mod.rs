@@ -3,6 +3,7 @@
 //!
 //! - [`state`]: the task's table of alias states, and turn-taking for `join!`ed blocks (A3).
 //! - [`block`]: enter, run the body, leave; the cancellation guard.
+//! - [`explicit`]: an explicit-mode block's common path, with `block`'s steps for the rest.
 //! - [`lend`]: `aio::connection`'s access to the alias's connection.
 //! - [`hooks`]: on_commit callbacks, plain and async (A4).
 //! - [`replica`]: reads on replicas, and what a commit leaves for the task's later reads (P1,
@@ -10,6 +11,7 @@
 //! - [`stale`]: caller-owned connections a cancelled block left inside a transaction.
 
 pub(crate) mod block;
+pub(crate) mod explicit;
 pub(crate) mod hooks;
 pub(crate) mod lend;
 pub(crate) mod replica;

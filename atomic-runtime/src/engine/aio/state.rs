@@ -440,30 +440,37 @@ impl Future for Turn<'_> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<usize> {
         with_task(|task| {
             let index = task.states.index(self.alias);
-            let state = task.states.at(index);
-            // A test transaction's or a request's block has no body being polled:
-            // everything the test or the view awaits runs inside it.
-            let lent_to_a_sibling = task
-                .lends
-                .iter()
-                .any(|(lent, token)| *lent == index && !task.polling.contains(token));
-            let ok = !task.busy.contains(&index)
-                && !lent_to_a_sibling
-                && state.blocks.last().is_none_or(|block| {
-                    task.polling.contains(&block.token)
-                        || opened_by_test_transaction(block)
-                        || task
-                            .request
-                            .as_ref()
-                            .is_some_and(|request| request.holds_block(block.token))
-                });
-            if ok {
+            if task.has_turn(index) {
                 Poll::Ready(index)
             } else {
                 task.waiting.push(cx.waker().clone());
                 Poll::Pending
             }
         })
+    }
+}
+
+impl Task {
+    /// Whether code running now may use the alias at `index` (A3): no engine SQL and no
+    /// sibling's `aio::connection` has its connection out, and its innermost block, if any,
+    /// is on the polling path (nested code, never a sibling branch of a `join!`).
+    pub(crate) fn has_turn(&self, index: usize) -> bool {
+        // A test transaction's or a request's block has no body being polled: everything
+        // the test or the view awaits runs inside it.
+        let lent_to_a_sibling = self
+            .lends
+            .iter()
+            .any(|(lent, token)| *lent == index && !self.polling.contains(token));
+        !self.busy.contains(&index)
+            && !lent_to_a_sibling
+            && self.states.get(index).blocks.last().is_none_or(|block| {
+                self.polling.contains(&block.token)
+                    || opened_by_test_transaction(block)
+                    || self
+                        .request
+                        .as_ref()
+                        .is_some_and(|request| request.holds_block(block.token))
+            })
     }
 }
 
