@@ -50,11 +50,11 @@ use crate::adapter::async_connection::AsyncPooledConn;
 use crate::adapter::async_replication;
 use crate::databases::DEFAULT_DB_ALIAS;
 use crate::engine::aio::block::{self, Outcome};
-use crate::engine::aio::explicit;
 use crate::engine::aio::hooks;
 use crate::engine::aio::lend::Lent;
 use crate::engine::aio::replica;
 use crate::engine::aio::state::{self, AsyncCallback, InBlock};
+use crate::engine::aio::{ambient, explicit};
 use crate::engine::rules;
 use crate::error::Error;
 use crate::options::BlockOptions;
@@ -500,7 +500,7 @@ pub async fn request<T, E: From<Error>>(view: impl Future<Output = Result<T, E>>
 // --- What the attribute's expansions call (re-exported by `__private::aio`) ------------------
 
 /// Runs `f` on a lent connection and gives it back.
-async fn run_lent<C, T, E, F>(alias: &str, mut lent: Lent, f: F) -> Result<T, E>
+async fn run_lent<C, T, E, F>(alias: &str, mut lent: Lent<'_>, f: F) -> Result<T, E>
 where
     C: AsyncConnection + 'static,
     E: From<Error>,
@@ -543,7 +543,7 @@ where
 {
     state::scoped(Box::pin(async move {
         aio_request::touch(options.using).await?;
-        let (outcome, exit) = block::attempt_ambient(options, body()).await?;
+        let (outcome, exit) = ambient::attempt(options, body()).await?;
         block::finish(options.using, outcome, exit).await
     }))
     .await

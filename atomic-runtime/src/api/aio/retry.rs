@@ -8,8 +8,8 @@ use super::{AsyncFuncMut, AsyncFuncMut0};
 use crate::adapter::classify::transient_code;
 use crate::api::retry::{AsDieselError, Jitter, RetryPolicy, attempt_failure};
 use crate::engine::aio::block::{self, Exit, Outcome};
-use crate::engine::aio::explicit;
 use crate::engine::aio::state;
+use crate::engine::aio::{ambient, explicit};
 use crate::engine::rules;
 use crate::error::Error;
 use crate::options::BlockOptions;
@@ -31,7 +31,7 @@ where
         let mut retries = Retries::new(policy);
         loop {
             take_hidden_conflict(alias);
-            let attempted = block::attempt_ambient(options, body()).await;
+            let attempted = ambient::attempt(options, body()).await;
             if let Some(done) = retries.after(alias, attempted).await {
                 return done;
             }

@@ -3,18 +3,16 @@
 //! into `rules`; what is new is the dropped future (rule A2), handled by [`Armed`].
 //!
 //! One path for every outcome, as in the sync executor: the body runs under `catch_unwind`,
-//! so `Err`, `Ok` with the rollback flag and a panic all leave through [`leave`].
-
-use std::panic::AssertUnwindSafe;
-
-use futures_util::FutureExt;
+//! so `Err`, `Ok` with the rollback flag and a panic all leave through [`leave`]. The blocks
+//! themselves are run by `explicit::attempt` and `ambient::attempt`, which take the common
+//! path inline and call the steps here for the rest.
 
 use crate::adapter::ConnectionId;
 use crate::adapter::async_connection::{AsyncPooledConn, AsyncTx, release};
 use crate::engine::aio::hooks;
 use crate::engine::aio::replica;
 use crate::engine::aio::stale;
-use crate::engine::aio::state::{self, AsyncCallback, InBlock};
+use crate::engine::aio::state::{self, AsyncCallback};
 use crate::engine::block::{Settled, connection_missing, settle};
 use crate::engine::rules::{
     self, BeginOptionsUse, CallersConnection, Cancel, EnterPlan, Leave, ReleaseRecovery, Route,
@@ -26,38 +24,6 @@ use crate::options::BlockOptions;
 
 /// The outcome of a block's body: its result, or its panic.
 pub(crate) type Outcome<T, E> = std::thread::Result<Result<T, E>>;
-
-/// Runs `body` as an ambient block on `options.using`. Returns the body's outcome and what
-/// leaving produced; the caller decides (retry) or [`finish`]es. (Explicit blocks:
-/// `explicit::attempt`.) No higher-ranked bound on the body: rustc cannot always prove a
-/// future `Send` through one when the body's output holds a lifetime
-/// (`Result<&'static str, E>` from an axum handler).
-pub(crate) async fn attempt_ambient<T, E>(
-    options: &BlockOptions<'_>,
-    body: impl Future<Output = Result<T, E>>,
-) -> Result<(Outcome<T, E>, Exit), Error> {
-    let mut armed = enter(options, None).await?;
-    let outcome = run_body(&mut armed, body).await;
-    let exit = leave(options.using, &mut armed, None, succeeded(&outcome)).await;
-    armed.disarm();
-    Ok((outcome, exit))
-}
-
-/// The body, polled inside its block (A3), panics caught (X3).
-async fn run_body<T, E>(
-    armed: &mut Armed,
-    body: impl Future<Output = Result<T, E>>,
-) -> Outcome<T, E> {
-    armed.phase = Cancelled::InBody;
-    let outcome = AssertUnwindSafe(InBlock {
-        token: armed.token,
-        body,
-    })
-    .catch_unwind()
-    .await;
-    armed.phase = Cancelled::InSql;
-    outcome
-}
 
 /// Whether the body returned `Ok` (neither `Err` nor a panic).
 pub(crate) fn succeeded<T, E>(outcome: &Outcome<T, E>) -> bool {

@@ -15,8 +15,8 @@ use crate::error::Error;
 /// back with [`Lent::give_back`]; dropped before that (the future was cancelled), the
 /// connection goes back marked broken (rule A2: what the closure left half-done is unknown),
 /// and callbacks waiting for it are dropped.
-pub(crate) struct Lent {
-    alias: Box<str>,
+pub(crate) struct Lent<'a> {
+    alias: &'a str,
     pooled: Option<Box<dyn AsyncPooledConn>>,
     /// The connection belongs to an open block (put it back) rather than to this call.
     from_block: bool,
@@ -26,19 +26,53 @@ pub(crate) struct Lent {
     pub(crate) token: BlockToken,
 }
 
-impl Lent {
+impl<'a> Lent<'a> {
     /// Takes the alias's connection after waiting for the alias's turn (A3); rule F3 and one
     /// borrower at a time as for sync code.
-    pub(crate) async fn take(alias: &str) -> Result<Lent, Error> {
-        Lent::take_for(alias, false).await
+    pub(crate) async fn take(alias: &'a str) -> Result<Lent<'a>, Error> {
+        match Lent::take_open_block(alias) {
+            Some(lent) => Ok(lent),
+            None => Box::pin(Lent::take_for(alias, false)).await,
+        }
     }
 
     /// [`Lent::take`] for a `read` on the primary (rule P1).
-    pub(crate) async fn take_to_read(alias: &str) -> Result<Lent, Error> {
+    pub(crate) async fn take_to_read(alias: &'a str) -> Result<Lent<'a>, Error> {
         Lent::take_for(alias, true).await
     }
 
-    async fn take_for(alias: &str, for_read: bool) -> Result<Lent, Error> {
+    /// The common case of [`Lent::take`], decided in one look at the table: inside an open
+    /// block of the alias whose turn it is, with no savepoint a cancelled block left open.
+    /// `None` for anything else, the state untouched.
+    fn take_open_block(alias: &'a str) -> Option<Lent<'a>> {
+        if !state::in_task_scope() {
+            return None;
+        }
+        state::with_task(|task| {
+            let index = task.states.index(alias);
+            if !task.has_turn(index) {
+                return None;
+            }
+            let state = task.states.at(index);
+            if state.leftover_savepoint.is_some()
+                || !matches!(rules::lend(state), Ok(Lend::FromBlock))
+            {
+                return None;
+            }
+            let pooled = state.take_held()?;
+            let token = BlockToken::next();
+            task.lends.push((index, token));
+            Some(Lent {
+                alias,
+                pooled: Some(pooled),
+                from_block: true,
+                for_read: false,
+                token,
+            })
+        })
+    }
+
+    async fn take_for(alias: &'a str, for_read: bool) -> Result<Lent<'a>, Error> {
         state::turn(alias).await;
         let from_block = state::with(alias, |state| {
             Ok::<_, Error>(match rules::lend(state)? {
@@ -52,7 +86,7 @@ impl Lent {
             // Lent first, so a drop during the cleanup below gives the connection back to its
             // block (marked broken), never to the pool.
             let mut lent = Lent {
-                alias: alias.into(),
+                alias,
                 pooled: Some(pooled),
                 from_block: true,
                 for_read,
@@ -69,13 +103,13 @@ impl Lent {
 
     /// Lends `pooled`, checked out outside any block of the alias for a read: a replica's, or
     /// the primary's (P1).
-    pub(crate) fn checked_out(alias: &str, pooled: Box<dyn AsyncPooledConn>) -> Lent {
+    pub(crate) fn checked_out(alias: &'a str, pooled: Box<dyn AsyncPooledConn>) -> Lent<'a> {
         let id = pooled.id();
         state::with(alias, |state| rules::lend_checked_out(state, id));
         let token = BlockToken::next();
         register(alias, token);
         Lent {
-            alias: alias.into(),
+            alias,
             pooled: Some(pooled),
             from_block: false,
             for_read: true,
@@ -107,10 +141,12 @@ impl Lent {
             && rules::lend_to_remember(self.from_block, self.for_read)
             && let Some(pooled) = &mut self.pooled
         {
-            replica::remember_commit(&self.alias, Some(pooled.inner())).await;
+            replica::remember_commit(self.alias, Some(pooled.inner())).await;
         }
         let after_lend = self.back(false);
-        hooks::run_after_commit(&self.alias, after_lend).await;
+        if !after_lend.is_empty() {
+            hooks::run_after_commit(self.alias, after_lend).await;
+        }
     }
 
     fn back(&mut self, broken: bool) -> Vec<crate::engine::aio::state::AsyncCallback> {
@@ -121,7 +157,7 @@ impl Lent {
         let from_block = self.from_block;
         let token = self.token;
         let back = state::try_with_task(|task| {
-            let index = task.states.index(&self.alias);
+            let index = task.states.index(self.alias);
             task.lends.retain(|(_, lent)| *lent != token);
             let state = task.states.at(index);
             let back = rules::give_back(state, from_block);
@@ -162,7 +198,7 @@ fn register(alias: &str, token: BlockToken) {
     });
 }
 
-impl Drop for Lent {
+impl Drop for Lent<'_> {
     fn drop(&mut self) {
         if self.pooled.is_some() {
             // What the closure sent may have committed (autocommit): remembered, its position
@@ -170,7 +206,7 @@ impl Drop for Lent {
             if crate::databases::replicas_configured()
                 && rules::lend_to_remember(self.from_block, self.for_read)
             {
-                replica::remember_commit_unknown(&self.alias);
+                replica::remember_commit_unknown(self.alias);
             }
             // A panic unwinding out of the closure leaves the connection as a failed
             // statement would; a dropped future may leave it mid-statement.

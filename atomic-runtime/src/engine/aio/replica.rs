@@ -25,7 +25,7 @@ use crate::error::Error;
 
 /// The connection a read on `alias` gets: inside a block of the alias the block's, else a
 /// replica's or the primary's (rules P1, P2), lent for the call.
-pub(crate) async fn lend_for_read(alias: &str) -> Result<Lent, Error> {
+pub(crate) async fn lend_for_read(alias: &str) -> Result<Lent<'_>, Error> {
     // A program without replicas reads as `connection()` does, without a registry lookup.
     if !databases::replicas_configured() {
         return Lent::take_to_read(alias).await;
