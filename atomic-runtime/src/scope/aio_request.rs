@@ -300,15 +300,26 @@ impl Drop for Abandon {
 /// Rule Q1 at an async use of `alias`: begins its request transaction when it is due.
 ///
 /// Not an `async fn`: outside requests, nearly every call, the answer is ready without
-/// setting up the future that begins a transaction.
-pub(crate) fn touch(alias: &str) -> impl Future<Output = Result<(), Error>> + '_ {
+/// setting up the future that begins a transaction; that one is boxed, so the caller's
+/// future does not carry its size (about 1 KB) on every call.
+pub(crate) fn touch(
+    alias: &str,
+) -> futures_util::future::Either<
+    std::future::Ready<Result<(), Error>>,
+    futures_util::future::BoxFuture<'_, Result<(), Error>>,
+> {
+    use futures_util::future::{Either, FutureExt};
     let due = state::has_table()
         && state::with_task(|task| {
             task.request
                 .as_mut()
                 .is_some_and(|request| request.begin_due(alias))
         });
-    async move { if due { begin_due(alias).await } else { Ok(()) } }
+    if due {
+        Either::Right(begin_due(alias).boxed())
+    } else {
+        Either::Left(std::future::ready(Ok(())))
+    }
 }
 
 /// [`touch`] when the request's transaction of `alias` is due (`RequestScope::begin_due`

@@ -542,7 +542,6 @@ where
     F: AsyncFunc0<Result<T, E>>,
 {
     state::scoped(Box::pin(async move {
-        aio_request::touch(options.using).await?;
         let (outcome, exit) = ambient::attempt(options, body()).await?;
         block::finish(options.using, outcome, exit).await
     }))

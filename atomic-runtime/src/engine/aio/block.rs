@@ -433,8 +433,22 @@ async fn enter_checked_out(options: &BlockOptions<'_>) -> Result<Armed, Error> {
 
 /// A connection from the async alias's pool.
 pub(crate) async fn checkout(alias: &str) -> Result<Box<dyn AsyncPooledConn>, Error> {
-    let database = lookup(alias)?;
-    let pool = database.async_pool(alias)?.clone();
+    // The pool found under the table's borrow: one reference count, not the alias's whole
+    // `Database` cloned.
+    let in_task = state::try_with_task(|task| {
+        let databases = task.databases.as_ref()?;
+        Some(
+            databases
+                .get(alias)
+                .and_then(|database| database.async_pool(alias))
+                .cloned(),
+        )
+    })
+    .flatten();
+    let pool = match in_task {
+        Some(pool) => pool?,
+        None => crate::databases::lookup(alias)?.async_pool(alias)?.clone(),
+    };
     pool.checkout(alias).await
 }
 
