@@ -352,9 +352,11 @@ impl fmt::Debug for Settings {
 pub fn commit_unless_failed(head: &response::Parts) -> bool {
     let failed = head.status.is_client_error() || head.status.is_server_error();
     // Anything but "0", an unreadable value included, is a failed call: fail closed.
+    // A name made once: looking a `&str` up parses it on every call.
+    static GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
     let grpc_failed = head
         .headers
-        .get("grpc-status")
+        .get(&GRPC_STATUS)
         .is_some_and(|code| code.as_bytes().trim_ascii() != b"0");
     !failed && !grpc_failed
 }

@@ -222,6 +222,8 @@ async fn end<T>(
         let exit = block::leave(&alias, &mut armed, None, commit).await;
         armed.done();
         let ended = match exit.error {
+            // Nothing to run: no future set up for it.
+            None if commit && exit.callbacks.is_empty() => AliasEnd::Committed,
             None if commit => {
                 match AssertUnwindSafe(hooks::run_after_commit(&alias, exit.callbacks))
                     .catch_unwind()
