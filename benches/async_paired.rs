@@ -1,8 +1,11 @@
-//! The async runtime against hand-written diesel-async, interleaved in wall time as
-//! `paired.rs` does for the sync runtime: each round times a chunk of ours and a chunk of
-//! theirs back to back (in alternating order), each chunk one `block_on` on a multi-thread
-//! tokio runtime, and the ratio of a pair is the median of its rounds' ratios. Drift on a
-//! shared machine moves both chunks of a round alike, so it cancels. Prints markdown and writes
+//! The async runtime against hand-written diesel-async, interleaved in wall time: each round
+//! is one `block_on` on a multi-thread tokio runtime that calls ours and theirs by turns, a
+//! chunk of calls of each, timing every call (which side goes first flips from round to
+//! round), and the ratio of a pair is the median of its rounds' ratios. Drift on a shared
+//! machine, even within a round, falls on both sides alike, so it cancels; on this 2-CPU
+//! machine that halved the spread of the control row against timing a chunk of each side
+//! separately, which `CHUNKED=1` still does (as `paired.rs` does for the sync runtime; it also
+//! reports each side's CPU time and context switches). Prints markdown and writes
 //! `bench/results/async_paired.md`; `bench/run` runs it.
 //!
 //! ```sh
@@ -272,8 +275,53 @@ fn time<S, F: AsyncFnMut(&mut S)>(rt: &Runtime, state: &mut S, chunk: usize, f: 
     })
 }
 
+/// Times `chunk` calls of each of `ours` and `theirs` in one `block_on`, alternating call by
+/// call (`ours` first when `ours_first`, then by turns): the wall time of each side's calls,
+/// summed; the CPU time and context switches of the whole chunk.
+fn time_alternating<S>(
+    rt: &Runtime,
+    state: &mut S,
+    chunk: usize,
+    ours_first: bool,
+    ours: &mut impl AsyncFnMut(&mut S),
+    theirs: &mut impl AsyncFnMut(&mut S),
+) -> (Duration, Duration, Duration, i64) {
+    rt.block_on(async {
+        let (cpu, switches) = usage();
+        let mut ours_wall = Duration::ZERO;
+        let mut theirs_wall = Duration::ZERO;
+        for i in 0..chunk {
+            for side in [(i % 2 == 0) == ours_first, (i % 2 == 0) != ours_first] {
+                let start = Instant::now();
+                if side {
+                    ours(state).await;
+                    ours_wall += start.elapsed();
+                } else {
+                    theirs(state).await;
+                    theirs_wall += start.elapsed();
+                }
+            }
+        }
+        let (cpu_after, switches_after) = usage();
+        (
+            ours_wall,
+            theirs_wall,
+            cpu_after.saturating_sub(cpu),
+            switches_after - switches,
+        )
+    })
+}
+
+/// Whether rounds alternate the two sides call by call (the default) rather than time a chunk
+/// of each (`CHUNKED=1`, which also gives each side's CPU time and context switches).
+fn alternating() -> bool {
+    std::env::var_os("CHUNKED").is_none()
+}
+
 /// The rounds of a pair: per round, the wall time per call of ours and of theirs, the ratio of
-/// their CPU times, and the context switches per call of ours and of theirs.
+/// their CPU times, and the context switches per call of ours and of theirs. Alternating call
+/// by call (see [`time_alternating`]), the CPU time and switches are the pair's together: the
+/// CPU ratio reads 1 and both sides get the same switches.
 fn rounds<S>(
     rt: &Runtime,
     state: &mut S,
@@ -285,6 +333,22 @@ fn rounds<S>(
     // Warm up both: caches, statement caches, the allocator, tokio's blocking threads.
     time(rt, state, chunk, &mut ours);
     time(rt, state, chunk, &mut theirs);
+    if alternating() {
+        return (0..rounds)
+            .map(|round| {
+                let (a, b, _, switches) =
+                    time_alternating(rt, state, chunk, round % 2 == 0, &mut ours, &mut theirs);
+                let per_call = switches as f64 / (2 * chunk) as f64;
+                (
+                    a.as_nanos() as f64 / chunk as f64,
+                    b.as_nanos() as f64 / chunk as f64,
+                    1.0,
+                    per_call,
+                    per_call,
+                )
+            })
+            .collect();
+    }
     (0..rounds)
         .map(|round| {
             let (a, b) = if round % 2 == 0 {
@@ -658,35 +722,54 @@ fn main() {
         notes.push("PostgreSQL skipped: PG_URL is not set.".to_owned());
     }
 
-    let mut table = format!(
-        "Async runtime, interleaved wall time: {n_rounds} rounds, each a chunk of ours and a \
-         chunk of theirs back to back in alternating order, each chunk one `block_on` on a \
-         multi-thread tokio runtime (2 workers). Chunks: {chunk} blocks (SQLite), {pg_chunk} \
-         (PostgreSQL), a quarter of that for 4 nested blocks. Ratio: the median of the \
-         rounds' ratios, with the middle half of them. SQLite is \
-         `SyncConnectionWrapper<SqliteConnection>` in memory (every statement is a \
-         `spawn_blocking` hop, on both sides); PostgreSQL is `AsyncPgConnection`; ambient \
-         mode and its counterpart share one deadpool pool of one connection. CPU: the median \
-         of the rounds' ratios of the process's CPU time (user and system, all threads; \
+    let method = if alternating() {
+        "each round one `block_on` on a multi-thread tokio runtime (2 workers) that calls ours \
+         and theirs by turns, a chunk of calls of each, timing every call (which side goes \
+         first flips from round to round), so drift on a shared machine, even within a \
+         round, falls on both sides alike. Ratio: the median of the rounds' ratios (ours' \
+         summed call times / theirs'), with the middle half of them. CPU: not split between \
+         the sides in this method (`CHUNKED=1` times a chunk of each side separately and \
+         reports each side's CPU time). Switches: the process's context switches per block, \
+         both sides together"
+    } else {
+        "each round a chunk of ours and a chunk of theirs back to back in alternating order, \
+         each chunk one `block_on` on a multi-thread tokio runtime (2 workers). Ratio: the \
+         median of the rounds' ratios, with the middle half of them. CPU: the median of the \
+         rounds' ratios of the process's CPU time (user and system, all threads; \
          `getrusage`), which the time threads spend asleep waiting to be woken does not \
-         enter. Switches: the process's context switches per block (median), ours / theirs. The control row times the hand-written block \
-         against itself: how far from 1.000 this method strays on this machine.\n\n\
+         enter. Switches: the process's context switches per block (median), ours / theirs"
+    };
+    let mut table = format!(
+        "Async runtime, interleaved wall time: {n_rounds} rounds, {method}. Chunks: {chunk} \
+         blocks (SQLite), {pg_chunk} (PostgreSQL), a quarter of that for 4 nested blocks. \
+         SQLite is `SyncConnectionWrapper<SqliteConnection>` in memory (every statement is a \
+         `spawn_blocking` hop, on both sides); PostgreSQL is `AsyncPgConnection`; ambient \
+         mode and its counterpart share one deadpool pool of one connection. The control row \
+         times the hand-written block against itself: how far from 1.000 this method strays \
+         on this machine.\n\n\
          | workload | ours (ns) | hand-written (ns) | ratio | middle half | CPU | switches | target |\n\
          | --- | ---: | ---: | ---: | --- | ---: | --- | --- |\n"
     );
     for pair in &pairs {
         writeln!(
             table,
-            "| {} | {:.0} | {:.0} | {:.3}× | {:.3}–{:.3} | {:.3}× | {:.2} / {:.2} | {} |",
+            "| {} | {:.0} | {:.0} | {:.3}× | {:.3}–{:.3} | {} | {} | {} |",
             pair.what,
             pair.ours_ns,
             pair.theirs_ns,
             pair.ratio,
             pair.spread.0,
             pair.spread.1,
-            pair.cpu_ratio,
-            pair.switches.0,
-            pair.switches.1,
+            if alternating() {
+                "–".to_owned()
+            } else {
+                format!("{:.3}×", pair.cpu_ratio)
+            },
+            if alternating() {
+                format!("{:.2}", pair.switches.0)
+            } else {
+                format!("{:.2} / {:.2}", pair.switches.0, pair.switches.1)
+            },
             verdict(pair.ratio, pair.target, "×"),
         )
         .unwrap();

@@ -299,17 +299,18 @@ impl Drop for Abandon {
     }
 }
 
+/// What [`touch`] returns: ready at once, or the boxed BEGIN of the request's transaction.
+pub(crate) type Touch<'a> = futures_util::future::Either<
+    std::future::Ready<Result<(), Error>>,
+    BoxFuture<'a, Result<(), Error>>,
+>;
+
 /// Rule Q1 at an async use of `alias`: begins its request transaction when it is due.
 ///
 /// Not an `async fn`: outside requests, nearly every call, the answer is ready without
 /// setting up the future that begins a transaction; that one is boxed, so the caller's
 /// future does not carry its size (about 1 KB) on every call.
-pub(crate) fn touch(
-    alias: &str,
-) -> futures_util::future::Either<
-    std::future::Ready<Result<(), Error>>,
-    futures_util::future::BoxFuture<'_, Result<(), Error>>,
-> {
+pub(crate) fn touch(alias: &str) -> Touch<'_> {
     use futures_util::future::{Either, FutureExt};
     let due = state::has_table()
         && state::with_task(|task| {
