@@ -29,7 +29,7 @@ use crate::options::BlockOptions;
 use crate::scope::aio_request;
 
 /// Runs `body` as a block on the connection `connection` finds in `owner`. Returns the
-/// body's outcome and what leaving produced, as `block::attempt_ambient` does.
+/// body's outcome and what leaving produced, as `ambient::attempt` does.
 pub(crate) async fn attempt<S, C, T, E, F>(
     options: &BlockOptions<'_>,
     owner: &mut S,
