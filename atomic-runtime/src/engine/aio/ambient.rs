@@ -18,7 +18,6 @@ use crate::engine::rules::{self, BeginOptionsUse, EnterPlan, Leave, Route};
 use crate::engine::state::{Cancelled, Entered, Foreign};
 use crate::error::Error;
 use crate::options::BlockOptions;
-use crate::scope::aio_request;
 
 /// Runs `body` as an ambient block on `options.using`. Returns the body's outcome and what
 /// leaving produced; the caller decides (retry) or `block::finish`es. No higher-ranked bound
@@ -41,24 +40,16 @@ pub(crate) async fn attempt<T, E>(
             // under way (or by `begin_with`), and is discarded.
             let mut pooled = block::checkout(alias).await?;
             let conn = pooled.inner();
-            let depth_before = conn.depth()?;
-            let foreign =
-                rules::foreign_transaction(depth_before, || conn.open_transaction_is_test());
-            let begin = rules::begin_outermost(options, foreign)?;
-            match begin {
+            let outermost = block::plan_checked_out(options, conn)?;
+            match outermost.begin {
                 BeginOptionsUse::Plain => conn.begin().await?,
                 begin => Box::pin(block::begin_on(alias, conn, options, begin)).await?,
             }
-            tracing::debug!(alias, depth = depth_before + 1, "BEGIN");
-            let entered = state::with(alias, |state| {
-                state.hold(pooled);
-                rules::push_checked_out(state, depth_before, foreign, options, begin)
-            });
-            let mut armed = Armed::new(entered);
-            armed.phase = Cancelled::InBody;
-            armed
+            block::hold_checked_out(options, pooled, outermost)
         }
-        Entry::General { request_due } => Box::pin(enter_general(options, request_due)).await?,
+        Entry::General { request_due } => {
+            Box::pin(block::enter_general(options, None, request_due)).await?
+        }
     };
 
     // The body, polled inside its block (A3), panics caught (X3).
@@ -117,7 +108,7 @@ enum Entry {
     Open(Entered),
     /// The alias's outermost block: a connection to check out, BEGIN, then push (E2).
     CheckOut,
-    /// Not the common path: [`enter_general`] decides, the block's state untouched so far.
+    /// Not the common path: `block::enter_general` decides, the block's state untouched so far.
     /// `request_due`: the request's transaction of the alias is marked beginning (rule Q1),
     /// its BEGIN still to send.
     General { request_due: bool },
@@ -128,17 +119,10 @@ enum Entry {
 fn quick_enter(options: &BlockOptions<'_>) -> Result<Entry, Error> {
     let alias = options.using;
     state::with_task(|task| {
-        if task
-            .request
-            .as_mut()
-            .is_some_and(|request| request.begin_due(alias))
-        {
-            return Ok(Entry::General { request_due: true });
-        }
-        let index = task.states.index(alias);
-        if !task.has_turn(index) {
-            return Ok(Entry::General { request_due: false });
-        }
+        let index = match block::common_path_index(task, alias) {
+            Ok(index) => index,
+            Err(request_due) => return Ok(Entry::General { request_due }),
+        };
         let (state, others) = task.states.with_others(index);
         Ok(match rules::plan_enter(state, others, options, None)? {
             EnterPlan::Merged(entered) => Entry::Open(entered),
@@ -150,15 +134,6 @@ fn quick_enter(options: &BlockOptions<'_>) -> Result<Entry, Error> {
             | EnterPlan::OnCallersConnection { .. } => Entry::General { request_due: false },
         })
     })
-}
-
-/// Entering when [`quick_enter`] declined: the request's transaction begun if due, then
-/// `block::enter`.
-async fn enter_general(options: &BlockOptions<'_>, request_due: bool) -> Result<Armed, Error> {
-    if request_due {
-        aio_request::begin_due(options.using).await?;
-    }
-    block::enter(options, None).await
 }
 
 /// A plan whose SQL is a plain COMMIT on the block's pooled connection (or none), awaited in

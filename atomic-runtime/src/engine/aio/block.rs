@@ -415,20 +415,88 @@ async fn enter_checked_out(options: &BlockOptions<'_>) -> Result<Armed, Error> {
         checkout(alias).await?
     };
     let conn = pooled.inner();
+    let outermost = plan_checked_out(options, conn)?;
+    // Dropped during the BEGIN, `pooled` goes back to its pool marked broken by diesel-async
+    // (or by `begin_with`): discarded.
+    begin_on(alias, conn, options, outermost.begin).await?;
+    Ok(hold_checked_out(options, pooled, outermost))
+}
+
+/// What rule E2 needs to know of a connection just checked out for an outermost block.
+pub(crate) struct CheckedOut {
+    depth_before: u32,
+    foreign: Foreign,
+    pub(crate) begin: BeginOptionsUse,
+}
+
+/// diesel's view of a checked-out connection, and how its BEGIN goes (E2).
+pub(crate) fn plan_checked_out(
+    options: &BlockOptions<'_>,
+    conn: &mut dyn AsyncTx,
+) -> Result<CheckedOut, Error> {
     let depth_before = conn.depth()?;
     let foreign = rules::foreign_transaction(depth_before, || conn.open_transaction_is_test());
     let begin = rules::begin_outermost(options, foreign)?;
-    // Dropped during the BEGIN, `pooled` goes back to its pool marked broken by diesel-async
-    // (or by `begin_with`): discarded.
-    begin_on(alias, conn, options, begin).await?;
-    tracing::debug!(alias, depth = depth_before + 1, "BEGIN");
-    let entered = state::with(alias, |state| {
+    Ok(CheckedOut {
+        depth_before,
+        foreign,
+        begin,
+    })
+}
+
+/// After the BEGIN on a checked-out connection: the state holds it and the block is pushed,
+/// armed in its body's phase (E2).
+pub(crate) fn hold_checked_out(
+    options: &BlockOptions<'_>,
+    pooled: Box<dyn AsyncPooledConn>,
+    outermost: CheckedOut,
+) -> Armed {
+    let CheckedOut {
+        depth_before,
+        foreign,
+        begin,
+    } = outermost;
+    tracing::debug!(alias = options.using, depth = depth_before + 1, "BEGIN");
+    let entered = state::with(options.using, |state| {
         state.hold(pooled);
         rules::push_checked_out(state, depth_before, foreign, options, begin)
     });
     let mut armed = Armed::new(entered);
     armed.phase = Cancelled::InBody;
-    Ok(armed)
+    armed
+}
+
+/// The start of a block's one look at the table on the common path (`explicit`, `ambient`):
+/// the alias's state index, or `Err(request_due)` when the block must take
+/// [`enter_general`]: the request's transaction of the alias is due (rule Q1; marked
+/// beginning now), or it is not the alias's turn (A3).
+pub(crate) fn common_path_index(task: &mut state::Task, alias: &str) -> Result<usize, bool> {
+    if task
+        .request
+        .as_mut()
+        .is_some_and(|request| request.begin_due(alias))
+    {
+        return Err(true);
+    }
+    let index = task.states.index(alias);
+    if !task.has_turn(index) {
+        return Err(false);
+    }
+    Ok(index)
+}
+
+/// Entering off the common path: the request's transaction begun first when
+/// [`common_path_index`] marked it due, then [`enter`], which waits for the alias's turn and
+/// closes a leftover savepoint.
+pub(crate) async fn enter_general(
+    options: &BlockOptions<'_>,
+    caller: Option<&mut dyn AsyncTx>,
+    request_due: bool,
+) -> Result<Armed, Error> {
+    if request_due {
+        crate::scope::aio_request::begin_due(options.using).await?;
+    }
+    enter(options, caller).await
 }
 
 /// A connection from the async alias's pool.

@@ -26,7 +26,6 @@ use crate::engine::rules::{self, BeginOptionsUse, CallersConnection, EnterPlan, 
 use crate::engine::state::{Cancelled, Entered, Foreign};
 use crate::error::Error;
 use crate::options::BlockOptions;
-use crate::scope::aio_request;
 
 /// Runs `body` as a block on the connection `connection` finds in `owner`. Returns the
 /// body's outcome and what leaving produced, as `ambient::attempt` does.
@@ -67,7 +66,12 @@ where
             armed
         }
         Entry::General { request_due } => {
-            Box::pin(enter_general(options, connection(owner), request_due)).await?
+            Box::pin(block::enter_general(
+                options,
+                Some(connection(owner)),
+                request_due,
+            ))
+            .await?
         }
     };
 
@@ -123,7 +127,7 @@ enum Entry {
     Open(Entered),
     /// Pushed; BEGIN or SAVEPOINT to send.
     Begin(Entered, BeginOptionsUse),
-    /// Not the common path: [`enter_general`] decides, the block's state untouched so far.
+    /// Not the common path: `block::enter_general` decides, the block's state untouched so far.
     /// `request_due`: the request's transaction of the alias is marked beginning (rule Q1),
     /// its BEGIN still to send.
     General { request_due: bool },
@@ -135,17 +139,10 @@ enum Entry {
 fn quick_enter(options: &BlockOptions<'_>, conn: &mut dyn AsyncTx) -> Result<Entry, Error> {
     let alias = options.using;
     state::with_task(|task| {
-        if task
-            .request
-            .as_mut()
-            .is_some_and(|request| request.begin_due(alias))
-        {
-            return Ok(Entry::General { request_due: true });
-        }
-        let index = task.states.index(alias);
-        if !task.has_turn(index) {
-            return Ok(Entry::General { request_due: false });
-        }
+        let index = match block::common_path_index(task, alias) {
+            Ok(index) => index,
+            Err(request_due) => return Ok(Entry::General { request_due }),
+        };
         let id = conn.id();
         let state = task.states.get(index);
         let ours = state.block_connection == Some(id);
@@ -175,19 +172,6 @@ fn quick_enter(options: &BlockOptions<'_>, conn: &mut dyn AsyncTx) -> Result<Ent
             },
         )
     })
-}
-
-/// Entering when [`quick_enter`] declined: the request's transaction begun if due, then
-/// `block::enter`, which waits for the alias's turn and closes a leftover savepoint.
-async fn enter_general(
-    options: &BlockOptions<'_>,
-    conn: &mut dyn AsyncTx,
-    request_due: bool,
-) -> Result<Armed, Error> {
-    if request_due {
-        aio_request::begin_due(options.using).await?;
-    }
-    block::enter(options, Some(conn)).await
 }
 
 /// A plan whose SQL is a plain COMMIT or RELEASE (or none), awaited in place; any other
