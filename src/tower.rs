@@ -116,6 +116,7 @@ use std::task::{Context, Poll};
 use futures_util::FutureExt;
 use http::{Request, Response, StatusCode, request, response};
 
+use crate::__private::MovedIn;
 use crate::__private::aio::{AfterBegin, request_deciding};
 use crate::{Databases, Error};
 
@@ -446,9 +447,9 @@ where
         // clone waits for the next `poll_ready`.
         let ready = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, ready);
-        let settings = Arc::clone(&self.settings);
+        let settings = &*self.settings;
         let grpc = is_grpc(&request);
-        let (request, after_begin) = hooks_for(&settings, request);
+        let (request, after_begin) = hooks_for(settings, request);
         let decide = settings.commit_when;
         // The inner call itself, not only its future, runs in the request: middleware does
         // work in `call` (axum's `from_fn` builds its future there).
@@ -559,7 +560,7 @@ impl<F: Future> Future for InRegistry<F> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = &mut *self;
-        let _entered = this.databases.as_ref().map(Databases::enter);
+        let _entered = MovedIn::enter(&mut this.databases);
         this.future
             .as_mut()
             .expect("polled after it was dropped")
@@ -570,7 +571,7 @@ impl<F: Future> Future for InRegistry<F> {
 
 impl<F> Drop for InRegistry<F> {
     fn drop(&mut self) {
-        let _entered = self.databases.as_ref().map(Databases::enter);
+        let _entered = MovedIn::enter(&mut self.databases);
         drop(self.future.take());
     }
 }

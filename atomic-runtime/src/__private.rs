@@ -8,6 +8,7 @@ use diesel::Connection;
 pub use crate::api::ambient::{run_ambient, run_explicit, run_explicit_field};
 pub use crate::api::retry::{run_ambient_retry, run_explicit_field_retry, run_explicit_retry};
 pub use crate::api::test_attribute::{TestOptions, run as run_test};
+pub use crate::databases::MovedIn;
 use crate::error::Error;
 pub use crate::options::BeginOptions;
 pub use crate::options::BlockOptions as Options;
@@ -96,12 +97,12 @@ pub mod aio {
     /// decided on the view's output by `commits` (the response head), with `after_begin`
     /// hooks. `Err` when it could not run or a COMMIT failed; a panic goes on after the
     /// rollback.
-    pub async fn request_deciding<T>(
+    pub fn request_deciding<T>(
         after_begin: Vec<AfterBegin>,
         view: impl std::future::Future<Output = T>,
         commits: impl FnOnce(&T) -> bool,
-    ) -> Result<T, crate::Error> {
-        crate::scope::aio_request::run(after_begin, view, commits).await
+    ) -> impl std::future::Future<Output = Result<T, crate::Error>> {
+        crate::scope::aio_request::run(after_begin, view, commits)
     }
 
     /// `conn = self.field` on an `async fn`: reaches a diesel-async connection in a field, as

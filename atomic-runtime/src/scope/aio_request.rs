@@ -105,16 +105,19 @@ pub(crate) async fn request<T, E: From<Error>>(
 /// `Err` when the request could not run (nested in another, a hook on an alias without a
 /// request transaction: the view never ran) or a COMMIT failed (the output is dropped; no
 /// callback of that alias ran). A panic of the view or of `commits` rolls back and goes on.
-pub(crate) async fn run<T>(
+pub(crate) fn run<T>(
     after_begin: Vec<AfterBegin>,
     view: impl Future<Output = T>,
     commits: impl FnOnce(&T) -> bool,
-) -> Result<T, Error> {
+) -> impl Future<Output = Result<T, Error>> {
+    // Boxed as it is made, not at its first poll: the future handed back is a pointer, so
+    // whoever holds it (the tower layer boxes it again) does not copy the view into a
+    // second large allocation first.
     state::scoped(Box::pin(async move {
-        let databases = state::with_task(|task| task.databases.clone());
-        let aliases: Vec<(String, RequestTransaction)> = databases
-            .map(|databases| {
-                databases
+        // Under the table's borrow: the registry is not cloned (a count every worker writes).
+        let (aliases, nested) = state::with_task(|task| {
+            let aliases: Vec<(String, RequestTransaction)> = match &task.databases {
+                Some(databases) => databases
                     .aliases()
                     .filter(|alias| {
                         databases
@@ -122,10 +125,11 @@ pub(crate) async fn run<T>(
                             .is_ok_and(|db| db.has_atomic_requests())
                     })
                     .map(|alias| (alias.to_owned(), RequestTransaction::Pending))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let nested = state::with_task(|task| task.request.is_some());
+                    .collect(),
+                None => Vec::new(),
+            };
+            (aliases, task.request.is_some())
+        });
         if nested {
             return Err(Error::RequestNested);
         }
@@ -183,7 +187,6 @@ pub(crate) async fn run<T>(
             (Ok(output), None) => Ok(output),
         }
     }))
-    .await
 }
 
 /// Rule Q3: ends the begun aliases one by one, in registration order, each committing (when
