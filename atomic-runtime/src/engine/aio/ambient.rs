@@ -38,12 +38,11 @@ pub(crate) async fn attempt<T, E>(
             // Rule E2. Nothing is in the state until the BEGIN succeeded: dropped before, the
             // connection goes back to its pool, marked broken by diesel-async if a BEGIN was
             // under way (or by `begin_with`), and is discarded.
-            let mut pooled = block::checkout(alias).await?;
-            let conn = pooled.inner();
-            let outermost = block::plan_checked_out(options, conn)?;
-            match outermost.begin {
-                BeginOptionsUse::Plain => conn.begin().await?,
-                begin => Box::pin(block::begin_on(alias, conn, options, begin)).await?,
+            // A plain BEGIN goes with the checkout, in the pool's one future.
+            let (mut pooled, outermost) = block::checkout_planned(options).await?;
+            if outermost.begin != BeginOptionsUse::Plain {
+                let begin = block::begin_on(alias, pooled.inner(), options, outermost.begin);
+                Box::pin(begin).await?;
             }
             block::hold_checked_out(options, pooled, outermost)
         }

@@ -409,16 +409,21 @@ pub(crate) async fn begin_on(
 async fn enter_checked_out(options: &BlockOptions<'_>) -> Result<Armed, Error> {
     let alias = options.using;
     // A `replica = true` block's connection is a replica's (rule P1).
-    let mut pooled = if options.begin.replica {
-        replica::checkout_for_block(alias).await?
-    } else {
-        checkout(alias).await?
-    };
-    let conn = pooled.inner();
-    let outermost = plan_checked_out(options, conn)?;
     // Dropped during the BEGIN, `pooled` goes back to its pool marked broken by diesel-async
     // (or by `begin_with`): discarded.
-    begin_on(alias, conn, options, outermost.begin).await?;
+    let (pooled, outermost) = if options.begin.replica {
+        let mut pooled = replica::checkout_for_block(alias).await?;
+        let outermost = plan_checked_out(options, pooled.inner())?;
+        begin_on(alias, pooled.inner(), options, outermost.begin).await?;
+        (pooled, outermost)
+    } else {
+        // A plain BEGIN was sent with the checkout.
+        let (mut pooled, outermost) = checkout_planned(options).await?;
+        if outermost.begin != BeginOptionsUse::Plain {
+            begin_on(alias, pooled.inner(), options, outermost.begin).await?;
+        }
+        (pooled, outermost)
+    };
     Ok(hold_checked_out(options, pooled, outermost))
 }
 
@@ -501,6 +506,30 @@ pub(crate) async fn enter_general(
 
 /// A connection from the async alias's pool.
 pub(crate) async fn checkout(alias: &str) -> Result<Box<dyn AsyncPooledConn>, Error> {
+    pool(alias)?.checkout(alias).await
+}
+
+/// E2's first steps for an outermost block on a connection from the alias's pool: checked
+/// out, planned ([`plan_checked_out`]) and, for a plain BEGIN, begun, in the pool's one
+/// future; a BEGIN with options is left to the caller ([`begin_on`]).
+pub(crate) async fn checkout_planned(
+    options: &BlockOptions<'_>,
+) -> Result<(Box<dyn AsyncPooledConn>, CheckedOut), Error> {
+    let alias = options.using;
+    let mut planned = None;
+    let mut plan = |conn: &mut dyn AsyncTx| {
+        let outermost = plan_checked_out(options, conn)?;
+        let plain = outermost.begin == BeginOptionsUse::Plain;
+        planned = Some(outermost);
+        Ok(plain)
+    };
+    let pooled = pool(alias)?.checkout_begun(alias, &mut plan).await?;
+    let outermost = planned.expect("the pool plans the connection it checked out");
+    Ok((pooled, outermost))
+}
+
+/// The alias's async pool.
+fn pool(alias: &str) -> Result<std::sync::Arc<dyn crate::api::aio::AsyncPool>, Error> {
     // The pool found under the table's borrow: one reference count, not the alias's whole
     // `Database` cloned.
     let in_task = state::try_with_task(|task| {
@@ -513,11 +542,10 @@ pub(crate) async fn checkout(alias: &str) -> Result<Box<dyn AsyncPooledConn>, Er
         )
     })
     .flatten();
-    let pool = match in_task {
-        Some(pool) => pool?,
-        None => crate::databases::lookup(alias)?.async_pool(alias)?.clone(),
-    };
-    pool.checkout(alias).await
+    match in_task {
+        Some(pool) => pool,
+        None => Ok(crate::databases::lookup(alias)?.async_pool(alias)?.clone()),
+    }
 }
 
 /// The database configured under `alias`, from the task's registry.
