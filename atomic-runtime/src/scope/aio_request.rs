@@ -112,7 +112,11 @@ pub(crate) fn run<T>(
 ) -> impl Future<Output = Result<T, Error>> {
     // Boxed as it is made, not at its first poll: the future handed back is a pointer, so
     // whoever holds it (the tower layer boxes it again) does not copy the view into a
-    // second large allocation first.
+    // second large allocation first. The view in a box of its own: an async block keeps
+    // what it captured for its whole life, so the view inline would be stored twice (as
+    // captured, and as awaited), and the request's box would not fit the allocator's
+    // thread cache (1 KB).
+    let view = Box::pin(view);
     state::scoped(Box::pin(async move {
         // Under the table's borrow: the registry is not cloned (a count every worker writes).
         let (aliases, nested) = state::with_task(|task| {
@@ -178,7 +182,12 @@ pub(crate) fn run<T>(
             Ok((output, commit)) => (Ok(output), commit),
             Err(payload) => (Err(payload), false),
         };
-        let (outcome, commit_error) = end(outcome, commit).await;
+        let (callback_panic, commit_error) = end(commit).await;
+        // A callback's panic goes on in place of the view's output.
+        let outcome = match callback_panic {
+            Some(payload) => Err(payload),
+            None => outcome,
+        };
         guard.armed = false;
         restore();
         match (outcome, commit_error) {
@@ -190,12 +199,10 @@ pub(crate) fn run<T>(
 }
 
 /// Rule Q3: ends the begun aliases one by one, in registration order, each committing (when
-/// `commit`) and running its callbacks before the next one ends. Returns the outcome (a
-/// callback's panic replaces it) and the failed COMMIT's error.
-async fn end<T>(
-    mut outcome: std::thread::Result<T>,
-    commit: bool,
-) -> (std::thread::Result<T>, Option<Error>) {
+/// `commit`) and running its callbacks before the next one ends. Returns the last panic of a
+/// callback (it replaces the view's outcome) and the failed COMMIT's error.
+async fn end(commit: bool) -> (Option<Box<dyn Any + Send>>, Option<Error>) {
+    let mut callback_panic = None;
     state::with_task(|task| {
         if let Some(request) = &mut task.request {
             request.scope.view_ended();
@@ -215,14 +222,15 @@ async fn end<T>(
                     .catch_unwind()
                     .await
             {
-                outcome = Err(payload);
+                callback_panic = Some(payload);
                 end.ended(AliasEnd::CallbackPanicked);
             }
             continue;
         };
         let commit = end.commits();
         let mut armed = Armed::for_request(entered);
-        let exit = block::leave(&alias, &mut armed, None, commit).await;
+        // Boxed: the request's own future stays small for the requests that begin nothing.
+        let exit = Box::pin(block::leave(&alias, &mut armed, None, commit)).await;
         armed.done();
         let ended = match exit.error {
             // Nothing to run: no future set up for it.
@@ -239,7 +247,7 @@ async fn end<T>(
                             "an on_commit callback panicked after the request's COMMIT; the \
                              aliases committed after it roll back"
                         );
-                        outcome = Err(payload);
+                        callback_panic = Some(payload);
                         AliasEnd::CallbackPanicked
                     }
                 }
@@ -260,7 +268,7 @@ async fn end<T>(
     // Hooks of aliases the request never used go with it, after the borrow.
     let request = state::with_task(|task| task.request.take());
     drop(request);
-    (outcome, commit_error)
+    (callback_panic, commit_error)
 }
 
 fn take_early(alias: &str) -> (Vec<AsyncCallback>, bool) {
