@@ -682,16 +682,17 @@ mod tests {
         assert_send_sync::<Databases>();
     }
 
+    fn pool() -> Pool<ConnectionManager<diesel::SqliteConnection>> {
+        Pool::builder()
+            .max_size(1)
+            .build(ConnectionManager::<diesel::SqliteConnection>::new(
+                ":memory:",
+            ))
+            .unwrap()
+    }
+
     #[test]
     fn adding_an_alias_again_replaces_it_in_place() {
-        let pool = || {
-            Pool::builder()
-                .max_size(1)
-                .build(ConnectionManager::<diesel::SqliteConnection>::new(
-                    ":memory:",
-                ))
-                .unwrap()
-        };
         let databases = Databases::new()
             .add("default", Database::new(pool()))
             .add("other", Database::new(pool()))
@@ -707,14 +708,6 @@ mod tests {
     /// whatever the thread had before; a guard entered meanwhile is scoped inside it.
     #[test]
     fn a_moved_in_registry_is_entered_and_comes_back_home() {
-        let pool = || {
-            Pool::builder()
-                .max_size(1)
-                .build(ConnectionManager::<diesel::SqliteConnection>::new(
-                    ":memory:",
-                ))
-                .unwrap()
-        };
         let outer = Databases::new().add("outer", Database::new(pool()));
         let mine = Databases::new().add("mine", Database::new(pool()));
         let inner = Databases::new().add("inner", Database::new(pool()));

@@ -180,10 +180,7 @@ where
         Box::pin(async move {
             match self.get().await {
                 Ok(object) => Ok(Box::new(object) as Box<dyn AsyncPooledConn>),
-                Err(error) => Err(Error::AsyncPool {
-                    alias: alias.to_owned(),
-                    message: error.to_string(),
-                }),
+                Err(error) => Err(pool_error(alias, error)),
             }
         })
     }
@@ -196,12 +193,7 @@ where
         Box::pin(async move {
             let mut object = match self.get().await {
                 Ok(object) => Box::new(object),
-                Err(error) => {
-                    return Err(Error::AsyncPool {
-                        alias: alias.to_owned(),
-                        message: error.to_string(),
-                    });
-                }
+                Err(error) => return Err(pool_error(alias, error)),
             };
             let conn: &mut M::Type = &mut object;
             // Dropped during the BEGIN, the object goes back to the pool marked broken by
@@ -219,6 +211,14 @@ where
 
     fn replica_support(&self) -> Result<(), String> {
         async_replication::supports::<M::Type>()
+    }
+}
+
+/// deadpool's failed checkout as the alias's error.
+fn pool_error(alias: &str, error: impl std::fmt::Display) -> Error {
+    Error::AsyncPool {
+        alias: alias.to_owned(),
+        message: error.to_string(),
     }
 }
 

@@ -543,3 +543,28 @@ pub(crate) fn held_by_async_block(alias: &str) -> bool {
         })
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Calls in flight at once each hold a table; when they end, the thread keeps every one
+    /// of them for its next calls (a server's concurrent requests), not only the last.
+    #[test]
+    fn a_thread_keeps_the_idle_tables_of_its_concurrent_calls() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let spares = || SPARE.with(|spare| spare.borrow().len());
+        runtime.block_on(async {
+            let call = || scoped(async { tokio::task::yield_now().await });
+            futures_util::future::join3(call(), call(), call()).await;
+        });
+        assert_eq!(spares(), 3);
+        runtime.block_on(async {
+            let call = || scoped(async { tokio::task::yield_now().await });
+            futures_util::future::join(call(), call()).await;
+        });
+        assert_eq!(spares(), 3, "two calls took two spares and gave them back");
+    }
+}
