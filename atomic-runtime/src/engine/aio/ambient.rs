@@ -14,7 +14,7 @@ use futures_util::FutureExt;
 use crate::adapter::async_connection::release;
 use crate::engine::aio::block::{self, Armed, Exit, Outcome, Planned};
 use crate::engine::aio::state::{self, AsyncCallback, InBlock};
-use crate::engine::rules::{self, BeginOptionsUse, EnterPlan, Leave, Route};
+use crate::engine::rules::{self, EnterPlan, Leave, Route};
 use crate::engine::state::{Cancelled, Entered, Foreign};
 use crate::error::Error;
 use crate::options::BlockOptions;
@@ -38,12 +38,7 @@ pub(crate) async fn attempt<T, E>(
             // Rule E2. Nothing is in the state until the BEGIN succeeded: dropped before, the
             // connection goes back to its pool, marked broken by diesel-async if a BEGIN was
             // under way (or by `begin_with`), and is discarded.
-            // A plain BEGIN goes with the checkout, in the pool's one future.
-            let (mut pooled, outermost) = block::checkout_planned(options).await?;
-            if outermost.begin != BeginOptionsUse::Plain {
-                let begin = block::begin_on(alias, pooled.inner(), options, outermost.begin);
-                Box::pin(begin).await?;
-            }
+            let (pooled, outermost) = block::checkout_and_begin(options).await?;
             block::hold_checked_out(options, pooled, outermost)
         }
         Entry::General { request_due } => {

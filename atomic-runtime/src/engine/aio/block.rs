@@ -409,20 +409,15 @@ pub(crate) async fn begin_on(
 async fn enter_checked_out(options: &BlockOptions<'_>) -> Result<Armed, Error> {
     let alias = options.using;
     // A `replica = true` block's connection is a replica's (rule P1).
-    // Dropped during the BEGIN, `pooled` goes back to its pool marked broken by diesel-async
-    // (or by `begin_with`): discarded.
     let (pooled, outermost) = if options.begin.replica {
+        // Dropped during the BEGIN, `pooled` goes back to its pool marked broken by
+        // diesel-async (or by `begin_with`): discarded.
         let mut pooled = replica::checkout_for_block(alias).await?;
         let outermost = plan_checked_out(options, pooled.inner())?;
         begin_on(alias, pooled.inner(), options, outermost.begin).await?;
         (pooled, outermost)
     } else {
-        // A plain BEGIN was sent with the checkout.
-        let (mut pooled, outermost) = checkout_planned(options).await?;
-        if outermost.begin != BeginOptionsUse::Plain {
-            begin_on(alias, pooled.inner(), options, outermost.begin).await?;
-        }
-        (pooled, outermost)
+        checkout_and_begin(options).await?
     };
     Ok(hold_checked_out(options, pooled, outermost))
 }
@@ -509,10 +504,12 @@ pub(crate) async fn checkout(alias: &str) -> Result<Box<dyn AsyncPooledConn>, Er
     pool(alias)?.checkout(alias).await
 }
 
-/// E2's first steps for an outermost block on a connection from the alias's pool: checked
-/// out, planned ([`plan_checked_out`]) and, for a plain BEGIN, begun, in the pool's one
-/// future; a BEGIN with options is left to the caller ([`begin_on`]).
-pub(crate) async fn checkout_planned(
+/// E2 up to the push, for an outermost block on a connection from the alias's pool: checked
+/// out, planned ([`plan_checked_out`]) and begun. A plain BEGIN goes in the pool's one future
+/// with the checkout; a BEGIN with options follows in a future of its own ([`begin_on`]).
+/// Dropped during a BEGIN, the connection goes back to its pool marked broken by diesel-async
+/// (or by `begin_with`): discarded.
+pub(crate) async fn checkout_and_begin(
     options: &BlockOptions<'_>,
 ) -> Result<(Box<dyn AsyncPooledConn>, CheckedOut), Error> {
     let alias = options.using;
@@ -523,8 +520,11 @@ pub(crate) async fn checkout_planned(
         planned = Some(outermost);
         Ok(plain)
     };
-    let pooled = pool(alias)?.checkout_begun(alias, &mut plan).await?;
+    let mut pooled = pool(alias)?.checkout_begun(alias, &mut plan).await?;
     let outermost = planned.expect("the pool plans the connection it checked out");
+    if outermost.begin != BeginOptionsUse::Plain {
+        Box::pin(begin_on(alias, pooled.inner(), options, outermost.begin)).await?;
+    }
     Ok((pooled, outermost))
 }
 
