@@ -24,6 +24,7 @@ aio_tests!(deadpool:
     set_rollback_before_the_first_query_rolls_the_request_back,
     an_exempt_async_view_commits_its_own_blocks,
     a_request_inside_a_request_is_refused,
+    a_request_dropped_before_it_used_the_database_leaves_the_running_one_alone,
 );
 
 /// The test's pool as an `atomic_requests` alias, entered on this thread.
@@ -213,6 +214,34 @@ async fn a_request_inside_a_request_is_refused<C: Backend>(pool: PoolKind) {
     let _registry = atomic_requests(&db);
     let result = aio::request(async { aio::request(async { Ok::<(), Error>(()) }).await }).await;
     assert!(matches!(result, Err(Error::RequestNested)), "{result:?}");
+}
+
+// A request takes its table at its first use of the runtime (A1). One dropped before that,
+// wherever it is dropped, has nothing to abandon: its guard must not take the request that
+// happens to be running there for its own (which would then neither commit nor roll back).
+async fn a_request_dropped_before_it_used_the_database_leaves_the_running_one_alone<C: Backend>(
+    pool: PoolKind,
+) {
+    let db = TestDb::<C>::new(pool, 1).await;
+    let _registry = atomic_requests(&db);
+    let mut waiting = Box::pin(aio::request(async {
+        std::future::pending::<()>().await;
+        Ok::<(), Error>(())
+    }));
+    assert!(futures_util::poll!(waiting.as_mut()).is_pending());
+    aio::request(async {
+        insert_ambient::<C>(1).await?;
+        drop(waiting);
+        Ok::<(), Error>(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        db.committed().await,
+        [1],
+        "the running request did not commit"
+    );
+    assert_clean(&mut *db.pool.get().await).await;
 }
 
 // --- The port of tests/requests.rs (Django's TransactionsPerRequestTests and ours) ----------

@@ -105,6 +105,9 @@ pub(crate) async fn request<T, E: From<Error>>(
 /// `Err` when the request could not run (nested in another, a hook on an alias without a
 /// request transaction: the view never ran) or a COMMIT failed (the output is dropped; no
 /// callback of that alias ran). A panic of the view or of `commits` rolls back and goes on.
+///
+/// The request is recorded in the task's table only when it first uses the runtime
+/// (`state::RequestScoped`): a request that never does ends with nothing to do.
 pub(crate) fn run<T>(
     after_begin: Vec<AfterBegin>,
     view: impl Future<Output = T>,
@@ -117,85 +120,102 @@ pub(crate) fn run<T>(
     // captured, and as awaited), and the request's box would not fit the allocator's
     // thread cache (1 KB).
     let view = Box::pin(view);
-    state::scoped(Box::pin(async move {
-        // Under the table's borrow: the registry is not cloned (a count every worker writes).
-        let (aliases, nested) = state::with_task(|task| {
-            let aliases: Vec<(String, RequestTransaction)> = match &task.databases {
-                Some(databases) => databases
-                    .aliases()
-                    .filter(|alias| {
-                        databases
-                            .get(alias)
-                            .is_ok_and(|db| db.has_atomic_requests())
-                    })
-                    .map(|alias| (alias.to_owned(), RequestTransaction::Pending))
-                    .collect(),
-                None => Vec::new(),
-            };
-            (aliases, task.request.is_some())
-        });
-        if nested {
-            return Err(Error::RequestNested);
-        }
-        // A hook that could never run would leave its setting (a tenant for row-level
-        // security) silently unset: refused before the view runs.
-        if let Some(hook) = after_begin
-            .iter()
-            .find(|hook| !aliases.iter().any(|(alias, _)| **alias == *hook.alias))
-        {
-            return Err(Error::AfterBeginWithoutRequestTransaction {
-                alias: hook.alias.to_string(),
-            });
-        }
-        // The request is its reads' scope under `ReadYourWrites::Primary` (rule P2): commits
-        // made before it, by earlier requests the task served, do not pin it to the primary.
-        let scope_before = state::with_task(|task| {
-            std::mem::replace(&mut task.read_scope_start, replica::serial_now())
-        });
-        let restore = move || state::with_task(|task| task.read_scope_start = scope_before);
-        if aliases.is_empty() {
-            let output = view.await;
-            restore();
-            return Ok(output);
-        }
-        state::with_task(|task| {
-            task.request = Some(AsyncRequest {
-                scope: RequestScope {
-                    aliases,
-                    exempt: Vec::new(),
-                },
-                early: Vec::new(),
-                rollback: Vec::new(),
-                after_begin,
+    state::request_scoped(
+        after_begin,
+        Box::pin(async move {
+            let mut guard = Abandon { armed: true };
+            // The decision is taken inside the catch: a panicking `commits` rolls back too.
+            let outcome = AssertUnwindSafe(async move {
+                let output = view.await;
+                let commit = commits(&output);
+                (output, commit)
             })
+            .catch_unwind()
+            .await;
+            let (outcome, commit) = match outcome {
+                Ok((output, commit)) => (Ok(output), commit),
+                Err(payload) => (Err(payload), false),
+            };
+            let (callback_panic, commit_error) = if state::request_recorded() {
+                end(commit).await
+            } else {
+                (None, None)
+            };
+            // A callback's panic goes on in place of the view's output.
+            let outcome = match callback_panic {
+                Some(payload) => Err(payload),
+                None => outcome,
+            };
+            guard.armed = false;
+            match (outcome, commit_error) {
+                (Err(payload), _) => panic::resume_unwind(payload),
+                (Ok(_), Some(error)) => Err(error),
+                (Ok(output), None) => Ok(output),
+            }
+        }),
+    )
+}
+
+/// Records a request starting in `task` (the current table, or its own): its aliases with
+/// `atomic_requests`, pending; its read scope starting at `serial` (rule P2). Gives the read
+/// scope to restore at its end.
+///
+/// `Err` (nothing changed) when the task runs a request already, or a hook is on an alias
+/// without a request transaction: a hook that could never run would leave its setting (a
+/// tenant for row-level security) silently unset, so it is refused before the view runs.
+pub(crate) fn record(
+    task: &mut state::Task,
+    after_begin: Vec<AfterBegin>,
+    serial: u64,
+) -> Result<u64, Error> {
+    if task.request.is_some() {
+        return Err(Error::RequestNested);
+    }
+    let aliases: Vec<(String, RequestTransaction)> = match &task.databases {
+        Some(databases) => databases
+            .aliases()
+            .filter(|alias| {
+                databases
+                    .get(alias)
+                    .is_ok_and(|db| db.has_atomic_requests())
+            })
+            .map(|alias| (alias.to_owned(), RequestTransaction::Pending))
+            .collect(),
+        None => Vec::new(),
+    };
+    if let Some(hook) = after_begin
+        .iter()
+        .find(|hook| !aliases.iter().any(|(alias, _)| **alias == *hook.alias))
+    {
+        return Err(Error::AfterBeginWithoutRequestTransaction {
+            alias: hook.alias.to_string(),
         });
-        let mut guard = Abandon { armed: true };
-        // The decision is taken inside the catch: a panicking `commits` rolls back too.
-        let outcome = AssertUnwindSafe(async move {
-            let output = view.await;
-            let commit = commits(&output);
-            (output, commit)
-        })
-        .catch_unwind()
-        .await;
-        let (outcome, commit) = match outcome {
-            Ok((output, commit)) => (Ok(output), commit),
-            Err(payload) => (Err(payload), false),
-        };
-        let (callback_panic, commit_error) = end(commit).await;
-        // A callback's panic goes on in place of the view's output.
-        let outcome = match callback_panic {
-            Some(payload) => Err(payload),
-            None => outcome,
-        };
-        guard.armed = false;
-        restore();
-        match (outcome, commit_error) {
-            (Err(payload), _) => panic::resume_unwind(payload),
-            (Ok(_), Some(error)) => Err(error),
-            (Ok(output), None) => Ok(output),
-        }
-    }))
+    }
+    // The request is its reads' scope under `ReadYourWrites::Primary` (rule P2): commits
+    // made before it, by earlier requests the task served, do not pin it to the primary.
+    let restore = std::mem::replace(&mut task.read_scope_start, serial);
+    if !aliases.is_empty() {
+        task.request = Some(AsyncRequest {
+            scope: RequestScope {
+                aliases,
+                exempt: Vec::new(),
+            },
+            early: Vec::new(),
+            rollback: Vec::new(),
+            after_begin,
+        });
+    }
+    Ok(restore)
+}
+
+/// [`record`] in the table a request makes at its first use of the runtime: a fresh one,
+/// whose read scope starts now (the request made no commit before: it had not used the
+/// runtime).
+pub(crate) fn record_in_new_table(task: &mut state::Task) {
+    // A fresh table runs no request, and a request with hooks never waits for its table.
+    if let Err(error) = record(task, Vec::new(), replica::serial_now()) {
+        tracing::error!(%error, "recording a request in its new table");
+    }
 }
 
 /// Rule Q3: ends the begun aliases one by one, in registration order, each committing (when
@@ -299,7 +319,9 @@ impl Drop for Abandon {
         if !self.armed {
             return;
         }
-        let request = state::try_with_task(|task| task.request.take()).flatten();
+        // The table the request runs in is current here (the request's drop enters it);
+        // a request that never made one has nothing to abandon.
+        let request = state::try_with_made(|task| task.request.take()).flatten();
         let Some(request) = request else { return };
         for (_, transaction) in request.scope.aliases {
             if let RequestTransaction::Begun(entered) = transaction {

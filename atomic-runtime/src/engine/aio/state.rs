@@ -15,6 +15,7 @@ use crate::adapter::ConnectionId;
 use crate::adapter::async_connection::AsyncPooledConn;
 use crate::databases::Databases;
 use crate::engine::state::{AliasState, BlockToken, Flavor, Others, Pooled, States};
+use crate::scope::aio_request::AfterBegin;
 
 /// The async runtime's flavour of state: `Send` callbacks (plain or futures), diesel-async
 /// pooled connections.
@@ -162,14 +163,24 @@ thread_local! {
     static CURRENT: Cell<*const RefCell<Task>> = const { Cell::new(std::ptr::null()) };
 }
 
-/// The current task's table, while [`Keep`] polls it.
+/// The current task's table, while [`Keep`] (or a [`RequestScoped`]) polls it; a request
+/// polled without one gets its table now (see [`RequestScoped`]).
 fn current() -> Option<&'static RefCell<Task>> {
+    match made() {
+        Some(table) => Some(table),
+        None => make_request_table(),
+    }
+}
+
+/// The current task's table if it has one already: never makes a request's.
+fn made() -> Option<&'static RefCell<Task>> {
     let table = CURRENT.with(Cell::get);
-    // SAFETY: a non-null pointer was set by `InTable::enter` from a `Table` that the `Keep`
-    // being polled (or `in_parked`) owns and neither frees nor replaces while it runs; the
-    // `InTable` guard restores the previous pointer when that poll or drop returns or
-    // unwinds, so the pointer is only seen while the table is alive. The `'static` never
-    // leaves this module: callers use it inside a synchronous call.
+    // SAFETY: a non-null pointer was set by `InTable::enter`, `InRequest::enter` or
+    // `make_request_table` from a `Table` that the `Keep` or `RequestScoped` being polled (or
+    // `in_parked`) owns and neither frees nor replaces while it runs; their guard restores
+    // the previous pointer when that poll or drop returns or unwinds, so the pointer is only
+    // seen while the table is alive. The `'static` never leaves this module: callers use it
+    // inside a synchronous call.
     unsafe { table.as_ref() }
 }
 
@@ -182,15 +193,86 @@ impl InTable {
     }
 }
 
+/// [`InTable`] for a request's poll: its table if it has one, else none, with its slot
+/// offered for the first use to make it in (`LAZY`); both restored on drop.
+struct InRequest {
+    current: *const RefCell<Task>,
+    lazy: *mut Option<Table>,
+}
+
+impl InRequest {
+    fn enter(slot: &mut Option<Table>) -> InRequest {
+        let (table, lazy) = match slot.as_deref() {
+            Some(table) => (std::ptr::from_ref(table), std::ptr::null_mut()),
+            None => (std::ptr::null(), std::ptr::from_mut(slot)),
+        };
+        InRequest {
+            current: CURRENT.with(|current| current.replace(table)),
+            lazy: LAZY.with(|offered| offered.replace(lazy)),
+        }
+    }
+
+    /// No table current, none offered to make.
+    fn enter_none() -> InRequest {
+        InRequest {
+            current: CURRENT.with(|current| current.replace(std::ptr::null())),
+            lazy: LAZY.with(|offered| offered.replace(std::ptr::null_mut())),
+        }
+    }
+}
+
+impl Drop for InRequest {
+    fn drop(&mut self) {
+        CURRENT.with(|current| current.set(self.current));
+        LAZY.with(|offered| offered.set(self.lazy));
+    }
+}
+
 impl Drop for InTable {
     fn drop(&mut self) {
         CURRENT.with(|current| current.set(self.0));
     }
 }
 
-/// Whether the current task has a state table already.
+thread_local! {
+    /// Where the request being polled on this thread keeps its table, while it has none:
+    /// the first call that needs the task's table makes it there (see [`RequestScoped`]).
+    /// Null while a table is current: a request polled inside one runs in it.
+    static LAZY: Cell<*mut Option<Table>> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+/// Makes the table of the request being polled, at its first use of the runtime, and
+/// records the request in it (as `aio_request::record` does at the start of a request
+/// that runs inside an existing table).
+#[cold]
+fn make_request_table() -> Option<&'static RefCell<Task>> {
+    let slot = LAZY.with(|slot| slot.replace(std::ptr::null_mut()));
+    // SAFETY: a non-null `LAZY` was set by `InRequest::enter` from the slot of the
+    // `RequestScoped` being polled, which does not touch the slot until that poll returns;
+    // the guard clears `LAZY` when the poll returns or unwinds, and it is taken (nulled)
+    // here, so the slot is written once, through this pointer only.
+    let slot = unsafe { slot.as_mut() }?;
+    let mut table = Task::fresh();
+    crate::scope::aio_request::record_in_new_table(table.get_mut());
+    let made: *const RefCell<Task> = &*table;
+    *slot = Some(table);
+    CURRENT.with(|current| current.set(made));
+    // SAFETY: `made` points into the box just stored in the slot, which the
+    // `RequestScoped` keeps (unmoved: it is boxed) until after the poll; the poll's guard
+    // restores `CURRENT` before the poll returns. As for `made()`.
+    unsafe { made.as_ref() }
+}
+
+/// Whether the current task has a state table already (a request's counts: it is made
+/// now).
 pub(crate) fn in_task_scope() -> bool {
     current().is_some()
+}
+
+/// Whether the current task has recorded a running request (without making a request's
+/// table: a request that never used the runtime has none, and nothing to end).
+pub(crate) fn request_recorded() -> bool {
+    made().is_some_and(|task| task.try_borrow().is_ok_and(|task| task.request.is_some()))
 }
 
 thread_local! {
@@ -346,6 +428,168 @@ impl<F: Future> Future for Keep<F> {
     }
 }
 
+pin_project_lite::pin_project! {
+    /// A request (`aio::request`, the tower layer) with the task's table its view runs in.
+    ///
+    /// Polled inside a table (a block's, a test transaction's), the request is recorded
+    /// there at its first poll and runs in it, as any call does. Otherwise it has a table of
+    /// its own, made only when its view first uses the runtime (a block, `aio::connection`,
+    /// `on_commit`...): a request that never touches a database (a health check, a cache
+    /// hit) takes no table, records nothing and has nothing to end. Until then its slot is
+    /// offered to the thread (`LAZY`) around each of its polls.
+    pub(crate) struct RequestScoped<F> {
+        start: Option<Vec<AfterBegin>>,
+        place: Place,
+        // The read scope to restore when the request ends (rule P2).
+        restore: u64,
+        #[pin]
+        future: Option<F>,
+    }
+
+    impl<F> PinnedDrop for RequestScoped<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let mut this = this.project();
+            // A request dropped before it ended: its guards run in its table (if it made
+            // one), which goes with it, its connections discarded (A2).
+            match this.place {
+                Place::Own(Some(table), _) => {
+                    {
+                        let _in = InTable::enter(table);
+                        this.future.set(None);
+                    }
+                    if crate::databases::replicas_configured()
+                        && let Ok(mut task) = table.try_borrow_mut()
+                    {
+                        crate::engine::aio::replica::carry(&mut task);
+                    }
+                }
+                // It never used the runtime: its guards find no table (not the one of
+                // whoever drops it), and make none.
+                Place::Own(None, _) => {
+                    let _in = InRequest::enter_none();
+                    this.future.set(None);
+                }
+                Place::Inline | Place::Start => {}
+            }
+        }
+    }
+}
+
+/// Where a [`RequestScoped`] runs.
+enum Place {
+    /// Not polled yet.
+    Start,
+    /// In the table that was current at its first poll.
+    Inline,
+    /// In a table of its own (made at first use while `None`), handed on by the function
+    /// when the request ends: parked again (a test transaction's) or kept as a spare.
+    Own(Option<Table>, fn(Table)),
+}
+
+/// Runs `future`, a request's work, in the task's table (see [`RequestScoped`]).
+/// `after_begin`: the request's hooks; a request with hooks takes its table at once (its
+/// hooks are checked against the registry before the view runs).
+pub(crate) fn request_scoped<T, F>(after_begin: Vec<AfterBegin>, future: F) -> RequestScoped<F>
+where
+    F: Future<Output = Result<T, crate::Error>>,
+{
+    RequestScoped {
+        start: Some(after_begin),
+        place: Place::Start,
+        restore: 0,
+        future: Some(future),
+    }
+}
+
+impl<T, F: Future<Output = Result<T, crate::Error>>> Future for RequestScoped<F> {
+    type Output = Result<T, crate::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if let Some(after_begin) = this.start.take() {
+            match start_request(after_begin) {
+                Ok((place, restore)) => {
+                    *this.place = place;
+                    *this.restore = restore;
+                }
+                Err((place, error)) => {
+                    *this.place = Place::Inline;
+                    if let Place::Own(Some(table), then) = place {
+                        then(table);
+                    }
+                    this.future.set(None);
+                    return Poll::Ready(Err(error));
+                }
+            }
+        }
+        let polled = {
+            let _in = match this.place {
+                Place::Own(slot, _) => Some(InRequest::enter(slot)),
+                _ => None,
+            };
+            let future = this
+                .future
+                .as_mut()
+                .as_pin_mut()
+                .expect("polled after it returned");
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| future.poll(cx)))
+        };
+        if let Ok(Poll::Pending) = polled {
+            return Poll::Pending;
+        }
+        // A finished (or panicked) future holds nothing left to drop in a scope.
+        this.future.set(None);
+        end_request(this.place, *this.restore);
+        match polled {
+            Ok(output) => output,
+            Err(payload) => std::panic::resume_unwind(payload),
+        }
+    }
+}
+
+/// A request's first poll: where it runs, and the read scope to restore at its end.
+fn start_request(after_begin: Vec<AfterBegin>) -> Result<(Place, u64), (Place, crate::Error)> {
+    let serial = crate::engine::aio::replica::serial_now();
+    // Inside another request that has no table yet, this makes it: the nested request is
+    // then recorded there, and refused.
+    if current().is_some() {
+        let recorded =
+            with_task(|task| crate::scope::aio_request::record(task, after_begin, serial));
+        return match recorded {
+            Ok(restore) => Ok((Place::Inline, restore)),
+            Err(error) => Err((Place::Inline, error)),
+        };
+    }
+    let (mut table, then): (Table, fn(Table)) =
+        match PARKED.with(|parked| parked.borrow_mut().take()) {
+            Some(table) => (table, park),
+            // The common case: the table waits for the request's first use (and is reset
+            // when it is kept as a spare: no read scope to restore).
+            None if after_begin.is_empty() => return Ok((Place::Own(None, recycle), 0)),
+            None => (Task::fresh(), recycle),
+        };
+    match crate::scope::aio_request::record(table.get_mut(), after_begin, serial) {
+        Ok(restore) => Ok((Place::Own(Some(table), then), restore)),
+        Err(error) => Err((Place::Own(Some(table), then), error)),
+    }
+}
+
+/// A request's end: its read scope restored, its own table handed on.
+fn end_request(place: &mut Place, restore: u64) {
+    match std::mem::replace(place, Place::Inline) {
+        Place::Inline => {
+            if made().is_some() {
+                with_task(|task| task.read_scope_start = restore);
+            }
+        }
+        Place::Own(Some(mut table), then) => {
+            table.get_mut().read_scope_start = restore;
+            then(table);
+        }
+        Place::Own(None, _) | Place::Start => {}
+    }
+}
+
 /// Runs `f` on the task's table. Only inside [`scoped`]. Like the sync `state::with`, `f`
 /// must not call user code nor drop what might.
 ///
@@ -378,6 +622,12 @@ pub(crate) fn try_with_task<R>(f: impl FnOnce(&mut Task) -> R) -> Option<R> {
             .ok()
             .flatten(),
     }
+}
+
+/// Like [`try_with_task`] for a request's drop: only the table current now, if there is
+/// one (never a parked one, never made now).
+pub(crate) fn try_with_made<R>(f: impl FnOnce(&mut Task) -> R) -> Option<R> {
+    Some(f(&mut *made()?.try_borrow_mut().ok()?))
 }
 
 /// Whether there is a table to use: the task's, or one a test transaction parked on this
@@ -566,5 +816,42 @@ mod tests {
             futures_util::future::join(call(), call()).await;
         });
         assert_eq!(spares(), 3, "two calls took two spares and gave them back");
+    }
+
+    /// A request takes its table at its view's first use of the runtime: one that never
+    /// uses it (a health check) makes none, one that does makes one and keeps it as a spare.
+    #[test]
+    fn a_request_takes_a_table_only_when_its_view_uses_the_runtime() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let spares = || SPARE.with(|spare| spare.borrow().len());
+        let request = |view: Pin<Box<dyn Future<Output = ()>>>| {
+            crate::scope::aio_request::run(Vec::new(), view, |_| true)
+        };
+        runtime
+            .block_on(request(Box::pin(async { tokio::task::yield_now().await })))
+            .expect("a request that never used the runtime");
+        assert_eq!(
+            spares(),
+            0,
+            "a table was made for a request that never used one"
+        );
+        runtime
+            .block_on(request(Box::pin(async {
+                tokio::task::yield_now().await;
+                assert!(!in_atomic_block_anywhere());
+            })))
+            .expect("a request that used the runtime");
+        assert_eq!(
+            spares(),
+            1,
+            "the request's table, made at its first use, is kept"
+        );
+    }
+
+    /// A first use of the runtime by the view: the request's table is made for it.
+    fn in_atomic_block_anywhere() -> bool {
+        with_task(|task| task.states.iter().any(AliasState::in_atomic_block))
     }
 }
