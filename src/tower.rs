@@ -82,6 +82,10 @@
 //!   goes back to its pool before the body is sent. Database work done while the body
 //!   streams runs outside the request, in autocommit mode; a streamed export that must see
 //!   one snapshot reads its rows in the handler or opens its own block.
+//! - **A request that never uses the runtime** (a health check, a cache hit) sends no SQL and
+//!   takes no state either: the request's state is made at its first use of an alias, an
+//!   `on_commit` or a block, so such a request pays for the layer's wrapper only
+//!   (BENCHMARKS.md, the layer around a handler that does not use it).
 //! - **A failed COMMIT** (a deferred constraint, a serialization failure) answers `500
 //!   Internal Server Error` with an empty body instead of the handler's response, runs none
 //!   of that alias's `on_commit` callbacks, and is logged at ERROR. So does a request the
