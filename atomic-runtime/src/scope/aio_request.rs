@@ -22,6 +22,7 @@ use std::panic::{self, AssertUnwindSafe};
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 
+use crate::engine::aio::ambient;
 use crate::engine::aio::block::{self, Armed};
 use crate::engine::aio::hooks;
 use crate::engine::aio::lend::Lent;
@@ -250,7 +251,7 @@ async fn end(commit: bool) -> (Option<Box<dyn Any + Send>>, Option<Error>) {
         let commit = end.commits();
         let mut armed = Armed::for_request(entered);
         // Boxed: the request's own future stays small for the requests that begin nothing.
-        let exit = Box::pin(block::leave(&alias, &mut armed, None, commit)).await;
+        let exit = Box::pin(ambient::leave(&alias, &mut armed, commit)).await;
         armed.done();
         let ended = match exit.error {
             // Nothing to run: no future set up for it.
@@ -361,7 +362,7 @@ pub(crate) fn touch(alias: &str) -> Touch<'_> {
 /// [`touch`] when the request's transaction of `alias` is due (`RequestScope::begin_due`
 /// marked it beginning).
 pub(crate) async fn begin_due(alias: &str) -> Result<(), Error> {
-    let begun = block::enter(&BlockOptions::nested(alias), None).await;
+    let begun = ambient::enter(&BlockOptions::nested(alias)).await;
     let (entered, result) = match begun {
         Ok(armed) => (Some(armed.into_entered()), Ok(())),
         Err(error) => (None, Err(error)),

@@ -27,8 +27,28 @@ pub(crate) async fn attempt<T, E>(
     options: &BlockOptions<'_>,
     body: impl Future<Output = Result<T, E>>,
 ) -> Result<(Outcome<T, E>, Exit), Error> {
-    let alias = options.using;
-    let mut armed = match quick_enter(options)? {
+    let mut armed = enter(options).await?;
+
+    // The body, polled inside its block (A3), panics caught (X3).
+    let outcome = AssertUnwindSafe(InBlock {
+        token: armed.token,
+        body,
+    })
+    .catch_unwind()
+    .await;
+    armed.phase = Cancelled::InSql;
+
+    let succeeded = block::succeeded(&outcome);
+    let exit = leave(options.using, &mut armed, succeeded).await;
+    armed.disarm();
+    Ok((outcome, exit))
+}
+
+/// Enters an ambient block (`block::enter` without a caller's connection): the common path
+/// decided in one look at the table, anything else by `block::enter_general`. Also a
+/// request's BEGIN, at its first use of an alias.
+pub(crate) async fn enter(options: &BlockOptions<'_>) -> Result<Armed, Error> {
+    Ok(match quick_enter(options)? {
         Entry::Open(entered) => {
             let mut armed = Armed::new(entered);
             armed.phase = Cancelled::InBody;
@@ -44,19 +64,14 @@ pub(crate) async fn attempt<T, E>(
         Entry::General { request_due } => {
             Box::pin(block::enter_general(options, None, request_due)).await?
         }
-    };
-
-    // The body, polled inside its block (A3), panics caught (X3).
-    let outcome = AssertUnwindSafe(InBlock {
-        token: armed.token,
-        body,
     })
-    .catch_unwind()
-    .await;
-    armed.phase = Cancelled::InSql;
+}
 
-    let succeeded = block::succeeded(&outcome);
-    let exit = match block::plan_exit(&mut armed, None, succeeded) {
+/// Leaves an ambient block (`block::leave` without a caller's connection): a plain COMMIT
+/// awaited in place, anything else carried out by `block::carry_out`. Also a request's end
+/// of an alias.
+pub(crate) async fn leave(alias: &str, armed: &mut Armed, succeeded: bool) -> Exit {
+    match block::plan_exit(armed, None, succeeded) {
         Some(planned) => {
             let child = planned.child;
             let exit = match quick_exit(planned) {
@@ -88,12 +103,10 @@ pub(crate) async fn attempt<T, E>(
                     Box::pin(block::carry_out(alias, planned, None)).await
                 }
             };
-            block::exited(alias, &mut armed, child, succeeded, exit)
+            block::exited(alias, armed, child, succeeded, exit)
         }
         None => Exit::clean(),
-    };
-    armed.disarm();
-    Ok((outcome, exit))
+    }
 }
 
 /// How a block enters, decided in one look at the table.
