@@ -120,7 +120,6 @@ use std::task::{Context, Poll};
 use futures_util::FutureExt;
 use http::{Request, Response, StatusCode, request, response};
 
-use crate::__private::MovedIn;
 use crate::__private::aio::{AfterBegin, request_deciding};
 use crate::{Databases, Error};
 
@@ -459,10 +458,7 @@ where
         // work in `call` (axum's `from_fn` builds its future there).
         let view = async move { inner.call(request).await.map(Response::into_parts) };
         let commits = move |output: &Result<(response::Parts, ResBody), S::Error>| matches!(output, Ok((head, _)) if decide(head));
-        let request = InRegistry {
-            databases: settings.databases.clone(),
-            future: Some(Box::pin(request_deciding(after_begin, view, commits))),
-        };
+        let request = request_deciding(settings.databases.clone(), after_begin, view, commits);
         Box::pin(async move {
             match AssertUnwindSafe(request).catch_unwind().await {
                 Ok(Ok(Ok((head, body)))) => Ok(Response::from_parts(head, body)),
@@ -548,34 +544,5 @@ fn panic_message(payload: &(dyn Any + Send)) -> &str {
             Some(message) => message,
             None => "Box<dyn Any>",
         },
-    }
-}
-
-/// A request future with the layer's own registry (if it has one) entered around each of its
-/// polls and its drop: the task's state table takes its registry from the thread at the
-/// first poll (rule A1), and a dropped request's guards run in the drop.
-struct InRegistry<F> {
-    databases: Option<Databases>,
-    future: Option<Pin<Box<F>>>,
-}
-
-impl<F: Future> Future for InRegistry<F> {
-    type Output = F::Output;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let this = &mut *self;
-        let _entered = MovedIn::enter(&mut this.databases);
-        this.future
-            .as_mut()
-            .expect("polled after it was dropped")
-            .as_mut()
-            .poll(cx)
-    }
-}
-
-impl<F> Drop for InRegistry<F> {
-    fn drop(&mut self) {
-        let _entered = MovedIn::enter(&mut self.databases);
-        drop(self.future.take());
     }
 }

@@ -8,7 +8,6 @@ use diesel::Connection;
 pub use crate::api::ambient::{run_ambient, run_explicit, run_explicit_field};
 pub use crate::api::retry::{run_ambient_retry, run_explicit_field_retry, run_explicit_retry};
 pub use crate::api::test_attribute::{TestOptions, run as run_test};
-pub use crate::databases::MovedIn;
 use crate::error::Error;
 pub use crate::options::BeginOptions;
 pub use crate::options::BlockOptions as Options;
@@ -95,14 +94,16 @@ pub mod aio {
 
     /// The tower layer's request (`diesel_atomic::tower`): `aio::request` whose commit is
     /// decided on the view's output by `commits` (the response head), with `after_begin`
-    /// hooks. `Err` when it could not run or a COMMIT failed; a panic goes on after the
-    /// rollback.
+    /// hooks, and `databases` (the layer's registry, if it has one) entered around each of
+    /// its polls and its drop. `Err` when it could not run or a COMMIT failed; a panic goes
+    /// on after the rollback.
     pub fn request_deciding<T>(
+        databases: Option<crate::Databases>,
         after_begin: Vec<AfterBegin>,
         view: impl std::future::Future<Output = T>,
         commits: impl FnOnce(&T) -> bool,
     ) -> impl std::future::Future<Output = Result<T, crate::Error>> {
-        crate::scope::aio_request::run(after_begin, view, commits)
+        crate::scope::aio_request::run(databases, after_begin, view, commits)
     }
 
     /// `conn = self.field` on an `async fn`: reaches a diesel-async connection in a field, as

@@ -612,18 +612,19 @@ impl Drop for DatabasesGuard {
 /// times on any worker thread; a clone per poll is a count every worker writes, one cache
 /// line passed between the cores on each poll (perf: the hottest instruction of the tower
 /// layer's own code). Not `Send`, as [`DatabasesGuard`].
-#[doc(hidden)]
+#[cfg(feature = "async")]
 #[must_use = "the registry is active only while the guard lives"]
-pub struct MovedIn<'a> {
+pub(crate) struct MovedIn<'a> {
     home: &'a mut Option<Databases>,
     /// The thread's registry before, when `home` had one to enter.
     previous: Option<Option<Databases>>,
     _not_send: PhantomData<*const ()>,
 }
 
+#[cfg(feature = "async")]
 impl<'a> MovedIn<'a> {
     /// Enters the registry in `home`, if there is one, until the guard drops.
-    pub fn enter(home: &'a mut Option<Databases>) -> MovedIn<'a> {
+    pub(crate) fn enter(home: &'a mut Option<Databases>) -> MovedIn<'a> {
         let previous = home
             .take()
             .map(|databases| THREAD.with(|slot| slot.borrow_mut().replace(databases)));
@@ -635,6 +636,7 @@ impl<'a> MovedIn<'a> {
     }
 }
 
+#[cfg(feature = "async")]
 impl Drop for MovedIn<'_> {
     fn drop(&mut self) {
         let Some(previous) = self.previous.take() else {
@@ -706,6 +708,7 @@ mod tests {
 
     /// `MovedIn` enters its registry without a clone and hands the same one back, restoring
     /// whatever the thread had before; a guard entered meanwhile is scoped inside it.
+    #[cfg(feature = "async")]
     #[test]
     fn a_moved_in_registry_is_entered_and_comes_back_home() {
         let outer = Databases::new().add("outer", Database::new(pool()));

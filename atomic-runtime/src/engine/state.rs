@@ -419,7 +419,8 @@ impl<K: Flavor> States<K> {
         &mut self.list[index]
     }
 
-    /// The state at `index`, to read.
+    /// The state at `index`, to read (the async runtime's turn check).
+    #[cfg(feature = "async")]
     #[inline]
     pub(crate) fn get(&self, index: usize) -> &AliasState<K> {
         &self.list[index]

@@ -94,7 +94,7 @@ impl AfterBegin {
 pub(crate) async fn request<T, E: From<Error>>(
     view: impl Future<Output = Result<T, E>>,
 ) -> Result<T, E> {
-    match run(Vec::new(), view, Result::is_ok).await {
+    match run(None, Vec::new(), view, Result::is_ok).await {
         Ok(result) => result,
         Err(error) => Err(error.into()),
     }
@@ -108,8 +108,10 @@ pub(crate) async fn request<T, E: From<Error>>(
 /// callback of that alias ran). A panic of the view or of `commits` rolls back and goes on.
 ///
 /// The request is recorded in the task's table only when it first uses the runtime
-/// (`state::RequestScoped`): a request that never does ends with nothing to do.
+/// (`state::RequestScoped`): a request that never does ends with nothing to do. `databases`:
+/// a registry of the request's own (the tower layer's), entered around each poll and drop.
 pub(crate) fn run<T>(
+    databases: Option<crate::databases::Databases>,
     after_begin: Vec<AfterBegin>,
     view: impl Future<Output = T>,
     commits: impl FnOnce(&T) -> bool,
@@ -122,6 +124,7 @@ pub(crate) fn run<T>(
     // thread cache (1 KB).
     let view = Box::pin(view);
     state::request_scoped(
+        databases,
         after_begin,
         Box::pin(async move {
             let mut guard = Abandon { armed: true };

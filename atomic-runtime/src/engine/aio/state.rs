@@ -438,6 +438,9 @@ pin_project_lite::pin_project! {
     /// hit) takes no table, records nothing and has nothing to end. Until then its slot is
     /// offered to the thread (`LAZY`) around each of its polls.
     pub(crate) struct RequestScoped<F> {
+        // The request's own registry (the tower layer's), entered around each poll and the
+        // drop: a server's requests are tasks on any worker thread.
+        databases: Option<crate::databases::Databases>,
         start: Option<Vec<AfterBegin>>,
         place: Place,
         // The read scope to restore when the request ends (rule P2).
@@ -449,6 +452,7 @@ pin_project_lite::pin_project! {
     impl<F> PinnedDrop for RequestScoped<F> {
         fn drop(this: Pin<&mut Self>) {
             let mut this = this.project();
+            let _registry = crate::databases::MovedIn::enter(this.databases);
             // A request dropped before it ended: its guards run in its table (if it made
             // one), which goes with it, its connections discarded (A2).
             match this.place {
@@ -486,14 +490,20 @@ enum Place {
     Own(Option<Table>, fn(Table)),
 }
 
-/// Runs `future`, a request's work, in the task's table (see [`RequestScoped`]).
-/// `after_begin`: the request's hooks; a request with hooks takes its table at once (its
-/// hooks are checked against the registry before the view runs).
-pub(crate) fn request_scoped<T, F>(after_begin: Vec<AfterBegin>, future: F) -> RequestScoped<F>
+/// Runs `future`, a request's work, in the task's table (see [`RequestScoped`]), with
+/// `databases` (if any) entered around each of its polls and its drop. `after_begin`: the
+/// request's hooks; a request with hooks takes its table at once (its hooks are checked
+/// against the registry before the view runs).
+pub(crate) fn request_scoped<T, F>(
+    databases: Option<crate::databases::Databases>,
+    after_begin: Vec<AfterBegin>,
+    future: F,
+) -> RequestScoped<F>
 where
     F: Future<Output = Result<T, crate::Error>>,
 {
     RequestScoped {
+        databases,
         start: Some(after_begin),
         place: Place::Start,
         restore: 0,
@@ -506,6 +516,7 @@ impl<T, F: Future<Output = Result<T, crate::Error>>> Future for RequestScoped<F>
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
+        let _registry = crate::databases::MovedIn::enter(this.databases);
         if let Some(after_begin) = this.start.take() {
             match start_request(after_begin) {
                 Ok((place, restore)) => {
@@ -827,7 +838,7 @@ mod tests {
             .expect("runtime");
         let spares = || SPARE.with(|spare| spare.borrow().len());
         let request = |view: Pin<Box<dyn Future<Output = ()>>>| {
-            crate::scope::aio_request::run(Vec::new(), view, |_| true)
+            crate::scope::aio_request::run(None, Vec::new(), view, |_| true)
         };
         runtime
             .block_on(request(Box::pin(async { tokio::task::yield_now().await })))
