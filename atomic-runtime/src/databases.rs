@@ -526,6 +526,14 @@ impl Databases {
         Databases::default()
     }
 
+    /// The aliases with `atomic_requests(true)`, in the order they were added (rule Q3).
+    pub(crate) fn atomic_request_aliases(&self) -> impl Iterator<Item = &str> {
+        self.entries
+            .iter()
+            .filter(|(_, database)| database.has_atomic_requests())
+            .map(|(alias, _)| alias.as_str())
+    }
+
     /// Adds `alias`; adding an alias again replaces its database and keeps its position.
     pub fn add(mut self, alias: &str, db: Database) -> Databases {
         let entries = Arc::make_mut(&mut self.entries);

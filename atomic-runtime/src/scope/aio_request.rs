@@ -177,12 +177,7 @@ pub(crate) fn record(
     }
     let aliases: Vec<(String, RequestTransaction)> = match &task.databases {
         Some(databases) => databases
-            .aliases()
-            .filter(|alias| {
-                databases
-                    .get(alias)
-                    .is_ok_and(|db| db.has_atomic_requests())
-            })
+            .atomic_request_aliases()
             .map(|alias| (alias.to_owned(), RequestTransaction::Pending))
             .collect(),
         None => Vec::new(),

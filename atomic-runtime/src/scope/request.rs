@@ -111,12 +111,7 @@ pub(crate) fn run<T, E: From<Error>>(
     let aliases: Vec<(String, RequestTransaction)> = databases::current()
         .map(|databases| {
             databases
-                .aliases()
-                .filter(|alias| {
-                    databases
-                        .get(alias)
-                        .is_ok_and(|db| db.has_atomic_requests())
-                })
+                .atomic_request_aliases()
                 .map(|alias| (alias.to_owned(), RequestTransaction::Pending))
                 .collect()
         })

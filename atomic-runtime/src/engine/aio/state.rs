@@ -404,12 +404,7 @@ impl<F: Future> Future for Keep<F> {
         let table = this.table.as_deref().expect("polled after it returned");
         let polled = {
             let _in = InTable::enter(table);
-            let future = this
-                .future
-                .as_mut()
-                .as_pin_mut()
-                .expect("polled after it returned");
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| future.poll(cx)))
+            poll_catching(this.future.as_mut(), cx)
         };
         match polled {
             Ok(Poll::Pending) => Poll::Pending,
@@ -538,12 +533,7 @@ impl<T, F: Future<Output = Result<T, crate::Error>>> Future for RequestScoped<F>
                 Place::Own(slot, _) => Some(InRequest::enter(slot)),
                 _ => None,
             };
-            let future = this
-                .future
-                .as_mut()
-                .as_pin_mut()
-                .expect("polled after it returned");
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| future.poll(cx)))
+            poll_catching(this.future.as_mut(), cx)
         };
         if let Ok(Poll::Pending) = polled {
             return Poll::Pending;
@@ -599,6 +589,16 @@ fn end_request(place: &mut Place, restore: u64) {
         }
         Place::Own(None, _) | Place::Start => {}
     }
+}
+
+/// Polls a scope's future with its panic caught, so the scope can hand its table on before
+/// the panic goes on.
+fn poll_catching<F: Future>(
+    future: Pin<&mut Option<F>>,
+    cx: &mut Context<'_>,
+) -> std::thread::Result<Poll<F::Output>> {
+    let future = future.as_pin_mut().expect("polled after it returned");
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| future.poll(cx)))
 }
 
 /// Runs `f` on the task's table. Only inside [`scoped`]. Like the sync `state::with`, `f`
