@@ -25,6 +25,10 @@
 //! ```
 //!
 //! Prints markdown and writes `bench/results/tower_layer.md`.
+//!
+//! `ONLY=<1-4>` loads one server for 8 windows instead, printing its requests a second, CPU
+//! and context switches per window and the requests served: a steady load to profile one
+//! server (`perf record`, `perf stat`), with nothing written.
 
 mod common;
 
@@ -132,6 +136,24 @@ async fn serve(router: Router) -> String {
     let url = format!("http://{}/insert", listener.local_addr().expect("address"));
     tokio::spawn(async move { axum::serve(listener, router).await.expect("serve") });
     url
+}
+
+/// `ONLY=<n>`: server `n` (1-based, as in the module doc) alone, 8 windows.
+async fn profile_one(urls: &[String], only: usize, clients: usize, window: Duration) {
+    let Some(url) = only.checked_sub(1).and_then(|index| urls.get(index)) else {
+        eprintln!("ONLY={only}: no such server (1 to {})", urls.len());
+        return;
+    };
+    let mut served = 0.0;
+    for _ in 0..8 {
+        let load = load(url, clients, window).await;
+        eprintln!(
+            "server {only}: {:.0} requests/s, CPU {:.1} µs and {:.2} switches per request",
+            load.per_second, load.cpu_us, load.switches
+        );
+        served += load.per_second * window.as_secs_f64();
+    }
+    eprintln!("server {only}: {served:.0} requests served");
 }
 
 /// One window of load on one server.
@@ -266,6 +288,14 @@ fn main() {
             serve(sync).await,
             serve(unused).await,
         ];
+        if let Some(only) = std::env::var("ONLY")
+            .ok()
+            .and_then(|only| only.parse().ok())
+        {
+            profile_one(&urls, only, clients, window).await;
+            // Nothing to write: the process ends here.
+            std::process::exit(0);
+        }
         // Warm up: connections opened, statements prepared, blocking threads started.
         for url in &urls {
             load(url, clients, window / 2).await;
