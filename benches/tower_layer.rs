@@ -373,27 +373,25 @@ fn main() {
                 "≥ 0.95×: **missed**"
             }
         };
-        let median = quantile(&ratios.0, 0.5);
-        let _ = writeln!(
-            table,
-            "| layer / by hand | {median:.3}× | {:.3}–{:.3} | {} |",
-            quantile(&ratios.0, 0.25),
-            quantile(&ratios.0, 0.75),
-            verdict(median)
+        let mut pair = |name: &str, ratios: &[f64], target: &str| {
+            let _ = writeln!(
+                table,
+                "| {name} | {:.3}× | {:.3}–{:.3} | {target} |",
+                quantile(ratios, 0.5),
+                quantile(ratios, 0.25),
+                quantile(ratios, 0.75)
+            );
+        };
+        pair(
+            "layer / by hand",
+            &ratios.0,
+            verdict(quantile(&ratios.0, 0.5)),
         );
-        let _ = writeln!(
-            table,
-            "| layer / atomic_view | {:.3}× | {:.3}–{:.3} | reported |",
-            quantile(&ratios.1, 0.5),
-            quantile(&ratios.1, 0.25),
-            quantile(&ratios.1, 0.75)
-        );
-        let _ = writeln!(
-            table,
-            "| layer unused / by hand | {:.3}× | {:.3}–{:.3} | reported: the request scope alone |",
-            quantile(&ratios.2, 0.5),
-            quantile(&ratios.2, 0.25),
-            quantile(&ratios.2, 0.75)
+        pair("layer / atomic_view", &ratios.1, "reported");
+        pair(
+            "layer unused / by hand",
+            &ratios.2,
+            "reported: the request scope alone",
         );
         table
     });

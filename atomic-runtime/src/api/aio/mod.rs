@@ -178,10 +178,8 @@ where
         alias: &'a str,
     ) -> BoxFuture<'a, Result<Box<dyn AsyncPooledConn>, Error>> {
         Box::pin(async move {
-            match self.get().await {
-                Ok(object) => Ok(Box::new(object) as Box<dyn AsyncPooledConn>),
-                Err(error) => Err(pool_error(alias, error)),
-            }
+            let object = deadpool_get(self, alias).await?;
+            Ok(Box::new(object) as Box<dyn AsyncPooledConn>)
         })
     }
 
@@ -191,10 +189,7 @@ where
         plan: &'a mut (dyn FnMut(&mut dyn AsyncTx) -> Result<bool, Error> + Send),
     ) -> BoxFuture<'a, Result<Box<dyn AsyncPooledConn>, Error>> {
         Box::pin(async move {
-            let mut object = match self.get().await {
-                Ok(object) => Box::new(object),
-                Err(error) => return Err(pool_error(alias, error)),
-            };
+            let mut object = Box::new(deadpool_get(self, alias).await?);
             let conn: &mut M::Type = &mut object;
             // Dropped during the BEGIN, the object goes back to the pool marked broken by
             // diesel-async: discarded (rule A2).
@@ -214,12 +209,19 @@ where
     }
 }
 
-/// deadpool's failed checkout as the alias's error.
-fn pool_error(alias: &str, error: impl std::fmt::Display) -> Error {
-    Error::AsyncPool {
+/// A connection from a deadpool pool, its failure as the alias's error.
+async fn deadpool_get<M>(
+    pool: &deadpool::managed::Pool<M>,
+    alias: &str,
+) -> Result<deadpool::managed::Object<M>, Error>
+where
+    M: deadpool::managed::Manager,
+    M::Error: std::fmt::Display,
+{
+    pool.get().await.map_err(|error| Error::AsyncPool {
         alias: alias.to_owned(),
         message: error.to_string(),
-    }
+    })
 }
 
 impl<M> AsyncPool for bb8::Pool<M>

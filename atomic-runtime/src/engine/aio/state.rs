@@ -468,7 +468,9 @@ pin_project_lite::pin_project! {
                     let _in = InRequest::enter_none();
                     this.future.set(None);
                 }
-                Place::Inline | Place::Start => {}
+                // In whichever table is current where it is dropped, as any call; still with
+                // the request's registry entered.
+                Place::Inline | Place::Start => this.future.set(None),
             }
         }
     }
