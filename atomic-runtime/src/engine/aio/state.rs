@@ -815,10 +815,7 @@ mod tests {
     /// of them for its next calls (a server's concurrent requests), not only the last.
     #[test]
     fn a_thread_keeps_the_idle_tables_of_its_concurrent_calls() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("runtime");
-        let spares = || SPARE.with(|spare| spare.borrow().len());
+        let runtime = current_thread_runtime();
         runtime.block_on(async {
             let call = || scoped(async { tokio::task::yield_now().await });
             futures_util::future::join3(call(), call(), call()).await;
@@ -835,10 +832,7 @@ mod tests {
     /// uses it (a health check) makes none, one that does makes one and keeps it as a spare.
     #[test]
     fn a_request_takes_a_table_only_when_its_view_uses_the_runtime() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("runtime");
-        let spares = || SPARE.with(|spare| spare.borrow().len());
+        let runtime = current_thread_runtime();
         let request = |view: Pin<Box<dyn Future<Output = ()>>>| {
             crate::scope::aio_request::run(None, Vec::new(), view, |_| true)
         };
@@ -861,6 +855,17 @@ mod tests {
             1,
             "the request's table, made at its first use, is kept"
         );
+    }
+
+    fn current_thread_runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+    }
+
+    /// How many idle tables the thread keeps now.
+    fn spares() -> usize {
+        SPARE.with(|spare| spare.borrow().len())
     }
 
     /// A first use of the runtime by the view: the request's table is made for it.
